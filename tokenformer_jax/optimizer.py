@@ -1,0 +1,27 @@
+"""The optax chain: global-norm clipping, then AdamW on a linear-warmup + cosine schedule.
+
+Weight decay skips the final LayerNorm's scale and bias (the block norms have no parameters).
+"""
+import jax
+import optax
+
+
+def schedule(cfg_opt, total_steps: int) -> optax.Schedule:
+  """0 → lr over warmup_frac·total_steps, then cosine to min_lr at total_steps."""
+  warmup = int(cfg_opt.warmup_frac * total_steps)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg_opt.lr, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=cfg_opt.min_lr)
+
+
+def decay_mask(params):
+  """True for parameters that get weight decay: everything but norm scales and biases."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'norm' not in jax.tree_util.keystr(path), params)
+
+
+def make_optimizer(cfg_opt, total_steps: int) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(cfg_opt.clip_norm),
+      optax.adamw(schedule(cfg_opt, total_steps), b1=cfg_opt.b1, b2=cfg_opt.b2, eps=cfg_opt.eps,
+                  weight_decay=cfg_opt.weight_decay, mask=decay_mask))

@@ -1,0 +1,88 @@
+"""Mesh from the config, logical-axis rules, and the shardings of abstract state.
+
+Parameters carry logical axis names (e.g. ('layers', 'param_tokens', 'embed')); the config's
+`sharding_rules` map each name to mesh axes. A dimension is sharded only when its size divides evenly —
+otherwise a clear error, never a silent replication.
+"""
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from tokenformer_jax.errors import UserError
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+
+def _resolve(sizes: Sequence[int], total: int, what: str) -> list[int]:
+  """Replaces a single -1 by whatever is left of `total`."""
+  sizes = list(sizes)
+  if sizes.count(-1) > 1:
+    raise UserError(f'at most one {what} mesh size may be -1, got {sizes}')
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if any(s == 0 or s < -1 for s in sizes) or total % known:
+    raise UserError(f'{what} mesh sizes {sizes} do not fit {total} devices')
+  sizes = [total // known if s == -1 else s for s in sizes]
+  if int(np.prod(sizes)) != total:
+    raise UserError(f'{what} mesh sizes {sizes} use {int(np.prod(sizes))} devices, not {total}')
+  return sizes
+
+
+def make_mesh(cfg_mesh, devices: Sequence[Any] | None = None) -> Mesh:
+  """The (data, fsdp, tensor) mesh; several slices (DCN sizes > 1) get a hybrid device mesh."""
+  devices = list(jax.devices() if devices is None else devices)
+  dcn = [cfg_mesh.dcn_data, cfg_mesh.dcn_fsdp, cfg_mesh.dcn_tensor]
+  num_slices = int(np.prod(dcn))
+  if num_slices < 1 or len(devices) % num_slices:
+    raise UserError(f'DCN mesh sizes {dcn} do not divide {len(devices)} devices')
+  ici = _resolve([cfg_mesh.data, cfg_mesh.fsdp, cfg_mesh.tensor], len(devices) // num_slices, 'ICI')
+  if num_slices > 1:
+    device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  else:
+    device_array = mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True)
+  return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(names: Sequence[str | None], rules) -> PartitionSpec:
+  """Maps logical names to a PartitionSpec; a mesh axis is used at most once per array."""
+  table = dict(rules)
+  used, out = set(), []
+  for name in names:
+    target = table.get(name) if name is not None else None
+    axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+    axes = tuple(a for a in axes if a not in used)
+    used.update(axes)
+    out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return PartitionSpec(*out)
+
+
+def named_sharding(shape: Sequence[int], names: Sequence[str | None], mesh: Mesh, rules,
+                   what: str = 'array') -> NamedSharding:
+  spec = logical_to_spec(names, rules)
+  for dim, axes in zip(shape, spec):
+    if axes is None:
+      continue
+    size = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+    if dim % size:
+      raise UserError(f'{what}: dimension {dim} ({names}) is not divisible by mesh axes {axes} '
+                      f'of size {size}')
+  return NamedSharding(mesh, spec)
+
+
+def param_shardings(logical_specs, abstract_params, mesh: Mesh, rules):
+  """Shardings for a params tree, from a matching tree of logical PartitionSpecs."""
+  def one(path, spec, leaf):
+    return named_sharding(leaf.shape, tuple(spec), mesh, rules, what=jax.tree_util.keystr(path))
+  return jax.tree_util.tree_map_with_path(
+      one, logical_specs, abstract_params, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
+  """Batch arrays: leading axis over the 'batch' rule's mesh axes, the rest replicated."""
+  return NamedSharding(mesh, logical_to_spec(('batch',) + (None,) * (ndim - 1), rules))

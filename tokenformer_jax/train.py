@@ -1,0 +1,167 @@
+"""The training loop, phase by phase: config → mesh → data → state (init or restore) → steps → save.
+
+Running the same command on the same workdir resumes from the latest checkpoint (parameters, optimizer
+state, step and data-iterator position), so an interrupted run continues exactly where it stopped.
+A workdir holding a checkpoint of a different model is refused before anything in it is touched.
+"""
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from tokenformer_jax import checkpoint, config as config_lib, data, flops, generate, metrics, sharding
+from tokenformer_jax import state as state_lib
+from tokenformer_jax import step as step_lib
+from tokenformer_jax.errors import UserError
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What a call to `train` leaves behind, for callers and tests."""
+  state: dict
+  step: int
+  train_losses: dict          # step → loss of that step
+  val_losses: dict            # step → validation loss
+  sample: str = ''
+  preempted: bool = False
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps (then it saves and exits cleanly)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, no flag
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def prepare(cfg, workdir: str):
+  """Validates, checks the workdir's checkpoint against cfg, builds corpus, mesh and state spec."""
+  config_lib.validate(cfg)
+  mngr = checkpoint.manager(workdir, keep=cfg.train.keep_checkpoints, create=False)
+  latest = mngr.latest_step()
+  if latest is not None:  # refuse a different model before the data cache can be rebuilt
+    checkpoint.check_config(checkpoint.read_meta(mngr, latest), cfg, latest)
+  corpus = data.prepare_corpus(cfg.data, cfg.data.cache_dir or os.path.join(workdir, 'data'))
+  vocab = config_lib.padded_vocab(cfg.model, corpus.vocab_size)
+  mesh = sharding.make_mesh(cfg.mesh)
+  spec = state_lib.make_spec(cfg, vocab, mesh)
+  return mngr, latest, corpus, spec
+
+
+def evaluate(eval_step, spec, cfg, params, batches) -> float:
+  total, count = 0.0, 0
+  for tokens in batches:
+    total += float(eval_step(params, step_lib.global_batch(spec, cfg, tokens)))
+    count += tokens.shape[0] * (tokens.shape[1] - 1) * jax.process_count()
+  return total / count
+
+
+def train(cfg, workdir: str, stop_at_step: int | None = None) -> RunResult:
+  """Trains to cfg.train.steps (or stop_at_step), resuming from the workdir's latest checkpoint."""
+  t = cfg.train
+  mngr, latest, corpus, spec = prepare(cfg, workdir)
+  n_proc, proc = jax.process_count(), jax.process_index()
+  if t.batch_size % n_proc:
+    raise UserError(f'train.batch_size={t.batch_size} is not divisible by {n_proc} processes')
+  local_batch = t.batch_size // n_proc
+  seq_len = cfg.data.seq_len
+  train_iter = data.train_iterator(corpus.train_tokens, seq_len, local_batch, cfg.seed, proc, n_proc)
+  # Validation rows are split over processes so each global batch holds every row once.
+  val_rows = data.eval_batches(corpus.val_tokens, seq_len, t.batch_size, t.eval_batches)
+  val_batches = [b[proc * local_batch:(proc + 1) * local_batch] for b in val_rows]
+  meta = checkpoint.run_meta(cfg, spec.vocab_size)
+
+  # ---- state: restore or init ----
+  if latest is not None:
+    state = checkpoint.restore(mngr, latest, state_lib.abstract_targets(spec), train_iter)
+    logging.info('resumed from step %d in %s', latest, workdir)
+  else:
+    state = state_lib.init_state(spec, cfg)
+  start = int(state['step'])
+  end = min(t.steps, stop_at_step) if stop_at_step else t.steps
+
+  n_params = state_lib.num_params(spec)
+  step_flops = flops.train_flops_per_token(cfg.model, spec.vocab_size, seq_len) * t.batch_size * seq_len
+  if proc == 0:
+    logging.info('%s model: %.2fM parameters, %.3f GFLOP per step, mesh %s', cfg.model.kind,
+                 n_params / 1e6, step_flops / 1e9, dict(spec.mesh.shape))
+
+  train_step = step_lib.make_train_step(spec, cfg)
+  eval_step = step_lib.make_eval_step(spec, cfg)
+  writer = metrics.MetricsWriter(workdir)
+  result = RunResult(state=state, step=start, train_losses={}, val_losses={})
+  tokens_per_step = t.batch_size * seq_len
+
+  # ---- steps ----
+  bar = tqdm(total=end, initial=start, desc='train', unit='step', disable=proc != 0 or start >= end,
+             dynamic_ncols=True, file=sys.stderr)
+  window_start, window_steps = time.perf_counter(), 0
+  with _Preemption() as preemption:
+    for step in range(start, end):
+      batch = step_lib.global_batch(spec, cfg, next(train_iter))
+      state, step_metrics = train_step(state, batch)
+      window_steps += 1
+      done = step + 1
+      if done % t.log_every == 0 or done == end:
+        scalars = {k: float(v) for k, v in step_metrics.items()}
+        elapsed = time.perf_counter() - window_start
+        scalars['tokens_per_s'] = window_steps * tokens_per_step / elapsed
+        scalars['gflops_per_s'] = window_steps * step_flops / elapsed / 1e9
+        window_start, window_steps = time.perf_counter(), 0
+        result.train_losses[done] = scalars['loss']
+        writer.write(done, scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_s']:.0f}")
+      bar.update(1)
+      if done % t.eval_every == 0 or done == end:
+        val = evaluate(eval_step, spec, cfg, state['params'], val_batches)
+        result.val_losses[done] = val
+        writer.write(done, {'val_loss': val, 'val_ppl': math.exp(min(val, 50.0))})
+        bar.write(f'step {done}: val loss {val:.4f}, ppl {math.exp(min(val, 50.0)):.2f}')
+      if done % t.checkpoint_every == 0 or done == end or preemption.requested:
+        checkpoint.save(mngr, done, state, train_iter, meta)
+      if preemption.requested:
+        bar.write(f'SIGTERM: saved step {done}, exiting')
+        result.preempted = True
+        break
+  bar.close()
+  writer.close()
+  result.state, result.step = state, int(state['step'])
+
+  # ---- a taste of the model ----
+  if t.sample_tokens and result.step == t.steps and not result.preempted:
+    result.sample = sample_text(spec, cfg, state['params'], corpus)
+    if proc == 0:
+      print('--- sample ---\n' + result.sample + '\n--------------', flush=True)
+  return result
+
+
+def sample_text(spec, cfg, params, corpus, prompt: str = 'And God said') -> str:
+  """A few lines continuing `prompt`, sampled without a KV cache (see generate.py)."""
+  ids = generate.sample_tokens(lambda p, tokens: state_lib.merge(spec, p)(tokens), params,
+                               corpus.tokenizer.encode(prompt),
+                               cfg.train.sample_tokens, cfg.data.seq_len,
+                               vocab_limit=corpus.vocab_size, seed=cfg.seed)
+  ids = ids[:ids.index(corpus.eos_id)] if corpus.eos_id in ids else ids
+  return prompt + corpus.tokenizer.decode(ids)
