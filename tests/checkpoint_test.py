@@ -1,7 +1,6 @@
 """Strict restore: any difference of paths or shapes is refused before a byte is read."""
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

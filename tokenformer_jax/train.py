@@ -12,7 +12,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 from absl import logging
 from tqdm import tqdm
 
