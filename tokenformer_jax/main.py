@@ -15,6 +15,8 @@ from tokenformer_jax.errors import UserError
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the data cache go.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'What to do.')
+
+# --- train ---
 _STOP_AT = flags.DEFINE_integer('stop_at_step', None,
                                 'Exit (after saving) at this step, before train.steps.')
 
@@ -59,9 +61,10 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   from tokenformer_jax import train  # after flag parsing: keeps --help fast
+  workdir = os.path.abspath(_WORKDIR.value)
   try:
     if _MODE.value == 'train':
-      train.train(cfg, os.path.abspath(_WORKDIR.value), stop_at_step=_STOP_AT.value)
+      train.train(cfg, workdir, stop_at_step=_STOP_AT.value)
   except UserError as e:
     fail(str(e))
 
