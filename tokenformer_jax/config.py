@@ -11,6 +11,8 @@ from tokenformer_jax.errors import UserError
 MODEL_KINDS = ('tokenformer', 'dense')
 REMAT_POLICIES = ('none', 'block', 'save_matmuls')
 DTYPES = ('float32', 'bfloat16')
+GROWTH_POLICIES = ('exact', 'paper')
+GROWTH_OPTIMIZER = ('carry', 'reset')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -68,6 +70,17 @@ def base_config() -> ml_collections.ConfigDict:
   o.eps = 1e-8
   o.weight_decay = 0.1
   o.clip_norm = 1.0
+
+  # Growth: how `--mode=grow` (and each stage of a multi-stage schedule) adds parameter tokens.
+  c.growth = g = ml_collections.ConfigDict()
+  g.policy = 'exact'             # exact: new keys 0, new values random, τ frozen; paper: all random, τ = √n
+  g.optimizer = 'carry'          # carry: Adam moments kept (0 for new tokens), step and schedule go on;
+                                 # reset: fresh moments, step 0, a new warmup + cosine over the stage
+  g.freeze_old = False           # train only the new tokens (everything else frozen)
+  g.seed = 1                     # for the new tokens' random values
+
+  # Multi-stage schedule: ((n_qkv, n_proj, n_ffn, steps), ...). Empty: a single training run.
+  c.stages = ()
 
   c.mesh = mesh = ml_collections.ConfigDict()
   mesh.data = -1                 # per-slice (ICI) sizes; -1 takes the devices left over
@@ -134,5 +147,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if t.batch_size % t.grad_accum:
     raise UserError(f'train.grad_accum={t.grad_accum} does not divide train.batch_size={t.batch_size}')
   positive('optimizer', 'lr', o.lr)
+  if cfg.growth.policy not in GROWTH_POLICIES:
+    raise UserError(f'growth.policy must be one of {GROWTH_POLICIES}, got {cfg.growth.policy!r}')
+  if cfg.growth.optimizer not in GROWTH_OPTIMIZER:
+    raise UserError(f'growth.optimizer must be one of {GROWTH_OPTIMIZER}, got {cfg.growth.optimizer!r}')
+  for i, stage in enumerate(cfg.stages):
+    if len(stage) != 4 or any(int(v) <= 0 for v in stage):
+      raise UserError(f'stages[{i}] must be (n_qkv, n_proj, n_ffn, steps), all positive; got {stage}')
   if not 0.0 <= o.warmup_frac < 1.0:
     raise UserError(f'optimizer.warmup_frac must be in [0, 1), got {o.warmup_frac}')

@@ -14,11 +14,44 @@ from tokenformer_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the data cache go.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'What to do.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'compile', 'grow', 'generate', 'eval', 'convert'],
+                          'train; compile (the train step, ahead of time, for --topology); grow; '
+                          'generate; eval; convert (import a released reference checkpoint).')
+
+# --- multi-process runtime (automatic on TPU pods and under SLURM) ---
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the runtime.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
+_DIST_TIMEOUT = flags.DEFINE_integer(
+    'distributed_timeout_s', 300, 'Start-up wait for peers, and how long a silent peer is tolerated.')
+
+# --- compile ---
+_TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice for --mode=compile: v5p:2x2x1, v5e:4x4, ...')
 
 # --- train ---
 _STOP_AT = flags.DEFINE_integer('stop_at_step', None,
                                 'Exit (after saving) at this step, before train.steps.')
+_RESTORE_STEP = flags.DEFINE_integer(
+    'restore_step', None, 'Restore this checkpoint instead of the latest (e.g. skip a corrupt one).')
+
+# --- generate (from the latest checkpoint, or --restore_step) ---
+_PROMPT = flags.DEFINE_string('prompt', None, 'Text to continue.')
+_PROMPT_FILE = flags.DEFINE_string('prompt_file', None, 'One prompt per line, generated in batches.')
+_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 64, 'New tokens per prompt (fewer at end-of-text).')
+_TEMPERATURE = flags.DEFINE_float('temperature', 0.8, '0: greedy.')
+_TOP_K = flags.DEFINE_integer('top_k', 40, 'Sample among the k most likely ids (0: all).')
+_TOP_P = flags.DEFINE_float('top_p', 1.0, 'Sample within the top-p probability mass (1: all).')
+_SAMPLE_SEED = flags.DEFINE_integer('sample_seed', 0, 'Seed of the sampler.')
+
+# --- eval ---
+_EVAL_FILE = flags.DEFINE_string('eval_file', None, 'UTF-8 text to evaluate (default: the validation split).')
+
+# --- convert (import a released PyTorch checkpoint) ---
+_CHECKPOINT_FILE = flags.DEFINE_string('checkpoint_file', None, '.safetensors, .bin or .pt to import.')
+
+# --- grow ---
+_GROW_FROM = flags.DEFINE_string('grow_from', None,
+                                 'Workdir whose checkpoint --mode=grow grows into --workdir.')
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -56,15 +89,42 @@ def main(argv):
     cfg.to_dict()  # a config file that failed to load raises here
   except (OSError, ValueError) as e:
     fail(f'cannot load --config: {e}')
+  if _MODE.value == 'compile':  # no workdir, data or runtime: compiles for TPUs this machine lacks
+    from tokenformer_jax import aot
+    try:
+      aot.run(cfg, _TOPOLOGY.value)
+    except UserError as e:
+      fail(str(e))
+    return
   if not _WORKDIR.value:
     fail('--workdir is required')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from tokenformer_jax import train  # after flag parsing: keeps --help fast
+  # imported after flag parsing: keeps --help fast
+  from tokenformer_jax import distributed, growth, stages, train
   workdir = os.path.abspath(_WORKDIR.value)
   try:
-    if _MODE.value == 'train':
-      train.train(cfg, workdir, stop_at_step=_STOP_AT.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           _DIST_TIMEOUT.value)
+    if _MODE.value == 'train' and cfg.stages:
+      stages.run(cfg, workdir)
+    elif _MODE.value == 'train':
+      train.train(cfg, workdir, stop_at_step=_STOP_AT.value, restore_step=_RESTORE_STEP.value)
+    elif _MODE.value == 'grow':
+      if not _GROW_FROM.value:
+        fail('--mode=grow needs --grow_from=SOURCE_WORKDIR')
+      growth.grow(cfg, os.path.abspath(_GROW_FROM.value), workdir, step=_RESTORE_STEP.value)
+    elif _MODE.value == 'generate':
+      from tokenformer_jax import generate
+      sampling = generate.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
+      generate.run(cfg, workdir, generate.read_prompts(_PROMPT.value, _PROMPT_FILE.value), _MAX_NEW.value,
+                   sampling, seed=_SAMPLE_SEED.value, step=_RESTORE_STEP.value)
+    elif _MODE.value == 'eval':
+      from tokenformer_jax import evaluate
+      evaluate.run(cfg, workdir, _EVAL_FILE.value, step=_RESTORE_STEP.value)
+    elif _MODE.value == 'convert':
+      from tokenformer_jax import convert
+      convert.convert(cfg, workdir, _CHECKPOINT_FILE.value)
   except UserError as e:
     fail(str(e))
 

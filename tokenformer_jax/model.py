@@ -9,7 +9,13 @@ the first rotary_pct of each head's dims (GPT-NeoX rotate_half layout). Tied emb
 
 Layers are stacked on a leading 'layers' axis (nnx.vmap at init) and run with nnx.scan, so compile time
 does not grow with depth; the remat policy wraps the scanned block.
+
+Inference adds a KV-cached path (`Decoder.init_cache`, `Decoder.extend`, `Block.cached`) built from the
+same projection, rotary, norm and FFN code as training; only the attention call differs (cache + mask
+instead of is_causal), so the two paths compute the same function.
 """
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -112,19 +118,55 @@ class Block(nnx.Module):
     else:
       self.mlp = DenseMLP(m, rngs=rngs)
 
-  def __call__(self, x_BxTxD, cos_BxTxR, sin_BxTxR):
-    B, T, D = x_BxTxD.shape
+  def _attention_inputs(self, x_BxTxD, cos_BxTxR, sin_BxTxR):
+    """q, k, v [B, T, N, H] of LN(x), rotary applied to q and k: shared by the full and cached paths."""
+    B, T, _ = x_BxTxD.shape
     h = layer_norm(x_BxTxD, self.eps).astype(self.dtype)
     heads = lambda y: y.reshape(B, T, self.num_heads, self.head_dim)
     q_BxTxNxH = apply_rotary(heads(self.query(h)), cos_BxTxR, sin_BxTxR)
     k_BxTxNxH = apply_rotary(heads(self.key(h)), cos_BxTxR, sin_BxTxR)
     v_BxTxNxH = heads(self.value(h))
-    attn_BxTxNxH = jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, scale=self.head_dim ** -0.5, is_causal=True,
-        implementation=self.attention_impl)
+    return q_BxTxNxH, k_BxTxNxH, v_BxTxNxH
+
+  def _after_attention(self, x_BxTxD, attn_BxTxNxH):
+    """x + O(attn), then the FFN residual: shared by the full and cached paths."""
+    B, T, D = x_BxTxD.shape
     x_BxTxD = x_BxTxD + self.proj(attn_BxTxNxH.reshape(B, T, D)).astype(x_BxTxD.dtype)
     h = layer_norm(x_BxTxD, self.eps).astype(self.dtype)
     return x_BxTxD + self.mlp(h).astype(x_BxTxD.dtype)
+
+  def __call__(self, x_BxTxD, cos_BxTxR, sin_BxTxR):
+    q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = self._attention_inputs(x_BxTxD, cos_BxTxR, sin_BxTxR)
+    attn_BxTxNxH = jax.nn.dot_product_attention(
+        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, scale=self.head_dim ** -0.5, is_causal=True,
+        implementation=self.attention_impl)
+    return self._after_attention(x_BxTxD, attn_BxTxNxH)
+
+  def cached(self, x_BxTxD, cos_BxTxR, sin_BxTxR, k_BxSxNxH, v_BxSxNxH, starts_B, mask_BxTxS):
+    """The block over T new tokens per row, written into this layer's cache at slots starts_B + t;
+    the new tokens attend to the cache slots mask_BxTxS allows. Returns (x, k cache, v cache).
+
+    The attention implementation is left to XLA: model.attention_impl picks a kernel for the causal
+    training shapes, which need not accept an arbitrary mask over a longer cache."""
+    q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = self._attention_inputs(x_BxTxD, cos_BxTxR, sin_BxTxR)
+    write = jax.vmap(lambda cache, new, start: jax.lax.dynamic_update_slice_in_dim(cache, new, start, 0))
+    k_BxSxNxH = write(k_BxSxNxH, k_BxTxNxH.astype(k_BxSxNxH.dtype), starts_B)
+    v_BxSxNxH = write(v_BxSxNxH, v_BxTxNxH.astype(v_BxSxNxH.dtype), starts_B)
+    attn_BxTxNxH = jax.nn.dot_product_attention(
+        q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, scale=self.head_dim ** -0.5, mask=mask_BxTxS[:, None])
+    return self._after_attention(x_BxTxD, attn_BxTxNxH), k_BxSxNxH, v_BxSxNxH
+
+
+class KVCache(NamedTuple):
+  """Keys and values of every layer for the tokens seen so far, and how many each row holds.
+
+  Slot s of row b holds the token at position s of that row, so rotary positions are the true ones and
+  rows of a batch may hold different lengths (prompts are right-padded: the padding's slots lie past the
+  row's length, are hidden by the mask, and are overwritten by the row's next tokens).
+  """
+  k_LxBxSxNxH: jax.Array
+  v_LxBxSxNxH: jax.Array
+  lengths_B: jax.Array       # int32: valid slots per row (the position of the row's next token)
 
 
 class Decoder(nnx.Module):
@@ -134,6 +176,9 @@ class Decoder(nnx.Module):
     self.eps = m.ln_eps
     self.dtype = jnp.dtype(m.dtype)
     self.remat = m.remat
+    self.num_layers = m.num_layers
+    self.num_heads = m.num_heads
+    self.head_dim = m.d_model // m.num_heads
     self.rot_dim = int(m.d_model // m.num_heads * m.rotary_pct) // 2 * 2
     self.rotary_base = m.rotary_base
     self.embedding = logical_param(
@@ -149,13 +194,21 @@ class Decoder(nnx.Module):
     self.final_norm_scale = logical_param(jnp.ones((m.d_model,), jnp.float32), ('norm',))
     self.final_norm_bias = logical_param(jnp.zeros((m.d_model,), jnp.float32), ('norm',))
 
+  def _embed(self, tokens_BxT):
+    return jnp.take(self.embedding[...], tokens_BxT, axis=0).astype(self.dtype)
+
+  def _logits(self, x_BxTxD):
+    """Final affine LayerNorm and the tied head: logits [B, T, V] in float32."""
+    h = layer_norm(x_BxTxD, self.eps) * self.final_norm_scale[...] + self.final_norm_bias[...]
+    logits_BxTxV = jnp.einsum('btd,vd->btv', h.astype(self.dtype), self.embedding[...].astype(self.dtype))
+    return logits_BxTxV.astype(jnp.float32)
+
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None) -> jax.Array:
     """Logits [B, T, V] in float32."""
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     cos_BxTxR, sin_BxTxR = rotary_tables(positions_BxT, self.rot_dim, self.rotary_base)
-    embedding_VxD = self.embedding[...]
-    x_BxTxD = jnp.take(embedding_VxD, tokens_BxT, axis=0).astype(self.dtype)
+    x_BxTxD = self._embed(tokens_BxT)
 
     policy = REMAT[self.remat]
 
@@ -165,10 +218,44 @@ class Decoder(nnx.Module):
     if self.remat != 'none':
       run_block = nnx.remat(run_block, policy=policy)
     x_BxTxD = nnx.scan(run_block, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x_BxTxD, self.blocks)
+    return self._logits(x_BxTxD)
 
-    h = layer_norm(x_BxTxD, self.eps) * self.final_norm_scale[...] + self.final_norm_bias[...]
-    logits_BxTxV = jnp.einsum('btd,vd->btv', h.astype(self.dtype), embedding_VxD.astype(self.dtype))
-    return logits_BxTxV.astype(jnp.float32)
+  def init_cache(self, batch: int, max_len: int) -> KVCache:
+    """An empty cache of max_len slots per row, in the compute dtype."""
+    shape = (self.num_layers, batch, max_len, self.num_heads, self.head_dim)
+    return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype),
+                   jnp.zeros((batch,), jnp.int32))
+
+  def extend(self, tokens_BxT: jax.Array, cache: KVCache,
+             num_new_B: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+    """Feeds T tokens per row at positions lengths_B + t; returns the logits [B, V] (float32) of each
+    row's last new token and the cache with num_new_B (default T) more valid slots per row.
+
+    Prefill: an empty cache and right-padded prompts with num_new_B = the prompt lengths. Decode: one
+    token per row (num_new_B = 0 keeps a finished row where it is). The caller keeps
+    lengths_B + T <= cache slots (a write past the end would be shifted back by XLA's clamping).
+    """
+    B, T = tokens_BxT.shape
+    if num_new_B is None:
+      num_new_B = jnp.full((B,), T, jnp.int32)
+    positions_BxT = cache.lengths_B[:, None] + jnp.arange(T, dtype=jnp.int32)
+    cos_BxTxR, sin_BxTxR = rotary_tables(positions_BxT, self.rot_dim, self.rotary_base)
+    slots_S = jnp.arange(cache.k_LxBxSxNxH.shape[2], dtype=jnp.int32)
+    mask_BxTxS = slots_S[None, None, :] <= positions_BxT[:, :, None]
+    x_BxTxD = self._embed(tokens_BxT)
+
+    def run_block(x, block, k_cache, v_cache):
+      x, k_cache, v_cache = block.cached(x, cos_BxTxR, sin_BxTxR, k_cache, v_cache, cache.lengths_B,
+                                         mask_BxTxS)
+      return x, (k_cache, v_cache)
+
+    x_BxTxD, (k_cache, v_cache) = nnx.scan(run_block, in_axes=(nnx.Carry, 0, 0, 0),
+                                           out_axes=(nnx.Carry, 0))(
+        x_BxTxD, self.blocks, cache.k_LxBxSxNxH, cache.v_LxBxSxNxH)
+    last_B = jnp.clip(num_new_B - 1, 0, T - 1)
+    x_Bx1xD = jnp.take_along_axis(x_BxTxD, last_B[:, None, None], axis=1)
+    logits_BxV = self._logits(x_Bx1xD)[:, 0]
+    return logits_BxV, KVCache(k_cache, v_cache, cache.lengths_B + num_new_B.astype(jnp.int32))
 
 
 def build(m: ml_collections.ConfigDict, vocab_size: int, seed: int) -> Decoder:

@@ -9,6 +9,8 @@ import optax
 def schedule(cfg_opt, total_steps: int) -> optax.Schedule:
   """0 → lr over warmup_frac·total_steps, then cosine to min_lr at total_steps."""
   warmup = int(cfg_opt.warmup_frac * total_steps)
+  if warmup == 0:
+    return optax.cosine_decay_schedule(cfg_opt.lr, max(total_steps, 1), cfg_opt.min_lr / cfg_opt.lr)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=cfg_opt.lr, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=cfg_opt.min_lr)

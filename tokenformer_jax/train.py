@@ -10,9 +10,11 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from tokenformer_jax import checkpoint, config as config_lib, data, flops, generate, metrics, sharding
@@ -55,18 +57,50 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def prepare(cfg, workdir: str):
+@dataclasses.dataclass
+class Prepared:
+  """Everything a run needs before its first step."""
+  mngr: Any
+  step: int | None          # the checkpoint to restore (None: start fresh)
+  saved_meta: dict | None   # that checkpoint's metadata
+  corpus: data.Corpus
+  spec: state_lib.StateSpec
+
+
+def _adopt_frozen_tau(cfg, saved_meta: dict) -> None:
+  """τ frozen by growth is a property of the model: a config that leaves n_ref_* at 0 takes the
+  checkpoint's values (an explicit, different value is still refused by check_config)."""
+  saved = saved_meta['config']['model']
+  for key in ('n_ref_qkv', 'n_ref_proj', 'n_ref_ffn'):
+    if not cfg.model[key] and saved.get(key):
+      cfg.model[key] = saved[key]
+
+
+def prepare(cfg, workdir: str, restore_step: int | None = None) -> Prepared:
   """Validates, checks the workdir's checkpoint against cfg, builds corpus, mesh and state spec."""
   config_lib.validate(cfg)
   mngr = checkpoint.manager(workdir, keep=cfg.train.keep_checkpoints, create=False)
-  latest = mngr.latest_step()
-  if latest is not None:  # refuse a different model before the data cache can be rebuilt
-    checkpoint.check_config(checkpoint.read_meta(mngr, latest), cfg, latest)
-  corpus = data.prepare_corpus(cfg.data, cfg.data.cache_dir or os.path.join(workdir, 'data'))
+  step = checkpoint.choose_step(mngr, restore_step)
+  saved_meta = None
+  if step is not None:  # refuse a different model before the data cache can be rebuilt
+    saved_meta = checkpoint.read_meta(mngr, step)
+    _adopt_frozen_tau(cfg, saved_meta)
+    checkpoint.check_config(saved_meta, cfg, step)
+  if cfg.growth.freeze_old and not (saved_meta or {}).get('grown_from'):
+    raise UserError('growth.freeze_old needs a grown checkpoint in the workdir (see --mode=grow)')
+  cache_dir = cfg.data.cache_dir or os.path.join(workdir, 'data')
+  # Process 0 builds the data cache first; the others then find it (or build their own on hosts
+  # that do not share the filesystem).
+  if jax.process_index() == 0:
+    corpus = data.prepare_corpus(cfg.data, cache_dir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('data cache ready')
+  if jax.process_index() != 0:
+    corpus = data.prepare_corpus(cfg.data, cache_dir)
   vocab = config_lib.padded_vocab(cfg.model, corpus.vocab_size)
   mesh = sharding.make_mesh(cfg.mesh)
   spec = state_lib.make_spec(cfg, vocab, mesh)
-  return mngr, latest, corpus, spec
+  return Prepared(mngr, step, saved_meta, corpus, spec)
 
 
 def evaluate(eval_step, spec, cfg, params, batches) -> float:
@@ -77,10 +111,13 @@ def evaluate(eval_step, spec, cfg, params, batches) -> float:
   return total / count
 
 
-def train(cfg, workdir: str, stop_at_step: int | None = None) -> RunResult:
-  """Trains to cfg.train.steps (or stop_at_step), resuming from the workdir's latest checkpoint."""
+def train(cfg, workdir: str, stop_at_step: int | None = None,
+          restore_step: int | None = None) -> RunResult:
+  """Trains to cfg.train.steps (or stop_at_step), resuming from the workdir's latest checkpoint
+  (or from `restore_step`: later checkpoints are then set aside, never deleted)."""
   t = cfg.train
-  mngr, latest, corpus, spec = prepare(cfg, workdir)
+  prep = prepare(cfg, workdir, restore_step)
+  mngr, latest, corpus, spec = prep.mngr, prep.step, prep.corpus, prep.spec
   n_proc, proc = jax.process_count(), jax.process_index()
   if t.batch_size % n_proc:
     raise UserError(f'train.batch_size={t.batch_size} is not divisible by {n_proc} processes')
@@ -91,10 +128,14 @@ def train(cfg, workdir: str, stop_at_step: int | None = None) -> RunResult:
   val_rows = data.eval_batches(corpus.val_tokens, seq_len, t.batch_size, t.eval_batches)
   val_batches = [b[proc * local_batch:(proc + 1) * local_batch] for b in val_rows]
   meta = checkpoint.run_meta(cfg, spec.vocab_size)
+  grown_from = (prep.saved_meta or {}).get('grown_from')
+  if grown_from:
+    meta['grown_from'] = grown_from
 
   # ---- state: restore or init ----
   if latest is not None:
     state = checkpoint.restore(mngr, latest, state_lib.abstract_targets(spec), train_iter)
+    checkpoint.set_aside_later(mngr, latest)
     logging.info('resumed from step %d in %s', latest, workdir)
   else:
     state = state_lib.init_state(spec, cfg)
@@ -107,7 +148,8 @@ def train(cfg, workdir: str, stop_at_step: int | None = None) -> RunResult:
     logging.info('%s model: %.2fM parameters, %.3f GFLOP per step, mesh %s', cfg.model.kind,
                  n_params / 1e6, step_flops / 1e9, dict(spec.mesh.shape))
 
-  train_step = step_lib.make_train_step(spec, cfg)
+  frozen = grown_from['counts'] if cfg.growth.freeze_old else None
+  train_step = step_lib.make_train_step(spec, cfg, frozen_counts=frozen)
   eval_step = step_lib.make_eval_step(spec, cfg)
   writer = metrics.MetricsWriter(workdir)
   result = RunResult(state=state, step=start, train_losses={}, val_losses={})
@@ -137,11 +179,12 @@ def train(cfg, workdir: str, stop_at_step: int | None = None) -> RunResult:
         val = evaluate(eval_step, spec, cfg, state['params'], val_batches)
         result.val_losses[done] = val
         writer.write(done, {'val_loss': val, 'val_ppl': math.exp(min(val, 50.0))})
-        bar.write(f'step {done}: val loss {val:.4f}, ppl {math.exp(min(val, 50.0)):.2f}')
+        if proc == 0:
+          bar.write(f'step {done}: val loss {val:.4f}, ppl {math.exp(min(val, 50.0)):.2f}')
       if done % t.checkpoint_every == 0 or done == end or preemption.requested:
         checkpoint.save(mngr, done, state, train_iter, meta)
       if preemption.requested:
-        bar.write(f'SIGTERM: saved step {done}, exiting')
+        logging.warning('SIGTERM: saved step %d, exiting', done)
         result.preempted = True
         break
   bar.close()
@@ -157,10 +200,10 @@ def train(cfg, workdir: str, stop_at_step: int | None = None) -> RunResult:
 
 
 def sample_text(spec, cfg, params, corpus, prompt: str = 'And God said') -> str:
-  """A few lines continuing `prompt`, sampled without a KV cache (see generate.py)."""
-  ids = generate.sample_tokens(lambda p, tokens: state_lib.merge(spec, p)(tokens), params,
-                               corpus.tokenizer.encode(prompt),
-                               cfg.train.sample_tokens, cfg.data.seq_len,
-                               vocab_limit=corpus.vocab_size, seed=cfg.seed)
-  ids = ids[:ids.index(corpus.eos_id)] if corpus.eos_id in ids else ids
+  """A few lines continuing `prompt` (KV-cached sampling, temperature 0.8, top-k 40: see generate.py)."""
+  generator = generate.Generator(spec.graphdef, context=cfg.data.seq_len, vocab_limit=corpus.vocab_size,
+                                 eos_id=corpus.eos_id,
+                                 sampling=generate.Sampling(temperature=0.8, top_k=40))
+  ids = generator.generate(params, [corpus.tokenizer.encode(prompt)], cfg.train.sample_tokens,
+                           seed=cfg.seed)[0]
   return prompt + corpus.tokenizer.decode(ids)

@@ -1,0 +1,111 @@
+"""Grow + reshard benchmark: time and peak host memory of growing a ~100M-parameter checkpoint,
+against a plain restore of the grown checkpoint on the same mesh.
+
+Each measured phase runs in a fresh process, so its peak RSS (ru_maxrss) is its own. On CPU, device
+arrays live in host memory, so peak RSS counts the restored state itself; compare it with the state
+sizes printed alongside (a grow that held both whole states would need about their sum).
+
+  python benchmarks/grow.py [--workdir=/tmp/grow_bench] [--devices=4] [--json=FILE]
+"""
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# source ~78M parameters → grown ~103M (8 layers, d 768; tokens 768/768/3072 → 1024/1024/4096)
+SMALL = dict(num_layers=8, d_model=768, num_heads=12, n_qkv=768, n_proj=768, n_ffn=3072)
+BIG = dict(n_qkv=1024, n_proj=1024, n_ffn=4096)
+
+
+def config(big: bool, cache: str, devices: int):
+  from tokenformer_jax.config import base_config
+  c = base_config()
+  for key, value in {**SMALL, **(BIG if big else {})}.items():
+    c.model[key] = value
+  c.data.vocab_size, c.data.seq_len, c.data.cache_dir = 512, 128, cache
+  c.train.batch_size = 8
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, devices
+  return c
+
+
+def phase(name: str, workdir: str, devices: int) -> dict:
+  """One measured phase, in this (fresh) process."""
+  import jax
+  from tokenformer_jax import checkpoint, data, growth, sharding
+  from tokenformer_jax import state as state_lib
+  cache = os.path.join(workdir, 'cache')
+  src, dst = os.path.join(workdir, 'src'), os.path.join(workdir, 'dst')
+  out = {'phase': name}
+  start = time.perf_counter()
+  if name == 'make_source':
+    c = config(False, cache, devices)
+    corpus = data.prepare_corpus(c.data, cache)
+    spec = state_lib.make_spec(c, 512, sharding.make_mesh(c.mesh))
+    state = state_lib.init_state(spec, c)
+    it = data.train_iterator(corpus.train_tokens, c.data.seq_len, c.train.batch_size, 0)
+    checkpoint.save(checkpoint.manager(src), 0, state, it, checkpoint.run_meta(c, 512))
+    out['params_M'] = state_lib.num_params(spec) / 1e6
+    out['state_MiB'] = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
+  elif name == 'grow':
+    timings = {}
+    growth.grow(config(True, cache, devices), src, dst, timings=timings)
+    out.update(timings)
+  elif name == 'plain_restore':
+    c = config(True, cache, devices)
+    mngr = checkpoint.manager(dst)
+    meta = checkpoint.read_meta(mngr, mngr.latest_step())
+    for key in ('n_ref_qkv', 'n_ref_proj', 'n_ref_ffn'):
+      c.model[key] = meta['config']['model'][key]
+    spec = state_lib.make_spec(c, 512, sharding.make_mesh(c.mesh))
+    t0 = time.perf_counter()
+    state = checkpoint.restore(mngr, mngr.latest_step(), state_lib.abstract_targets(spec))
+    jax.block_until_ready(state)
+    out['restore_s'] = time.perf_counter() - t0
+    out['params_M'] = state_lib.num_params(spec) / 1e6
+    out['state_MiB'] = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
+  out['total_s'] = time.perf_counter() - start
+  out['peak_rss_MiB'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return out
+
+
+def main():
+  args = dict(a.lstrip('-').split('=', 1) for a in sys.argv[1:] if '=' in a)
+  if len(sys.argv) > 1 and sys.argv[1] == '--phase':
+    print(json.dumps(phase(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    return
+  workdir = args.get('workdir', '/tmp/grow_bench')
+  devices = int(args.get('devices', '4'))
+  shutil.rmtree(os.path.join(workdir, 'src'), ignore_errors=True)
+  shutil.rmtree(os.path.join(workdir, 'dst'), ignore_errors=True)
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  results = []
+  for name in ('make_source', 'grow', 'plain_restore'):
+    proc = subprocess.run([sys.executable, __file__, '--phase', name, workdir, str(devices)],
+                          env=env, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+      sys.exit(f'error: phase {name} failed:\n{proc.stderr[-3000:]}')
+    results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(json.dumps(results[-1]), flush=True)
+  source, grown, plain = results
+  ratio = (grown["restore_s"] + grown["grow_s"]) / plain["restore_s"]
+  print(f"source {source['params_M']:.1f}M params ({source['state_MiB']:.0f} MiB state) → grown "
+        f"{plain['params_M']:.1f}M ({plain['state_MiB']:.0f} MiB) on {devices} devices, mesh (1,1,{devices})")
+  print(f"grow: restore {grown['restore_s']:.2f}s + grow {grown['grow_s']:.2f}s + save "
+        f"{grown['save_s']:.2f}s; plain restore of the grown checkpoint {plain['restore_s']:.2f}s; "
+        f"(restore into grown shapes + fill) / plain restore = {ratio:.2f}")
+  print(f"peak RSS: grow process {grown['peak_rss_MiB']:.0f} MiB, plain-restore process "
+        f"{plain['peak_rss_MiB']:.0f} MiB; source + grown states {source['state_MiB'] + plain['state_MiB']:.0f} MiB")
+  if 'json' in args:
+    with open(args['json'], 'w') as f:
+      json.dump({'devices': devices, 'results': results, 'ratio': ratio}, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()

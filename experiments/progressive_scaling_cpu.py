@@ -1,0 +1,55 @@
+"""The progressive-scaling study at CPU scale: grow a TokenFormer through 4 stages vs training the
+largest member from scratch (and a dense Transformer of the same size), on the bundled corpus.
+
+Family: 4 layers, d 128, 4 heads; (attention, FFN) parameter tokens (32, 128) → (64, 256) → (128, 512)
+→ (256, 1024), ×2 per stage, like the paper's 124M → 354M → 757M → 1.4B at a thousandth of the size.
+get_config(arm), arm one of ARMS (add '-quick' for the ≤ 5 min pipeline check):
+  scratch        the largest member from scratch
+  exact_carry    growth path, exact growth (τ frozen, new keys 0), Adam state carried
+  paper_carry    growth path, the reference's growth (all random, τ = √n), Adam state carried
+  exact_reset    growth path, exact growth, fresh optimizer + schedule per stage
+  paper_reset    growth path as in the reference (random init, fresh optimizer per stage)
+  dense          a dense Transformer with the largest member's parameter count, from scratch
+Run them all, with the figure and table: python benchmarks/progressive_study.py [--quick]
+"""
+from tokenformer_jax.config import base_config
+
+ARMS = ('scratch', 'exact_carry', 'paper_carry', 'exact_reset', 'paper_reset', 'dense')
+TOKENS = ((32, 128), (64, 256), (128, 512), (256, 1024))   # (n_qkv = n_proj, n_ffn) per stage
+STAGE_STEPS = (300, 300, 300, 600)
+SCRATCH_STEPS = 1200
+QUICK = dict(tokens=((32, 128), (64, 256)), stage_steps=(20, 20), scratch_steps=40)
+
+
+def get_config(arm: str = 'scratch'):
+  arm, quick = (arm[:-len('-quick')], True) if arm.endswith('-quick') else (arm, False)
+  if arm not in ARMS:
+    raise ValueError(f'unknown arm {arm!r}; choose one of {ARMS} (optionally with -quick)')
+  tokens = QUICK['tokens'] if quick else TOKENS
+  stage_steps = QUICK['stage_steps'] if quick else STAGE_STEPS
+  c = base_config()
+  m = c.model
+  m.num_layers, m.d_model, m.num_heads = (2, 64, 4) if quick else (4, 128, 4)
+  m.n_qkv = m.n_proj = tokens[-1][0]
+  m.n_ffn = tokens[-1][1]
+  c.data.vocab_size = 512 if quick else 2048
+  c.data.seq_len = 64 if quick else 128
+  c.train.batch_size = 8 if quick else 16
+  c.train.steps = QUICK['scratch_steps'] if quick else SCRATCH_STEPS
+  c.train.eval_every = 10 if quick else 100
+  c.train.eval_batches = 2 if quick else 8
+  c.train.checkpoint_every = 100
+  c.train.log_every = 10
+  c.train.sample_tokens = 0
+  c.optimizer.lr = 3e-3
+  c.optimizer.min_lr = 3e-4
+  c.optimizer.warmup_frac = 0.05
+  if arm == 'dense':
+    m.kind = 'dense'
+    m.mlp_dim = 3 * m.n_qkv + m.n_proj + m.n_ffn - 2 * m.d_model  # equal non-embedding parameters
+    if m.mlp_dim <= 0:
+      raise ValueError('too few parameter tokens for a dense model of equal size')
+  elif arm != 'scratch':
+    c.growth.policy, c.growth.optimizer = arm.split('_')
+    c.stages = tuple((n_att, n_att, n_ffn, steps) for (n_att, n_ffn), steps in zip(tokens, stage_steps))
+  return c

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Run an experiment on every worker of a Cloud TPU VM slice (a pod slice is several hosts).
+#
+#   launch/tpu_pod.sh --tpu=NAME --zone=ZONE [--project=P] [--create --accelerator_type=v5p-8 \
+#       --runtime=v2-alpha-tpuv5] [--dry_run] -- --config=experiments/pile.py:150m \
+#       --workdir=/mnt/shared/run1 [--config.x=y ...]
+#
+# The workdir must be a filesystem all workers share (NFS, Filestore or a gcsfuse mount).
+# Steps: (optional) create the TPU VM; copy this checkout to every worker; install it there with
+# jax[tpu]; start main.py on all workers at once. JAX finds the pod's coordinator and process ids
+# itself (see tokenformer_jax/distributed.py). LIBTPU_INIT_ARGS turns on the async collective
+# fusion flags that let XLA overlap FSDP all-gathers / reduce-scatters with compute.
+# --dry_run prints the gcloud commands instead of running them.
+set -euo pipefail
+
+tpu="" zone="" project="" create=0 accelerator_type="" runtime="" dry_run=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --tpu=*) tpu="${1#*=}" ;;
+    --zone=*) zone="${1#*=}" ;;
+    --project=*) project="${1#*=}" ;;
+    --create) create=1 ;;
+    --accelerator_type=*) accelerator_type="${1#*=}" ;;
+    --runtime=*) runtime="${1#*=}" ;;
+    --dry_run) dry_run=1 ;;
+    --) shift; break ;;
+    *) echo "error: unknown option $1 (options come before --, main.py's flags after it)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [[ -z "$tpu" || -z "$zone" ]]; then echo "error: --tpu and --zone are required" >&2; exit 2; fi
+if [[ $create == 1 && ( -z "$accelerator_type" || -z "$runtime" ) ]]; then
+  echo "error: --create needs --accelerator_type and --runtime" >&2; exit 2
+fi
+if [[ $# == 0 ]]; then echo "error: pass main.py's flags after --" >&2; exit 2; fi
+
+gcloud_tpu=(gcloud compute tpus tpu-vm)
+scope=(--zone="$zone")
+[[ -n "$project" ]] && scope+=(--project="$project")
+libtpu_args="--xla_tpu_enable_async_collective_fusion=true \
+--xla_tpu_enable_async_collective_fusion_fuse_all_gather=true \
+--xla_tpu_enable_async_collective_fusion_multiple_steps=true \
+--xla_tpu_overlap_compute_collective_tc=true --xla_enable_async_all_gather=true \
+--xla_enable_async_reduce_scatter=true"
+main_args=$(printf '%q ' "$@")
+remote_dir='~/tokenformer_jax'
+here="$(cd "$(dirname "$0")/.." && pwd)"
+
+run() {
+  if [[ $dry_run == 1 ]]; then printf '%q ' "$@"; echo; else "$@"; fi
+}
+
+if [[ $create == 1 ]]; then
+  run "${gcloud_tpu[@]}" create "$tpu" "${scope[@]}" --accelerator-type="$accelerator_type" \
+    --version="$runtime"
+fi
+run "${gcloud_tpu[@]}" scp --recurse "$here" "$tpu:$remote_dir" "${scope[@]}" --worker=all
+run "${gcloud_tpu[@]}" ssh "$tpu" "${scope[@]}" --worker=all \
+  --command="cd $remote_dir && python3 -m pip install -q -e '.[tpu]' 'jax[tpu]'"
+run "${gcloud_tpu[@]}" ssh "$tpu" "${scope[@]}" --worker=all \
+  --command="cd $remote_dir && LIBTPU_INIT_ARGS='$libtpu_args' python3 -m tokenformer_jax.main $main_args"

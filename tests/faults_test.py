@@ -1,0 +1,109 @@
+"""Faults: kill -9 at any moment, SIGTERM, a truncated checkpoint. Reruns resume from the last
+complete checkpoint and reproduce the uninterrupted run's losses exactly."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.main_test import FAST, TINY
+
+STEPS = ['--config.train.steps=24', '--config.train.log_every=1', '--config.train.checkpoint_every=4',
+         '--config.train.eval_every=100', '--config.train.sample_tokens=0']
+
+
+def command(workdir, cache, *extra):
+  return [sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}', f'--workdir={workdir}',
+          f'--config.data.cache_dir={cache}', *FAST, *STEPS, *extra]
+
+
+def final_losses(workdir):
+  """step → loss, the last record of each step winning (a resumed run redoes some steps)."""
+  losses = {}
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      record = json.loads(line)
+      if 'loss' in record:
+        losses[record['step']] = record['loss']
+  return losses
+
+
+def logged_steps(workdir):
+  path = os.path.join(workdir, 'metrics.jsonl')
+  return open(path).read().count('"loss"') if os.path.exists(path) else 0
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  root = tmp_path_factory.mktemp('faults')
+  cache = root / 'cache'
+  proc = subprocess.run(command(root / 'whole', cache), cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return cache, final_losses(root / 'whole')
+
+
+def start_and_interrupt(workdir, cache, sig, after_steps, *extra):
+  proc = subprocess.Popen(command(workdir, cache, *extra), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while logged_steps(workdir) < after_steps:
+    assert proc.poll() is None and time.time() < deadline, 'run ended before the interruption'
+    time.sleep(0.02)
+  proc.send_signal(sig)
+  _, stderr = proc.communicate(timeout=120)
+  return proc.returncode, stderr
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_kill_9_then_rerun_matches_uninterrupted(reference, tmp_path, seed):
+  cache, whole = reference
+  after = random.Random(seed).randint(2, 20)
+  code, _ = start_and_interrupt(tmp_path / 'w', cache, signal.SIGKILL, after)
+  assert code == -signal.SIGKILL
+  proc = subprocess.run(command(tmp_path / 'w', cache), cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert final_losses(tmp_path / 'w') == whole
+
+
+def test_sigterm_saves_then_resumes(reference, tmp_path):
+  cache, whole = reference
+  # no periodic checkpoints: the one found afterwards can only come from the SIGTERM handler
+  code, stderr = start_and_interrupt(tmp_path / 'w', cache, signal.SIGTERM, 6,
+                                     '--config.train.checkpoint_every=1000')
+  assert code == 0, stderr[-2000:]
+  assert 'SIGTERM: saved step' in stderr
+  saved = int(stderr.split('SIGTERM: saved step')[1].split()[0].strip(','))
+  assert os.listdir(tmp_path / 'w' / 'checkpoints') == [str(saved)] and 6 <= saved < 24
+  proc = subprocess.run(command(tmp_path / 'w', cache), cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert final_losses(tmp_path / 'w') == whole
+
+
+def test_truncated_checkpoint_is_named_and_an_older_one_can_be_chosen(reference, tmp_path):
+  cache, whole = reference
+  workdir = tmp_path / 'w'
+  first = command(workdir, cache, '--stop_at_step=8')
+  assert subprocess.run(first, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
+  state_dir = workdir / 'checkpoints' / '8' / 'state'
+  biggest = max((p for p in state_dir.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  with open(biggest, 'r+b') as f:
+    f.truncate(100)
+  proc = subprocess.run(command(workdir, cache), cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 2
+  line = next(l for l in proc.stderr.splitlines() if l.startswith('error: '))
+  assert f'checkpoint {workdir}/checkpoints/8 is corrupt or truncated' in line, line
+  assert '--restore_step (available: [4])' in line
+  proc = subprocess.run(command(workdir, cache, '--restore_step=4'), cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert final_losses(workdir) == whole
+  assert any(p.name.startswith('8.set-aside-') for p in (workdir / 'checkpoints').iterdir())

@@ -1,0 +1,61 @@
+"""Growth across a mesh change: saved on 8 devices as (2,2,2), grown onto 4 devices as (1,1,4) in
+another process, gives exactly what growing on one device gives, and the same logits as before."""
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+
+from tests.conftest import ROOT
+from tests.main_test import FAST, TINY
+from tokenformer_jax import checkpoint, growth, sharding
+from tokenformer_jax import state as state_lib
+
+GROWN = ['--config.model.n_qkv=48', '--config.model.n_proj=40', '--config.model.n_ffn=96']
+
+
+def cli(devices, *args):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}', *FAST,
+                         *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def restore_on_one_device(workdir):
+  mngr = checkpoint.manager(workdir)
+  meta = checkpoint.read_meta(mngr, mngr.latest_step())
+  cfg = ml_collections.ConfigDict(meta['config'])
+  cfg.mesh.data = cfg.mesh.fsdp = cfg.mesh.tensor = 1
+  spec = state_lib.make_spec(cfg, meta['vocab_size'], sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
+  return cfg, spec, checkpoint.restore(mngr, mngr.latest_step(), state_lib.abstract_targets(spec))
+
+
+def test_grow_onto_another_mesh(tmp_path):
+  src, on_four = str(tmp_path / 'src'), str(tmp_path / 'grown4')
+  cache = f'--config.data.cache_dir={tmp_path / "cache"}'
+  cli(8, f'--workdir={src}', cache, '--config.train.sample_tokens=0', '--config.mesh.data=2',
+      '--config.mesh.fsdp=2',
+      '--config.mesh.tensor=2')
+  cli(4, '--mode=grow', f'--grow_from={src}', f'--workdir={on_four}', cache, *GROWN,
+      '--config.mesh.data=1', '--config.mesh.fsdp=1', '--config.mesh.tensor=4')
+
+  # the same growth on this process's single device
+  cfg_src, _, _ = restore_on_one_device(src)
+  cfg_b = ml_collections.ConfigDict(cfg_src.to_dict())
+  cfg_b.model.n_qkv, cfg_b.model.n_proj, cfg_b.model.n_ffn = 48, 40, 96
+  cfg_b.mesh.data = cfg_b.mesh.fsdp = cfg_b.mesh.tensor = 1
+  on_one = str(tmp_path / 'grown1')
+  growth.grow(cfg_b, src, on_one)
+
+  _, spec4, state4 = restore_on_one_device(on_four)
+  _, spec1, state1 = restore_on_one_device(on_one)
+  for a, b in zip(jax.tree.leaves(state4), jax.tree.leaves(state1)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  _, spec_src, state_src = restore_on_one_device(src)
+  tokens = np.random.default_rng(0).integers(0, 500, (2, 16)).astype(np.int32)
+  before = np.asarray(state_lib.merge(spec_src, state_src['params'])(tokens))
+  after = np.asarray(state_lib.merge(spec4, state4['params'])(tokens))
+  assert np.max(np.abs(after - before)) <= 1e-5 * np.max(np.abs(before))

@@ -1,0 +1,174 @@
+"""Growth policies on in-memory states: exact preserves the function, paper does not (and why),
+optimizer carry/reset, freeze_old; strictness of `grow` on checkpoints."""
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import small_config
+from tokenformer_jax import checkpoint, growth, sharding, train
+from tokenformer_jax import state as state_lib
+from tokenformer_jax import step as step_lib
+from tokenformer_jax.errors import UserError
+
+VOCAB = 128
+BIG = {'qkv': 96, 'proj': 80, 'ffn': 384}
+TOKENS = np.random.default_rng(0).integers(0, VOCAB, (2, 33)).astype(np.int32)
+
+
+def _spec(cfg):
+  return state_lib.make_spec(cfg, VOCAB, sharding.make_mesh(cfg.mesh))
+
+
+def _trained_small(steps=3):
+  """A small state with non-zero Adam moments."""
+  c = small_config()
+  spec = _spec(c)
+  state = state_lib.init_state(spec, c)
+  train_step = step_lib.make_train_step(spec, c)
+  for _ in range(steps):
+    state, _ = train_step(state, step_lib.global_batch(spec, c, TOKENS))
+  return c, spec, state
+
+
+def _grow(c_small, spec_small, state, groups, policy='exact', optimizer='carry'):
+  b = small_config()
+  for group in groups:
+    b.model[f'n_{group}'] = BIG[group]
+  b.growth.policy, b.growth.optimizer = policy, optimizer
+  grown_cfg = growth.grown_config(b, c_small.to_dict()['model'])
+  spec_b = _spec(grown_cfg)
+  copy = jax.tree.map(lambda x: x.copy(), state)
+  return grown_cfg, spec_b, growth.grow_state(copy, spec_b, grown_cfg, growth.counts(c_small.model),
+                                              jax.random.key(1))
+
+
+def _logits(spec, params):
+  return np.asarray(state_lib.merge(spec, params)(TOKENS[:, :-1]))
+
+
+@pytest.fixture(scope='module')
+def small():
+  return _trained_small()
+
+
+@pytest.mark.parametrize('groups', [('qkv',), ('proj',), ('ffn',), ('qkv', 'proj', 'ffn')])
+def test_exact_growth_preserves_logits(small, groups):
+  c, spec, state = small
+  _, spec_b, grown = _grow(c, spec, state, groups)
+  before, after = _logits(spec, state['params']), _logits(spec_b, grown['params'])
+  assert np.max(np.abs(after - before)) <= 1e-5 * np.max(np.abs(before))
+  for group in groups:
+    name = growth.GROUPS[group][0]
+    keys = np.asarray(grown['params']['blocks'][name]['key_tokens'])
+    values = np.asarray(grown['params']['blocks'][name]['value_tokens'])
+    n_old = c.model[f'n_{group}']
+    assert keys.shape[1] == BIG[group] and not keys[:, n_old:].any()  # new keys zero
+    assert values[:, n_old:].std() > 0                                 # new values random
+
+
+def test_paper_growth_changes_logits_and_why(small):
+  c, spec, state = small
+  before = _logits(spec, state['params'])
+  cfg_b, spec_b, grown = _grow(c, spec, state, ('qkv', 'proj', 'ffn'), policy='paper')
+  assert cfg_b.model.n_ref_ffn == 0
+  change = np.max(np.abs(_logits(spec_b, grown['params']) - before)) / np.max(np.abs(before))
+  # Random new keys add scores, and τ = √n moves from √256 to √384 in the FFN (+22%), so the
+  # output of every Pattention changes: measured ≈ 12% of the logits' scale.
+  assert change > 1e-2, change
+  # Even with zero new keys, recomputing τ alone changes the function (the reference's behaviour).
+  _, _, exact = _grow(c, spec, state, ('qkv', 'proj', 'ffn'))
+  tau_recomputed = _spec(cfg_b)  # same shapes, n_ref = 0
+  tau_change = np.max(np.abs(_logits(tau_recomputed, exact['params']) - before)) / np.max(np.abs(before))
+  assert tau_change > 1e-2, tau_change
+
+
+def test_carry_keeps_old_moments_and_zeroes_new(small):
+  c, spec, state = small
+  _, _, grown = _grow(c, spec, state, ('ffn',))
+  old, new = state['opt_state'][1][0], grown['opt_state'][1][0]
+  for moment in ('mu', 'nu'):
+    o = np.asarray(getattr(old, moment)['blocks']['mlp']['key_tokens'])
+    n = np.asarray(getattr(new, moment)['blocks']['mlp']['key_tokens'])
+    np.testing.assert_array_equal(n[:, :o.shape[1]], o)
+    assert not n[:, o.shape[1]:].any() and np.abs(o).max() > 0
+  assert int(grown['step']) == int(state['step']) == 3
+  assert int(new.count) == int(old.count)
+
+
+def test_reset_starts_fresh(small):
+  c, spec, state = small
+  _, _, grown = _grow(c, spec, state, ('ffn',), optimizer='reset')
+  adam = grown['opt_state'][1][0]
+  assert int(grown['step']) == 0 and int(adam.count) == 0
+  assert not any(np.asarray(x).any() for x in jax.tree.leaves(adam.mu))
+
+
+def test_freeze_old_trains_only_new_tokens(small):
+  c, spec, state = small
+  cfg_b, spec_b, grown = _grow(c, spec, state, ('qkv', 'proj', 'ffn'))
+  frozen = growth.counts(c.model)
+  before = jax.tree.map(np.asarray, grown['params'])
+  train_step = step_lib.make_train_step(spec_b, cfg_b, frozen_counts=frozen)
+  after, _ = train_step(grown, step_lib.global_batch(spec_b, cfg_b, TOKENS))
+  after = jax.tree.map(np.asarray, after['params'])
+  np.testing.assert_array_equal(after['embedding'], before['embedding'])
+  np.testing.assert_array_equal(after['final_norm_scale'], before['final_norm_scale'])
+  for group, names in growth.GROUPS.items():
+    n_old = frozen[group]
+    for name in names:
+      for table in ('key_tokens', 'value_tokens'):
+        a, b = after['blocks'][name][table], before['blocks'][name][table]
+        np.testing.assert_array_equal(a[:, :n_old], b[:, :n_old])
+        assert np.abs(a[:, n_old:] - b[:, n_old:]).max() > 0
+
+
+# ---- grow() on checkpoints: strictness, nothing written on error ----
+
+@pytest.fixture(scope='module')
+def source(data_cache, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('source'))
+  c = small_config(data_cache)
+  c.train.steps = 4
+  train.train(c, workdir)
+  return workdir
+
+
+@pytest.mark.parametrize('change,needle', [
+    ({'n_ffn': 128}, 'cannot grow to fewer tokens: params/blocks/mlp/key_tokens: checkpoint (2, 256, 64), '
+                     'config (2, 128, 64)'),
+    ({'d_model': 128}, 'model.d_model: checkpoint 64, config 128'),
+    ({'num_layers': 3}, 'model.num_layers: checkpoint 2, config 3'),
+    ({'num_heads': 8}, 'model.num_heads: checkpoint 4, config 8'),
+    ({'vocab_size': 1024}, 'model.vocab_size: checkpoint 0, config 1024'),
+])
+def test_grow_refuses_other_changes(source, data_cache, tmp_path, change, needle):
+  b = small_config(data_cache)
+  for key, value in change.items():
+    b.model[key] = value
+  with pytest.raises(UserError) as err:
+    growth.grow(b, source, str(tmp_path / 'dst'))
+  assert needle in str(err.value)
+  assert not (tmp_path / 'dst' / 'checkpoints').exists() or not any(
+      (tmp_path / 'dst' / 'checkpoints').iterdir())
+
+
+def test_grow_refuses_existing_destination_and_missing_source(source, data_cache, tmp_path):
+  b = small_config(data_cache)
+  b.model.n_ffn = 512
+  with pytest.raises(UserError, match='already holds a checkpoint'):
+    growth.grow(b, source, source)
+  with pytest.raises(UserError, match='no checkpoint to grow'):
+    growth.grow(b, str(tmp_path / 'empty'), str(tmp_path / 'dst'))
+
+
+def test_grown_checkpoint_trains_on(source, data_cache, tmp_path):
+  b = small_config(data_cache)
+  b.model.n_ffn = 512
+  b.train.steps = 8
+  dst = str(tmp_path / 'dst')
+  assert growth.grow(b, source, dst) == 4  # carry: the step goes on
+  meta = checkpoint.read_meta(checkpoint.manager(dst), 4)
+  assert meta['config']['model']['n_ref_ffn'] == 256 and meta['grown_from']['counts']['ffn'] == 256
+  result = train.train(b, dst)  # the config leaves n_ref at 0: τ is taken from the checkpoint
+  assert result.step == 8 and b.model.n_ref_ffn == 256
+  assert sorted(result.train_losses) == [5, 8]

@@ -1,0 +1,82 @@
+"""Two OS processes on localhost form one runtime (jax.distributed, gloo) and train like one process
+with the same devices; a process whose peer dies exits with an error in bounded time."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from tests.conftest import ROOT
+from tests.main_test import FAST, TINY
+
+STEPS = ['--config.train.steps=6', '--config.train.log_every=1', '--config.train.eval_every=3',
+         '--config.train.checkpoint_every=3', '--config.train.batch_size=8']
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  return {r['step']: r['loss'] for r in records if 'loss' in r}, {
+      r['step']: r['val_loss'] for r in records if 'val_loss' in r}
+
+
+def test_two_processes_match_one_process(tmp_path):
+  cache = f'--config.data.cache_dir={tmp_path / "cache"}'
+  multi = tmp_path / 'multi'
+  proc = subprocess.run(
+      ['bash', 'launch/local_multiprocess.sh', '--num_processes=2', '--devices_per_process=2',
+       f'--port={free_port()}', '--', f'--config={TINY}', f'--workdir={multi}', cache, *FAST,
+       *STEPS], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  single = tmp_path / 'single'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}',
+                         f'--workdir={single}', cache, *FAST, *STEPS], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (train_multi, val_multi), (train_single, val_single) = losses(multi), losses(single)
+  assert sorted(train_multi) == list(range(1, 7)) and sorted(val_multi) == [3, 6]
+  for step, loss in train_single.items():
+    assert abs(train_multi[step] - loss) <= 1e-5 * abs(loss), (step, train_multi[step], loss)
+  for step, loss in val_single.items():
+    assert abs(val_multi[step] - loss) <= 1e-5 * abs(loss)
+  # only process 0 writes metrics and prints the sample
+  assert (multi / 'logs' / 'process_1.log').read_text().count('--- sample ---') == 0
+
+
+def test_peer_death_ends_the_survivor_in_bounded_time(tmp_path):
+  timeout_s = 10
+  port = free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  common = [sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}',
+            f'--workdir={tmp_path / "w"}', *FAST, '--config.train.steps=100000',
+            '--config.train.log_every=1', '--config.train.checkpoint_every=100000',
+            '--config.train.eval_every=100000', f'--coordinator_address=localhost:{port}',
+            '--num_processes=2', f'--distributed_timeout_s={timeout_s}']
+  procs = [subprocess.Popen(common + [f'--process_id={i}'], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+  try:
+    metrics = tmp_path / 'w' / 'metrics.jsonl'
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count('\n') >= 3):
+      assert time.time() < deadline and procs[0].poll() is None, 'training never started'
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    _, stderr = procs[0].communicate(timeout=timeout_s + 60)
+    elapsed = time.time() - killed
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert procs[0].returncode != 0
+  assert elapsed <= timeout_s + 30, elapsed
+  assert 'another task died' in stderr or 'stopped sending heartbeats' in stderr, stderr[-2000:]

@@ -1,0 +1,43 @@
+"""A two-stage schedule (train → grow → train) end to end; reruns skip finished work and redo only
+what an interruption cut short."""
+import shutil
+
+from tests.conftest import small_config
+from tokenformer_jax import checkpoint, stages
+
+
+def _config(cache):
+  c = small_config(cache)
+  c.stages = ((64, 64, 256, 6), (96, 80, 384, 6))
+  c.train.eval_every = 6
+  c.train.checkpoint_every = 6
+  c.train.log_every = 2
+  return c
+
+
+def test_two_stages_then_rerun(data_cache, tmp_path):
+  c = _config(data_cache)
+  first = stages.run(c, str(tmp_path))
+  assert [r.step for r in first] == [6, 12]  # carry: the step count goes on
+  meta = checkpoint.read_meta(checkpoint.manager(stages.stage_dir(str(tmp_path), 1)), 12)
+  assert meta['grown_from']['counts'] == {'qkv': 64, 'proj': 64, 'ffn': 256}
+  assert meta['config']['model']['n_ffn'] == 384 and meta['config']['model']['n_ref_ffn'] == 256
+  # grown exactly: stage 1 starts from stage 0's validation loss
+  assert first[1].train_losses and first[1].val_losses[12] < first[0].val_losses[6] + 0.05
+
+  again = stages.run(c, str(tmp_path))
+  assert [r.step for r in again] == [6, 12] and not any(r.train_losses for r in again)
+
+  # an interruption before stage 1's growth committed: rerunning redoes growth and training
+  shutil.rmtree(stages.stage_dir(str(tmp_path), 1))
+  redone = stages.run(c, str(tmp_path))
+  assert redone[1].train_losses == first[1].train_losses
+  assert redone[1].val_losses == first[1].val_losses
+
+
+def test_reset_restarts_the_schedule(data_cache, tmp_path):
+  c = _config(data_cache)
+  c.growth.optimizer = 'reset'
+  c.growth.policy = 'paper'
+  results = stages.run(c, str(tmp_path))
+  assert [r.step for r in results] == [6, 6]

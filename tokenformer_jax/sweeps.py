@@ -1,0 +1,48 @@
+"""Helpers for `get_sweep()` in experiment files, and turning an override dict into flags.
+
+A sweep is a list of override dicts ({'optimizer.lr': 3e-4, 'model.n_ffn': 512}); each becomes one run
+with `--config.optimizer.lr=0.0003 --config.model.n_ffn=512` (explicit flags: ml_collections does not
+apply `--config.x=` overrides from a --flagfile).
+
+  def get_sweep():
+    return product(product(('optimizer.lr', [1e-3, 3e-3])), zipped(('model.n_qkv', [64, 128]),
+                                                                  ('model.n_ffn', [256, 512])))
+"""
+import itertools
+import re
+
+
+def product(*axes) -> list[dict]:
+  """Cartesian product of axes; an axis is (key, values) or an already-built list of dicts."""
+  lists = [_as_dicts(axis) for axis in axes]
+  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
+          for combo in itertools.product(*lists)]
+
+
+def zipped(*axes) -> list[dict]:
+  """Axes that move together (all of the same length)."""
+  lists = [_as_dicts(axis) for axis in axes]
+  if len({len(values) for values in lists}) > 1:
+    raise ValueError(f'zipped axes differ in length: {[len(v) for v in lists]}')
+  return [dict(itertools.chain.from_iterable(d.items() for d in combo)) for combo in zip(*lists)]
+
+
+def _as_dicts(axis) -> list[dict]:
+  if isinstance(axis, tuple) and len(axis) == 2 and isinstance(axis[0], str):
+    key, values = axis
+    return [{key: value} for value in values]
+  return list(axis)
+
+
+def flag_value(value) -> str:
+  return repr(value) if isinstance(value, (tuple, list)) else str(value)
+
+
+def to_flags(overrides: dict) -> list[str]:
+  return [f'--config.{key}={flag_value(value)}' for key, value in overrides.items()]
+
+
+def run_name(overrides: dict) -> str:
+  """A readable, filesystem-safe name: 'optimizer.lr=0.003,model.n_ffn=512'."""
+  text = ','.join(f'{key}={flag_value(value)}' for key, value in overrides.items()) or 'base'
+  return re.sub(r'[^A-Za-z0-9_.,=+-]', '_', text)[:200]
