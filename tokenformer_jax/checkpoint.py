@@ -78,7 +78,14 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 
 
 def check_config(saved_meta: dict, cfg, step: int) -> None:
-  """Refuses a checkpoint whose model (or tokenizer) config differs from the current one."""
+  """Refuses a checkpoint whose model (or tokenizer) config differs from the current one.
+
+  τ frozen by growth is a property of the model: a config that leaves n_ref_* at 0 first takes the
+  checkpoint's values (an explicit, different value is still refused)."""
+  saved_model = saved_meta['config'].get('model', {})
+  for key in ('n_ref_qkv', 'n_ref_proj', 'n_ref_ffn'):
+    if not cfg.model[key] and saved_model.get(key):
+      cfg.model[key] = saved_model[key]
   saved = saved_meta['config']
   diffs = []
   for section, keys in (('model', MODEL_KEYS), ('data', DATA_KEYS)):

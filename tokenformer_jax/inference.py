@@ -41,10 +41,6 @@ def load(cfg, workdir: str, step: int | None = None) -> Restored:
     raise UserError(f'no checkpoint in {workdir}: train one there first (--mode=train) or import '
                     f'one (--mode=convert)')
   meta = checkpoint.read_meta(mngr, step)
-  saved_model = meta['config'].get('model', {})
-  for key in ('n_ref_qkv', 'n_ref_proj', 'n_ref_ffn'):
-    if not cfg.model[key] and saved_model.get(key):
-      cfg.model[key] = saved_model[key]
   checkpoint.check_config(meta, cfg, step)
   spec = state_lib.make_spec(cfg, meta['vocab_size'], sharding.make_mesh(cfg.mesh))
   params = checkpoint.restore_params(mngr, step, state_lib.abstract_targets(spec)['params'])

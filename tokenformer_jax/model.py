@@ -21,7 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from tokenformer_jax import sharding
 from tokenformer_jax.pattention import EMBED_AXIS, Pattention, logical_param, wang_std
+
+# The residual stream [B, T, D]: batch split over the data axes, the rest whole on each device.
+ACTIVATION_AXES = ('batch', None, None)
 
 REMAT = {
     'none': None,
@@ -133,7 +137,7 @@ class Block(nnx.Module):
     B, T, D = x_BxTxD.shape
     x_BxTxD = x_BxTxD + self.proj(attn_BxTxNxH.reshape(B, T, D)).astype(x_BxTxD.dtype)
     h = layer_norm(x_BxTxD, self.eps).astype(self.dtype)
-    return x_BxTxD + self.mlp(h).astype(x_BxTxD.dtype)
+    return sharding.constrain(x_BxTxD + self.mlp(h).astype(x_BxTxD.dtype), ACTIVATION_AXES)
 
   def __call__(self, x_BxTxD, cos_BxTxR, sin_BxTxR):
     q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = self._attention_inputs(x_BxTxD, cos_BxTxR, sin_BxTxR)
@@ -208,7 +212,7 @@ class Decoder(nnx.Module):
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     cos_BxTxR, sin_BxTxR = rotary_tables(positions_BxT, self.rot_dim, self.rotary_base)
-    x_BxTxD = self._embed(tokens_BxT)
+    x_BxTxD = sharding.constrain(self._embed(tokens_BxT), ACTIVATION_AXES)
 
     policy = REMAT[self.remat]
 

@@ -4,6 +4,8 @@ Parameters carry logical axis names (e.g. ('layers', 'param_tokens', 'embed')); 
 `sharding_rules` map each name to mesh axes. A dimension is sharded only when its size divides evenly —
 otherwise a clear error, never a silent replication.
 """
+import contextlib
+import threading
 from typing import Any, Sequence
 
 import jax
@@ -86,3 +88,29 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
   """Batch arrays: leading axis over the 'batch' rule's mesh axes, the rest replicated."""
   return NamedSharding(mesh, logical_to_spec(('batch',) + (None,) * (ndim - 1), rules))
+
+
+# Activation constraints. The model names its activations' logical axes (sharding.constrain) without
+# knowing the mesh; a train or eval step traces the model inside `activation_sharding(mesh, rules)`,
+# which turns those names into constraints. Outside it (e.g. generation) constrain does nothing.
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules):
+  previous = getattr(_ACTIVE, 'value', None)
+  _ACTIVE.value = (mesh, rules)
+  try:
+    yield
+  finally:
+    _ACTIVE.value = previous
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Pins x's sharding to its logical axis names under the active mesh and rules (else a no-op).
+  Without it XLA may shard activations along the model dimension and replicate the batch."""
+  active = getattr(_ACTIVE, 'value', None)
+  if active is None:
+    return x
+  mesh, rules = active
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules)))

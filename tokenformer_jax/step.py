@@ -25,11 +25,18 @@ def make_train_step(spec, cfg, frozen_counts: dict | None = None):
     return jnp.mean(token_losses(spec, params, tokens_BxT1))
 
   def train_step(state, tokens_BxT1):
+    with sharding.activation_sharding(spec.mesh, cfg.sharding_rules):
+      return _train_step(state, tokens_BxT1)
+
+  def _train_step(state, tokens_BxT1):
     params = state['params']
     if accum == 1:
       loss, grads = jax.value_and_grad(loss_fn)(params, tokens_BxT1)
     else:
-      micro = tokens_BxT1.reshape(accum, -1, tokens_BxT1.shape[-1])
+      # micro-batch k = rows k, k + accum, ...: every device keeps its share of each micro-batch
+      B, T1 = tokens_BxT1.shape
+      micro = jnp.swapaxes(tokens_BxT1.reshape(B // accum, accum, T1), 0, 1)
+      micro = sharding.constrain(micro, (None, 'batch', None))
 
       def one(carry, mb):
         loss_sum, grad_sum = carry
@@ -55,7 +62,8 @@ def make_train_step(spec, cfg, frozen_counts: dict | None = None):
 def make_eval_step(spec, cfg):
   """(params, tokens [B, T+1]) → summed loss over the batch's tokens (divide by the count)."""
   def eval_step(params, tokens_BxT1):
-    return jnp.sum(token_losses(spec, params, tokens_BxT1))
+    with sharding.activation_sharding(spec.mesh, cfg.sharding_rules):
+      return jnp.sum(token_losses(spec, params, tokens_BxT1))
 
   batch_sh = sharding.batch_sharding(spec.mesh, cfg.sharding_rules, 2)
   return jax.jit(eval_step, in_shardings=(spec.shardings['params'], batch_sh),

@@ -67,15 +67,6 @@ class Prepared:
   spec: state_lib.StateSpec
 
 
-def _adopt_frozen_tau(cfg, saved_meta: dict) -> None:
-  """τ frozen by growth is a property of the model: a config that leaves n_ref_* at 0 takes the
-  checkpoint's values (an explicit, different value is still refused by check_config)."""
-  saved = saved_meta['config']['model']
-  for key in ('n_ref_qkv', 'n_ref_proj', 'n_ref_ffn'):
-    if not cfg.model[key] and saved.get(key):
-      cfg.model[key] = saved[key]
-
-
 def prepare(cfg, workdir: str, restore_step: int | None = None) -> Prepared:
   """Validates, checks the workdir's checkpoint against cfg, builds corpus, mesh and state spec."""
   config_lib.validate(cfg)
@@ -84,7 +75,6 @@ def prepare(cfg, workdir: str, restore_step: int | None = None) -> Prepared:
   saved_meta = None
   if step is not None:  # refuse a different model before the data cache can be rebuilt
     saved_meta = checkpoint.read_meta(mngr, step)
-    _adopt_frozen_tau(cfg, saved_meta)
     checkpoint.check_config(saved_meta, cfg, step)
   if cfg.growth.freeze_old and not (saved_meta or {}).get('grown_from'):
     raise UserError('growth.freeze_old needs a grown checkpoint in the workdir (see --mode=grow)')
