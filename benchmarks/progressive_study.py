@@ -108,6 +108,8 @@ def main():
   parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the pipeline')
   parser.add_argument('--out', default=None, help='where the figure and tables go')
   parser.add_argument('--workdir', default=None, help='where the runs go (resumable)')
+  parser.add_argument('--arms', default=None,
+                      help='comma-separated subset of the arms (default: all; scratch is always run)')
   args = parser.parse_args()
   out = args.out or (tempfile.mkdtemp(prefix='study_') if args.quick
                      else os.path.join(ROOT, 'experiments', 'results'))
@@ -118,8 +120,14 @@ def main():
   suffix = '-quick' if args.quick else ''
   cache = os.path.join(work, 'cache')
 
+  arms = experiment.ARMS
+  if args.arms:
+    unknown = set(args.arms.split(',')) - set(arms)
+    if unknown:
+      sys.exit(f'error: unknown arms {sorted(unknown)}; choose from {arms}')
+    arms = [a for a in arms if a == 'scratch' or a in args.arms.split(',')]
   curves, rows = {}, []
-  for arm in experiment.ARMS:
+  for arm in arms:
     cfg = experiment.get_config(arm + suffix)
     workdir = os.path.join(work, arm)
     wall = run_arm(arm + suffix, workdir, cache)
