@@ -83,8 +83,9 @@ def test_compile_for_v5e_2x2():
   assert result['num_devices'] == 4 and result['device_kind'] == 'TPU v5 lite'
   assert result['mesh_shape'] == {'data': 1, 'fsdp': 2, 'tensor': 2}
   memory = result['memory']
-  for name in ('arguments', 'outputs', 'temporaries', 'total'):
+  for name in ('arguments', 'outputs', 'total', 'peak'):
     assert memory[name] > 0, name
+  assert memory['temporaries'] >= 0 and memory['peak'] <= memory['total']
   assert memory['total'] < result['hbm'] == 16 * aot.GIB
   assert set(result['collectives']) == set(aot.COLLECTIVES)
   assert sum(result['collectives'].values()) > 0      # fsdp and tensor sharding need communication

@@ -184,8 +184,11 @@ def compile_train_step(cfg, topology: str) -> dict:
       'temporaries': stats.temp_size_in_bytes,
       'generated_code': stats.generated_code_size_in_bytes,
   }
-  memory['total'] = (memory['arguments'] + memory['outputs'] - memory['aliased'] + memory['temporaries']
-                     + memory['generated_code'])
+  # XLA's own live-range peak; for small programs it may report 0 temporaries yet a real peak, so the
+  # total is the larger of the two accounts.
+  memory['peak'] = getattr(stats, 'peak_memory_in_bytes', 0)
+  memory['total'] = max(memory['arguments'] + memory['outputs'] - memory['aliased']
+                        + memory['temporaries'] + memory['generated_code'], memory['peak'])
   result['memory'] = memory
   result['collectives'] = count_collectives(compiled.as_text())
   return result
@@ -210,6 +213,7 @@ def format_report(result: dict) -> str:
       f'  aliased     {gib(mem["aliased"])}   (outputs in donated arguments)',
       f'  temporaries {gib(mem["temporaries"])}',
       f'  code        {gib(mem["generated_code"])}',
+      f'  peak (XLA)  {gib(mem["peak"])}   (XLA live-range peak)',
       f'  total       {gib(mem["total"])}   of {result["hbm"] / GIB:g} GiB HBM '
       f'({100 * mem["total"] / result["hbm"]:.0f}%)',
       'collectives in the compiled HLO (static count; a loop body counts once):',
