@@ -25,7 +25,9 @@ setup(
     ],
     extras_require={
         # libtpu (213 MB; Linux x86_64 wheels only) lets tests/aot_test.py compile for TPU topologies
-        'test': ['pytest>=8', 'libtpu==0.0.42.*; platform_system == "Linux" and platform_machine == "x86_64"'],
+        # matplotlib: the study's figure (tests/progressive_study_test.py); safetensors: import tests
+        'test': ['pytest>=8', 'matplotlib>=3.8', 'safetensors>=0.4',
+                 'libtpu==0.0.42.*; platform_system == "Linux" and platform_machine == "x86_64"'],
         'tpu': ['libtpu==0.0.42.*'],     # the TPU runtime and compiler matching jax 0.10.2 (--mode=compile)
         'plots': ['matplotlib>=3.8'],
         # --mode=convert: read the released PyTorch checkpoints (.bin/.pt via torch, or .safetensors)
