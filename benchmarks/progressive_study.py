@@ -2,7 +2,7 @@
 experiments/progressive_scaling_cpu.py (each resumable, in its own workdir), then draws validation loss
 against cumulative training FLOPs and writes the table.
 
-  python benchmarks/progressive_study.py                 # the full study (≈ 45 min on 2 cores)
+  python benchmarks/progressive_study.py                 # the full study (≈ 1 h or more on 2 cores)
   python benchmarks/progressive_study.py --quick         # the ≤ 5 min pipeline check (tiny sizes)
 
 Outputs (--out, default experiments/results; the quick check defaults to a temporary folder):
