@@ -60,16 +60,21 @@ def start_and_interrupt(workdir, cache, sig, after_steps, *extra):
   return proc.returncode, stderr
 
 
+def rerun_matches(workdir, cache, whole, *extra):
+  """Reruns the interrupted command; its losses must equal the uninterrupted run's."""
+  proc = subprocess.run(command(workdir, cache, *extra), cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert final_losses(workdir) == whole
+
+
 @pytest.mark.parametrize('seed', [0, 1])
 def test_kill_9_then_rerun_matches_uninterrupted(reference, tmp_path, seed):
   cache, whole = reference
   after = random.Random(seed).randint(2, 20)
   code, _ = start_and_interrupt(tmp_path / 'w', cache, signal.SIGKILL, after)
   assert code == -signal.SIGKILL
-  proc = subprocess.run(command(tmp_path / 'w', cache), cwd=ROOT, capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert final_losses(tmp_path / 'w') == whole
+  rerun_matches(tmp_path / 'w', cache, whole)
 
 
 def test_sigterm_saves_then_resumes(reference, tmp_path):
@@ -81,10 +86,7 @@ def test_sigterm_saves_then_resumes(reference, tmp_path):
   assert 'SIGTERM: saved step' in stderr
   saved = int(stderr.split('SIGTERM: saved step')[1].split()[0].strip(','))
   assert os.listdir(tmp_path / 'w' / 'checkpoints') == [str(saved)] and 6 <= saved < 24
-  proc = subprocess.run(command(tmp_path / 'w', cache), cwd=ROOT, capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert final_losses(tmp_path / 'w') == whole
+  rerun_matches(tmp_path / 'w', cache, whole)
 
 
 def test_truncated_checkpoint_is_named_and_an_older_one_can_be_chosen(reference, tmp_path):
@@ -102,8 +104,5 @@ def test_truncated_checkpoint_is_named_and_an_older_one_can_be_chosen(reference,
   line = next(l for l in proc.stderr.splitlines() if l.startswith('error: '))
   assert f'checkpoint {workdir}/checkpoints/8 is corrupt or truncated' in line, line
   assert '--restore_step (available: [4])' in line
-  proc = subprocess.run(command(workdir, cache, '--restore_step=4'), cwd=ROOT, capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert final_losses(workdir) == whole
+  rerun_matches(workdir, cache, whole, '--restore_step=4')
   assert any(p.name.startswith('8.set-aside-') for p in (workdir / 'checkpoints').iterdir())
