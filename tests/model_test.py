@@ -105,3 +105,26 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   logits = model(jnp.zeros((1, 8), jnp.int32))
   assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_layer_norm_backward_equals_autodiff():
+  x = np.random.default_rng(4).normal(size=(2, 3, 16))
+  dy = np.random.default_rng(5).normal(size=x.shape)
+
+  def plain(x):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True) + 1e-5)
+
+  with jax.enable_x64(True):
+    y, vjp = jax.vjp(lambda a: model_lib.layer_norm(a, 1e-5), jnp.asarray(x))
+    y_ref, vjp_ref = jax.vjp(plain, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(dy))[0]), np.asarray(vjp_ref(jnp.asarray(dy))[0]),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_unrolled_layers_compute_the_same_loss():
+  tokens = jnp.asarray(np.random.default_rng(6).integers(0, VOCAB, size=(2, 16)))
+  _, rolled = _model(scan_unroll=1)
+  _, unrolled = _model(scan_unroll=2)
+  np.testing.assert_allclose(np.asarray(unrolled(tokens)), np.asarray(rolled(tokens)), rtol=1e-5, atol=1e-6)

@@ -6,6 +6,7 @@ that a type check cannot (divisibility, positivity) and raises `UserError` namin
 """
 import ml_collections
 
+from tokenformer_jax import attention
 from tokenformer_jax.errors import UserError
 
 MODEL_KINDS = ('tokenformer', 'dense')
@@ -40,7 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
   m.embed_init_std = 0.02
   m.dtype = 'float32'            # compute dtype; parameters stay float32
   m.remat = 'none'               # none | block | save_matmuls
-  m.attention_impl = ''          # '' (XLA's choice), 'xla' or 'cudnn'
+  m.scan_unroll = 0              # layers per scan iteration; 0: per platform (all on CPU, 1 elsewhere)
+  m.attention_impl = ''          # '' (per platform), 'xla', 'cudnn' or 'softmax_vjp' (attention.py)
 
   c.data = d = ml_collections.ConfigDict()
   d.corpus = 'kjv'               # 'kjv' (ships with the install) or comma-separated text files / globs
@@ -133,12 +135,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise UserError(f'head dim d_model/num_heads={m.d_model // m.num_heads} must be even (rotary)')
   if not 0.0 <= m.rotary_pct <= 1.0:
     raise UserError(f'model.rotary_pct must be in [0, 1], got {m.rotary_pct}')
+  if m.scan_unroll < 0:
+    raise UserError(f'model.scan_unroll must be >= 0, got {m.scan_unroll}')
   if m.remat not in REMAT_POLICIES:
     raise UserError(f'model.remat must be one of {REMAT_POLICIES}, got {m.remat!r}')
   if m.dtype not in DTYPES:
     raise UserError(f'model.dtype must be one of {DTYPES}, got {m.dtype!r}')
-  if m.attention_impl not in ('', 'xla', 'cudnn'):
-    raise UserError(f"model.attention_impl must be '', 'xla' or 'cudnn', got {m.attention_impl!r}")
+  if m.attention_impl not in attention.IMPLEMENTATIONS:
+    raise UserError(f'model.attention_impl must be one of {attention.IMPLEMENTATIONS}, '
+                    f'got {m.attention_impl!r}')
   for name in ('seq_len', 'vocab_size'):
     positive('data', name, d[name])
   for name in ('batch_size', 'grad_accum', 'steps', 'log_every', 'eval_every', 'eval_batches',

@@ -81,10 +81,13 @@ def make_fill_fn(spec_b, cfg_b, old_counts: dict[str, int]):
       if group is None:
         return x
       std = value_std if keys[-1] == 'value_tokens' else (0.0 if policy == 'exact' else m.key_init_std)
-      if std == 0.0:
+      old = old_counts[group]
+      if std == 0.0 or old == x.shape[1]:
         return x
-      new_rows = (jnp.arange(x.shape[1]) >= old_counts[group]).reshape((1, -1) + (1,) * (x.ndim - 2))
-      return jnp.where(new_rows, std * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype), x)
+      # random numbers for the new rows only, written in place into the donated table
+      rows = std * jax.random.normal(jax.random.fold_in(key, i), (x.shape[0], x.shape[1] - old) + x.shape[2:],
+                                     x.dtype)
+      return jax.lax.dynamic_update_slice_in_dim(x, rows, old, axis=1)
 
     leaves = jax.tree_util.tree_flatten_with_path(state['params'])[0]
     params = jax.tree.unflatten(jax.tree.structure(state['params']),

@@ -13,6 +13,8 @@ is given a fixed `n_ref`: growth that must preserve the function freezes τ at t
 The norm is taken in float32 even for bf16 activations. Over a token axis sharded across devices the sum of
 squares is a cross-device reduction that XLA inserts, so the result stays exact.
 """
+import functools
+import math
 from typing import Optional
 
 import jax
@@ -35,14 +37,73 @@ def pattention(x: jax.Array, key_tokens: jax.Array, value_tokens: jax.Array,
   n = key_tokens.shape[0]
   if value_tokens.shape[0] != n:
     raise ValueError(f'key_tokens has {n} tokens but value_tokens has {value_tokens.shape[0]}')
-  norm_dtype = jnp.promote_types(x.dtype, jnp.float32)  # at least float32; float64 stays float64
-  tau = jnp.sqrt(jnp.asarray(n if n_ref is None else n_ref, norm_dtype))
-  scores = jnp.einsum('...d,nd->...n', x, key_tokens.astype(x.dtype)).astype(norm_dtype)
-  sumsq = jnp.sum(jnp.square(scores), axis=-1, keepdims=True)
+  tau = float(n if n_ref is None else n_ref) ** 0.5
+  # Tokens flattened to one axis: the weight gradients then contract one axis, not (batch, seq).
+  x_MxI = x.reshape(-1, x.shape[-1])
+  y_MxO = _pattention_2d(x_MxI, key_tokens.astype(x.dtype), value_tokens.astype(x.dtype), tau)
+  return y_MxO.reshape(*x.shape[:-1], value_tokens.shape[1])
+
+
+def _norm_dtype(dtype):
+  return jnp.promote_types(dtype, jnp.float32)   # at least float32; float64 stays float64
+
+
+def _inverse_norm(scores_MxN: jax.Array) -> jax.Array:
+  """1 / ‖scores‖₂ over the token axis, [M, 1] in the norm dtype; 0 for an all-zero row."""
+  s = scores_MxN.astype(_norm_dtype(scores_MxN.dtype))
+  sumsq = jnp.sum(jnp.square(s), axis=-1, keepdims=True)
   nonzero = sumsq > 0
-  inv_norm = jax.lax.rsqrt(jnp.where(nonzero, sumsq, 1.0))
-  weights = jax.nn.gelu(scores * jnp.where(nonzero, tau * inv_norm, 0.0), approximate=False)
-  return jnp.einsum('...n,nd->...d', weights.astype(x.dtype), value_tokens.astype(x.dtype))
+  return jnp.where(nonzero, jax.lax.rsqrt(jnp.where(nonzero, sumsq, 1.0)), 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _pattention_2d(x_MxI, keys_NxI, values_NxO, tau):
+  return _forward(x_MxI, keys_NxI, values_NxO, tau)[0]
+
+
+def _forward(x_MxI, keys_NxI, values_NxO, tau):
+  """The forward pass. Saves the scores (in the compute dtype, as the matmul produced them), the inverse
+  norms and the GELU outputs (the value matmul's input, so saving them costs no extra pass): the backward
+  then needs one elementwise pass for GELU' and one for the norm."""
+  scores_MxN = x_MxI @ keys_NxI.T
+  inv_norm_Mx1 = _inverse_norm(scores_MxN)
+  u_MxN = scores_MxN.astype(inv_norm_Mx1.dtype) * (tau * inv_norm_Mx1)
+  weights_MxN = jax.nn.gelu(u_MxN, approximate=False).astype(x_MxI.dtype)
+  y_MxO = weights_MxN @ values_NxO
+  return y_MxO, (x_MxI, keys_NxI, values_NxO, scores_MxN, inv_norm_Mx1)
+
+
+def _backward(tau, saved, dy_MxO):
+  """Hand-written backward of y = GELU(τ·S/‖S‖) V with S = x Kᵀ (u = τ·S/‖S‖, r = 1/‖S‖):
+
+    dG = dy Vᵀ;  du = dG · GELU'(u);  dS = r·(τ·du − u·⟨du, u⟩/τ);  dx = dS K;  dK = dSᵀ x;  dV = Gᵀ dy
+
+  Autodiff of the forward gives the same numbers but keeps more [M, n] intermediates alive and spreads
+  the norm's backward over several passes; here it is one fused elementwise pass and one row reduction.
+  """
+  x_MxI, keys_NxI, values_NxO, scores_MxN, inv_norm_Mx1 = saved
+  dtype = x_MxI.dtype
+  u_MxN = scores_MxN.astype(inv_norm_Mx1.dtype) * (tau * inv_norm_Mx1)
+  cdf_MxN = _normal_cdf(u_MxN)
+  gelu_grad_MxN = cdf_MxN + u_MxN * _INV_SQRT_2PI * jnp.exp(-0.5 * jnp.square(u_MxN))
+  du_MxN = (dy_MxO @ values_NxO.T).astype(u_MxN.dtype) * gelu_grad_MxN
+  du_dot_u_Mx1 = jnp.sum(du_MxN * u_MxN, axis=-1, keepdims=True)
+  dscores_MxN = (inv_norm_Mx1 * (tau * du_MxN - u_MxN * (du_dot_u_Mx1 / tau))).astype(dtype)
+  dx_MxI = dscores_MxN @ keys_NxI
+  dkeys_NxI = dscores_MxN.T @ x_MxI
+  dvalues_NxO = (u_MxN * cdf_MxN).astype(dtype).T @ dy_MxO
+  return dx_MxI, dkeys_NxI, dvalues_NxO
+
+
+def _normal_cdf(u):
+  """Φ(u) via erf: exact GELU is u·Φ(u). (jax.nn.gelu's erfc form is more precise far in the negative
+  tail, where GELU is below 1e-20 anyway, and costs a slower kernel.)"""
+  return 0.5 * (1.0 + jax.lax.erf(u * _SQRT_HALF))
+
+
+_SQRT_HALF = 0.5 ** 0.5
+_INV_SQRT_2PI = (2.0 * math.pi) ** -0.5
+_pattention_2d.defvjp(_forward, _backward)
 
 
 def logical_param(value: jax.Array, axes: tuple) -> nnx.Param:

@@ -22,6 +22,7 @@ from tokenformer_jax import optimizer, sharding
 class StateSpec:
   """What is static about a train state: model graph, optimizer, shapes and shardings."""
   graphdef: Any
+  model_cfg: Any       # cfg.model with the platform defaults resolved (model.for_platform)
   tx: optax.GradientTransformation
   abstract: Any        # ShapeDtypeStruct tree of the state
   shardings: Any       # NamedSharding tree of the state
@@ -30,7 +31,8 @@ class StateSpec:
 
 
 def make_spec(cfg, vocab_size: int, mesh: Mesh) -> StateSpec:
-  abstract_model = model_lib.abstract_model(cfg.model, vocab_size)
+  model_cfg = model_lib.for_platform(cfg.model, mesh.devices.flat[0].platform)
+  abstract_model = model_lib.abstract_model(model_cfg, vocab_size)
   graphdef, param_state = nnx.split(abstract_model, nnx.Param)
   logical = nnx.to_pure_dict(nnx.get_partition_spec(param_state))
   abstract_params = nnx.to_pure_dict(param_state)
@@ -43,7 +45,7 @@ def make_spec(cfg, vocab_size: int, mesh: Mesh) -> StateSpec:
   abstract = {'params': abstract_params, 'opt_state': abstract_opt,
               'step': jax.ShapeDtypeStruct((), jnp.int32)}
   shardings = {'params': params_sh, 'opt_state': opt_sh, 'step': rep}
-  return StateSpec(graphdef, tx, abstract, shardings, mesh, vocab_size)
+  return StateSpec(graphdef, model_cfg, tx, abstract, shardings, mesh, vocab_size)
 
 
 def abstract_targets(spec: StateSpec):
@@ -55,7 +57,7 @@ def abstract_targets(spec: StateSpec):
 def init_state(spec: StateSpec, cfg):
   """Fresh parameters (seeded by cfg.seed) and optimizer state, created directly sharded."""
   def init():
-    model = model_lib.build(cfg.model, spec.vocab_size, cfg.seed)
+    model = model_lib.build(spec.model_cfg, spec.vocab_size, cfg.seed)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return {'params': params, 'opt_state': spec.tx.init(params), 'step': jnp.zeros((), jnp.int32)}
   return jax.jit(init, out_shardings=spec.shardings)()

@@ -1,0 +1,193 @@
+"""The reference architecture's train step in PyTorch, timed on the same machine as `step.py`.
+
+An independent PyTorch implementation of the reference GPU model (pre-norm blocks with non-affine LayerNorms,
+q/k/v/proj/FFN Pattentions with the L2-norm → GELU softmax replacement, GPT-NeoX rotary on 25% of each
+head, causal SDPA, final affine LayerNorm, tied head) and the same optimizer (global-norm clip 1.0, AdamW
+with decay off for the final norm). It starts from the JAX model's initial parameters and checks that the
+first loss equals ours, so the two step times measure the same computation.
+
+Times eager mode and, unless --nocompile, torch.compile; prints a table and writes JSON.
+
+  pip install torch==2.13.0         # the CPU wheel; not a dependency of the package
+  python benchmarks/torch_reference.py --configs=b --steps=5 --json=/tmp/torch.json
+"""
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import shapes  # noqa: E402
+from tokenformer_jax import flops, sharding  # noqa: E402
+from tokenformer_jax import state as state_lib  # noqa: E402
+from tokenformer_jax import step as step_lib  # noqa: E402
+
+_CONFIGS = flags.DEFINE_list('configs', ['b'], 'Which of benchmarks/step.py SHAPES.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per mode.')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation happens here).')
+_COMPILE = flags.DEFINE_bool('compile', True, 'Also time torch.compile.')
+_THREADS = flags.DEFINE_integer('threads', 0, 'torch threads (0: one per CPU).')
+_JSON = flags.DEFINE_string('json', '', 'Where to write the results as JSON.')
+
+
+def _torch_model(m, params_np):
+  """The reference model as a torch.nn.Module holding copies of the JAX parameters."""
+  import torch
+  from torch import nn
+
+  def pattention(x, keys, values, n):
+    scores = x @ keys.t()
+    scores = scores * (math.sqrt(n) / torch.linalg.vector_norm(scores, dim=-1, keepdim=True))
+    return nn.functional.gelu(scores) @ values
+
+  def tensor(a):
+    return nn.Parameter(torch.from_numpy(np.array(a, np.float32)))
+
+  class Reference(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.embedding = tensor(params_np['embedding'])
+      blocks = params_np['blocks']
+      self.tables = nn.ParameterDict()
+      for name in ('query', 'key', 'value', 'proj', 'mlp'):
+        for part in ('key_tokens', 'value_tokens'):
+          self.tables[f'{name}_{part}'] = tensor(blocks[name][part])    # [L, n, d]
+      self.norm_scale = tensor(params_np['final_norm_scale'])
+      self.norm_bias = tensor(params_np['final_norm_bias'])
+      head_dim = m.d_model // m.num_heads
+      self.rot = int(head_dim * m.rotary_pct) // 2 * 2
+      self.heads, self.head_dim = m.num_heads, head_dim
+
+    def rotary(self, x, cos, sin):
+      r, half = self.rot, self.rot // 2
+      x_rot, x_pass = x[..., :r], x[..., r:]
+      rotated = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
+      return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
+
+    def forward(self, tokens):
+      B, T = tokens.shape
+      d = self.embedding.shape[1]
+      inv_freq = 1.0 / (m.rotary_base ** (torch.arange(0, self.rot, 2, dtype=torch.float32) / self.rot))
+      angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq
+      angles = torch.cat([angles, angles], dim=-1)
+      cos, sin = angles.cos()[None, None], angles.sin()[None, None]      # [1, 1, T, R]
+      x = self.embedding[tokens]
+      t = self.tables
+      for i in range(m.num_layers):
+        def proj(h, name):
+          keys = t[f'{name}_key_tokens'][i]
+          return pattention(h, keys, t[f'{name}_value_tokens'][i], keys.shape[0])
+        h = nn.functional.layer_norm(x, (d,), eps=m.ln_eps)
+        heads = lambda y: y.view(B, T, self.heads, self.head_dim).transpose(1, 2)   # [B, N, T, H]
+        q = self.rotary(heads(proj(h, 'query')), cos, sin)
+        k = self.rotary(heads(proj(h, 'key')), cos, sin)
+        v = heads(proj(h, 'value'))
+        attn = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + proj(attn.transpose(1, 2).reshape(B, T, d), 'proj')
+        x = x + proj(nn.functional.layer_norm(x, (d,), eps=m.ln_eps), 'mlp')
+      h = nn.functional.layer_norm(x, (d,), self.norm_scale, self.norm_bias, eps=m.ln_eps)
+      return h @ self.embedding.t()
+
+  return Reference()
+
+
+def bench(name: str, peak: float) -> list[dict]:
+  import torch
+  c = shapes.make_config(name, 'tokenformer')
+  mesh = sharding.make_mesh(c.mesh)
+  spec = state_lib.make_spec(c, c.model.vocab_size, mesh)
+  state = state_lib.init_state(spec, c)
+  tokens = np.random.default_rng(0).integers(
+      0, c.model.vocab_size, (c.train.batch_size, c.data.seq_len + 1), dtype=np.int32)
+  jax_step = step_lib.make_train_step(spec, c)
+  params_np = jax.tree.map(np.asarray, jax.device_get(state['params']))
+  _, jax_metrics = jax_step(state, step_lib.global_batch(spec, c, tokens))
+  jax_loss = float(jax_metrics['loss'])
+
+  o = c.optimizer
+  inputs = torch.from_numpy(tokens[:, :-1].astype(np.int64))
+  targets = torch.from_numpy(tokens[:, 1:].astype(np.int64))
+  step_flops = flops.train_flops_per_token(c.model, c.model.vocab_size, c.data.seq_len) * inputs.numel()
+  rows = []
+  for mode in ('eager', 'compile') if _COMPILE.value else ('eager',):
+    model = _torch_model(c.model, params_np)
+    no_decay = [model.norm_scale, model.norm_bias]
+    decay = [p for p in model.parameters() if all(p is not q for q in no_decay)]
+    opt = torch.optim.AdamW([{'params': decay}, {'params': no_decay, 'weight_decay': 0.0}],
+                            lr=o.lr, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay)
+
+    def loss_of(model, inputs, targets):
+      logits = model(inputs)
+      return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    forward = torch.compile(loss_of) if mode == 'compile' else loss_of
+
+    def train_step():
+      opt.zero_grad(set_to_none=True)
+      loss = forward(model, inputs, targets)
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_norm)
+      opt.step()
+      return loss
+
+    start = time.perf_counter()
+    first_loss = float(train_step())
+    first_s = time.perf_counter() - start
+    if abs(first_loss - jax_loss) > 1e-4 * abs(jax_loss):
+      raise SystemExit(f'error: torch first loss {first_loss:.6f} != JAX {jax_loss:.6f}: '
+                       'the two models differ')
+    for _ in range(_WARMUP.value):
+      train_step()
+    times = []
+    for _ in range(_STEPS.value):
+      start = time.perf_counter()
+      train_step()
+      times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    rows.append({'config': name, 'impl': f'pytorch {mode}', 'step_s': step_s, 'step_s_min': min(times),
+                 'first_step_s': first_s, 'first_loss': first_loss, 'jax_first_loss': jax_loss,
+                 'tokens_per_s': inputs.numel() / step_s, 'gflops_per_s': step_flops / step_s / 1e9,
+                 'mfu': step_flops / step_s / peak})
+  return rows
+
+
+def main(argv):
+  del argv
+  try:
+    import torch
+  except ImportError:
+    print('error: PyTorch is not installed (pip install torch==2.13.0)', file=sys.stderr)
+    sys.exit(2)
+  for name in _CONFIGS.value:
+    if name not in shapes.SHAPES:
+      print(f'error: unknown config {name!r}; choose from {sorted(shapes.SHAPES)}', file=sys.stderr)
+      sys.exit(2)
+  torch.set_num_threads(_THREADS.value or os.cpu_count())
+  peak = flops.measure_matmul_peak()
+  print(f'f32 matmul peak (XLA, 2048³): {peak / 1e9:.1f} GFLOP/s; torch {torch.__version__}, '
+        f'{torch.get_num_threads()} threads')
+  rows = []
+  for name in _CONFIGS.value:
+    for r in bench(name, peak):
+      rows.append(r)
+      print(f"{name:6} {r['impl']:16} step {r['step_s']:.3f} s  {r['tokens_per_s']:7.0f} tok/s  "
+            f"{r['gflops_per_s']:6.1f} GFLOP/s  MFU {r['mfu']:.1%}  first loss {r['first_loss']:.5f} "
+            f"(JAX {r['jax_first_loss']:.5f})", flush=True)
+  if _JSON.value:
+    with open(_JSON.value, 'w', encoding='utf-8') as f:
+      json.dump({'torch': torch.__version__, 'matmul_peak_gflops': peak / 1e9, 'results': rows}, f,
+                indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)
