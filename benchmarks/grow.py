@@ -93,6 +93,7 @@ def main():
       sys.exit(f'error: phase {name} failed:\n{proc.stderr[-3000:]}')
     results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(json.dumps(results[-1]), flush=True)
+    os.sync()   # each phase starts with the previous phase's checkpoint on disk, not being flushed
   source, grown, plain = results
   ratio = (grown["restore_s"] + grown["grow_s"]) / plain["restore_s"]
   print(f"source {source['params_M']:.1f}M params ({source['state_MiB']:.0f} MiB state) → grown "
@@ -100,8 +101,10 @@ def main():
   print(f"grow: restore {grown['restore_s']:.2f}s + grow {grown['grow_s']:.2f}s + save "
         f"{grown['save_s']:.2f}s; plain restore of the grown checkpoint {plain['restore_s']:.2f}s; "
         f"(restore into grown shapes + fill) / plain restore = {ratio:.2f}")
-  print(f"peak RSS: grow process {grown['peak_rss_MiB']:.0f} MiB, plain-restore process "
-        f"{plain['peak_rss_MiB']:.0f} MiB; source + grown states {source['state_MiB'] + plain['state_MiB']:.0f} MiB")
+  print(f"peak RSS: grow process {grown['peak_rss_after_restore_MiB']:.0f} MiB after restore, "
+        f"{grown['peak_rss_after_grow_MiB']:.0f} after the fill, {grown['peak_rss_after_save_MiB']:.0f} after "
+        f"the save; plain-restore process {plain['peak_rss_MiB']:.0f} MiB; source + grown states "
+        f"{source['state_MiB'] + plain['state_MiB']:.0f} MiB")
   if 'json' in args:
     with open(args['json'], 'w') as f:
       json.dump({'devices': devices, 'results': results, 'ratio': ratio}, f, indent=2)

@@ -39,7 +39,7 @@ def _grow(c_small, spec_small, state, groups, policy='exact', optimizer='carry')
   spec_b = _spec(grown_cfg)
   copy = jax.tree.map(lambda x: x.copy(), state)
   return grown_cfg, spec_b, growth.grow_state(copy, spec_b, grown_cfg, growth.counts(c_small.model),
-                                              jax.random.key(1))
+                                              seed=1)
 
 
 def _logits(spec, params):
@@ -172,3 +172,12 @@ def test_grown_checkpoint_trains_on(source, data_cache, tmp_path):
   result = train.train(b, dst)  # the config leaves n_ref at 0: τ is taken from the checkpoint
   assert result.step == 8 and b.model.n_ref_ffn == 256
   assert sorted(result.train_losses) == [5, 8]
+
+
+def test_random_rows_do_not_depend_on_how_rows_are_split():
+  full = growth.random_rows(seed=3, leaf=2, layer=1, first=0, count=10, width=6)
+  parts = [growth.random_rows(3, 2, 1, a, b - a, 6) for a, b in ((0, 3), (3, 4), (4, 10))]
+  np.testing.assert_array_equal(np.concatenate(parts), full)
+  assert not np.array_equal(full, growth.random_rows(3, 2, 2, 0, 10, 6))    # layers differ
+  big = growth.random_rows(seed=0, leaf=0, layer=0, first=0, count=200, width=512)
+  assert abs(big.mean()) < 0.01 and abs(big.std() - 1.0) < 0.01

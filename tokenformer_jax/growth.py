@@ -12,8 +12,9 @@ A checkpoint of config S becomes a checkpoint of config B that differs only in t
 
 The grown state is written into a new workdir. Orbax reads S's arrays straight into B-shaped arrays
 with B's shardings (B's mesh may differ in device count and axis sizes), zero-padding the new rows as
-it reads; a jitted in-place pass then writes the policy's random rows. So the grown state is the only
-copy ever held, and no array is gathered whole on one host.
+it reads; the policy's random rows are then written table by table, each shard drawing its own rows on
+its host (counter-based, so the values do not depend on the mesh). So the grown state is the only copy
+ever held (plus one table in flight), no array is gathered whole on one host, and nothing is compiled.
 """
 import os
 import time
@@ -21,6 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 
 from tokenformer_jax import checkpoint, data, sharding
@@ -65,39 +67,68 @@ def grown_config(cfg_b, model_s: dict) -> ml_collections.ConfigDict:
   return grown
 
 
-def make_fill_fn(spec_b, cfg_b, old_counts: dict[str, int]):
-  """jit(state with zero rows for the new tokens, key) → the grown state, in place (donated).
+def random_rows(seed: int, leaf: int, layer: int, first: int, count: int, width: int) -> np.ndarray:
+  """Rows first … first+count−1 (counted from the first new row) of a table's standard-normal new rows,
+  [count, width] float32. Counter-based (Philox keyed by seed, leaf, layer; Box–Muller on two uniforms
+  per value), so any range is drawn directly: every shard draws only its own rows, and the values do not
+  depend on the mesh or on how the rows are split."""
+  start = 2 * width * first                       # uniforms used by the rows before `first`
+  generator = np.random.Generator(np.random.Philox(
+      key=np.array([seed, (leaf << 32) | layer], np.uint64), counter=[start // 4, 0, 0, 0]))
+  uniforms = generator.random(start % 4 + 2 * width * count)[start % 4:].reshape(count, 2, width)
+  radius = np.sqrt(-2.0 * np.log((1.0 - uniforms[:, 0]).astype(np.float32)))   # 1 − u ∈ (0, 1]
+  return radius * np.cos((2.0 * np.pi * uniforms[:, 1]).astype(np.float32))
 
-  Orbax already padded every token table and Adam moment with zeros (see checkpoint.restore_grown);
-  this writes the policy's random rows (values; keys too under `paper`) and, for `reset`, a fresh
-  optimizer state and step 0. Random rows are generated sharded, with B's shardings."""
+
+def _with_random_rows(x: jax.Array, old: int, std: float, seed: int, leaf: int) -> jax.Array:
+  """x [L, n, d] with rows old … n−1 of the token axis set to std·random_rows: built shard by shard on
+  the host from x's own shards (no compilation; one shard copied at a time)."""
+  shards = {_index_key(s.index): s for s in x.addressable_shards}
+
+  def shard(index):
+    block = np.array(shards[_index_key(index)].data)
+    layers = range(x.shape[0])[index[0]]
+    rows = range(x.shape[1])[index[1]]
+    cols = index[2]
+    new_from = max(old, rows.start)
+    if new_from >= rows.stop:
+      return block
+    for i, layer in enumerate(layers):
+      values = random_rows(seed, leaf, layer, new_from - old, rows.stop - new_from, x.shape[2])
+      block[i, new_from - rows.start:] = (std * values[:, cols]).astype(block.dtype)
+    return block
+
+  return jax.make_array_from_callback(x.shape, x.sharding, shard)
+
+
+def _index_key(index) -> tuple:
+  return tuple((sl.start, sl.stop) for sl in index)
+
+
+def fill_state(padded, spec_b, cfg_b, old_counts: dict[str, int], seed: int):
+  """The grown state from one whose token tables already hold zeros in the new rows (Orbax pads them
+  while restoring, see checkpoint.restore_grown): writes the policy's random rows (values; keys too
+  under `paper`) leaf by leaf, and for `reset` a fresh optimizer state and step 0.
+
+  Nothing is compiled for `carry` (the common case), and at most one table is held twice at a time."""
   policy, m = cfg_b.growth.policy, cfg_b.model
   value_std = m.value_init_std or wang_std(m.num_layers, m.d_model)
-
-  def fill(state, key):
-    def one(i, path, x):
-      keys = [checkpoint.key_name(e) for e in path]
-      group = _group_of(keys[-2]) if keys[-1].endswith('_tokens') else None
-      if group is None:
-        return x
-      std = value_std if keys[-1] == 'value_tokens' else (0.0 if policy == 'exact' else m.key_init_std)
-      old = old_counts[group]
-      if std == 0.0 or old == x.shape[1]:
-        return x
-      # random numbers for the new rows only, written in place into the donated table
-      rows = std * jax.random.normal(jax.random.fold_in(key, i), (x.shape[0], x.shape[1] - old) + x.shape[2:],
-                                     x.dtype)
-      return jax.lax.dynamic_update_slice_in_dim(x, rows, old, axis=1)
-
-    leaves = jax.tree_util.tree_flatten_with_path(state['params'])[0]
-    params = jax.tree.unflatten(jax.tree.structure(state['params']),
-                                [one(i, path, x) for i, (path, x) in enumerate(leaves)])
-    if cfg_b.growth.optimizer == 'carry':
-      return {'params': params, 'opt_state': state['opt_state'], 'step': state['step']}
-    return {'params': params, 'opt_state': spec_b.tx.init(params), 'step': jnp.zeros((), jnp.int32)}
-
-  return jax.jit(fill, in_shardings=(spec_b.shardings, None), out_shardings=spec_b.shardings,
-                 donate_argnums=0)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(padded['params'])
+  filled = []
+  for i, (path, x) in enumerate(leaves):
+    keys = [checkpoint.key_name(e) for e in path]
+    group = _group_of(keys[-2]) if keys[-1].endswith('_tokens') else None
+    std = 0.0 if group is None else (
+        value_std if keys[-1] == 'value_tokens' else (0.0 if policy == 'exact' else m.key_init_std))
+    if std and old_counts[group] < x.shape[1]:
+      x = _with_random_rows(x, old_counts[group], std, seed, i)
+    filled.append(x)
+  params = jax.tree.unflatten(treedef, filled)
+  if cfg_b.growth.optimizer == 'carry':
+    return {'params': params, 'opt_state': padded['opt_state'], 'step': padded['step']}
+  fresh = jax.jit(spec_b.tx.init, out_shardings=spec_b.shardings['opt_state'])(params)
+  return {'params': params, 'opt_state': fresh,
+          'step': jax.device_put(np.zeros((), np.int32), spec_b.shardings['step'])}
 
 
 def pad_state(state, spec_b):
@@ -109,9 +140,9 @@ def pad_state(state, spec_b):
                  out_shardings=spec_b.shardings)(state)
 
 
-def grow_state(state, spec_b, cfg_b, old_counts: dict[str, int], key):
+def grow_state(state, spec_b, cfg_b, old_counts: dict[str, int], seed: int):
   """Grows an in-memory state (used by tests and tools; `grow` works from checkpoints)."""
-  return make_fill_fn(spec_b, cfg_b, old_counts)(pad_state(state, spec_b), key)
+  return fill_state(pad_state(state, spec_b), spec_b, cfg_b, old_counts, seed)
 
 
 def freeze_old_updates(updates, old_counts: dict[str, int]):
@@ -126,11 +157,21 @@ def freeze_old_updates(updates, old_counts: dict[str, int]):
   return jax.tree_util.tree_map_with_path(mask, updates)
 
 
+def _peak_rss_MiB() -> float | None:
+  """This process's peak resident memory so far (None where the OS does not report it)."""
+  try:
+    import resource
+  except ImportError:
+    return None
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def grow(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None,
          timings: dict | None = None) -> int:
   """Grows SRC's checkpoint (latest, or `step`) into a checkpoint of cfg_b in DST; returns its step.
 
-  `timings`, if given, receives the seconds spent restoring, growing and saving."""
+  `timings`, if given, receives the seconds spent restoring, growing and saving, and the peak RSS after
+  each."""
   timings = {} if timings is None else timings
   src = checkpoint.manager(src_workdir, create=False)
   available = src.all_steps()
@@ -162,11 +203,12 @@ def grow(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None,
   padded = checkpoint.restore_grown(src, step, state_lib.abstract_targets(spec_b), data_iter)
   jax.block_until_ready(padded)
   timings['restore_s'] = time.perf_counter() - clock
+  timings['peak_rss_after_restore_MiB'] = _peak_rss_MiB()
   clock = time.perf_counter()
-  state_b = make_fill_fn(spec_b, grown_cfg, counts(cfg_s.model))(
-      padded, jax.random.key(cfg_b.growth.seed))
+  state_b = fill_state(padded, spec_b, grown_cfg, counts(cfg_s.model), cfg_b.growth.seed)
   jax.block_until_ready(state_b)
   timings['grow_s'] = time.perf_counter() - clock
+  timings['peak_rss_after_grow_MiB'] = _peak_rss_MiB()
   clock = time.perf_counter()
   new_step = int(state_b['step'])
   meta = checkpoint.run_meta(grown_cfg, vocab)
@@ -175,6 +217,7 @@ def grow(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None,
                         'optimizer': cfg_b.growth.optimizer}
   checkpoint.save(dst, new_step, state_b, data_iter, meta)
   timings['save_s'] = time.perf_counter() - clock
+  timings['peak_rss_after_save_MiB'] = _peak_rss_MiB()
   logging.info('grew %s step %d (%s) into %s step %d (%s), policy %s, optimizer %s', src_workdir,
                step, counts(cfg_s.model), dst_workdir, new_step, counts(grown_cfg.model),
                cfg_b.growth.policy, cfg_b.growth.optimizer)
