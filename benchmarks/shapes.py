@@ -51,8 +51,11 @@ def _override(c, item: str):
   if isinstance(old, str):
     value = text
   else:
-    value = ast.literal_eval(text)
-    if isinstance(old, float):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise ValueError(f'bad override {item!r}: {text!r} is not a {type(old).__name__}') from None
+    if isinstance(old, float) and isinstance(value, int):
       value = float(value)
     if type(value) is not type(old):
       raise ValueError(f'bad override {item!r}: {key} is a {type(old).__name__}')

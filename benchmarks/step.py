@@ -37,8 +37,8 @@ _CONFIGS = flags.DEFINE_list('configs', ['tiny', 'm20'],
                              f'Names from {sorted(shapes.SHAPES)} or experiment files (path.py:arg).')
 _KINDS = flags.DEFINE_list('kinds', ['tokenformer', 'dense'], 'Model kinds to run for each config.')
 _OVERRIDE = flags.DEFINE_list('override', [], 'section.key=value overrides applied to every config.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per model.')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per model.', lower_bound=1)
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.', lower_bound=0)
 _PEAK_DTYPE = flags.DEFINE_enum('peak_dtype', 'float32', ['float32', 'bfloat16'],
                                 'dtype of the matmul whose speed is the MFU denominator.')
 _PEAK_SIZE = flags.DEFINE_integer('peak_size', 2048, 'n of the n×n×n peak matmul.')
@@ -72,7 +72,7 @@ def bench(name: str, kind: str, peak: float) -> dict:
   memory = compiled.memory_analysis()
   for _ in range(_WARMUP.value):
     state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
+  jax.block_until_ready(state)
   times = []
   for _ in range(_STEPS.value):
     start = time.perf_counter()
