@@ -5,12 +5,13 @@ Each measured phase runs in a fresh process, so its peak RSS (ru_maxrss) is its 
 arrays live in host memory, so peak RSS counts the restored state itself; compare it with the state
 sizes printed alongside (a grow that held both whole states would need about their sum).
 
-  python benchmarks/grow.py [--workdir=/tmp/grow_bench] [--devices=4] [--json=FILE]
+  python benchmarks/grow.py [--workdir=/tmp/grow_bench] [--devices=4] [--repeats=3] [--json=FILE]
 """
 import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -81,33 +82,47 @@ def main():
     return
   workdir = args.get('workdir', '/tmp/grow_bench')
   devices = int(args.get('devices', '4'))
+  repeats = int(args.get('repeats', '3'))
   shutil.rmtree(os.path.join(workdir, 'src'), ignore_errors=True)
   shutil.rmtree(os.path.join(workdir, 'dst'), ignore_errors=True)
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu')
-  results = []
-  for name in ('make_source', 'grow', 'plain_restore'):
+
+  def run(name):
     proc = subprocess.run([sys.executable, __file__, '--phase', name, workdir, str(devices)],
                           env=env, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
       sys.exit(f'error: phase {name} failed:\n{proc.stderr[-3000:]}')
-    results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(json.dumps(results[-1]), flush=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(json.dumps(result), flush=True)
     os.sync()   # each phase starts with the previous phase's checkpoint on disk, not being flushed
-  source, grown, plain = results
-  ratio = (grown["restore_s"] + grown["grow_s"]) / plain["restore_s"]
+    return result
+
+  source = run('make_source')
+  grows, plains = [], []
+  for _ in range(repeats):      # interleaved, so that both see the same machine load
+    shutil.rmtree(os.path.join(workdir, 'dst'), ignore_errors=True)
+    grows.append(run('grow'))
+    plains.append(run('plain_restore'))
+  ratios = [(g['restore_s'] + g['grow_s']) / p['restore_s'] for g, p in zip(grows, plains)]
+  med = lambda rows, key: statistics.median(r[key] for r in rows)
+  ratio = statistics.median(ratios)
   print(f"source {source['params_M']:.1f}M params ({source['state_MiB']:.0f} MiB state) → grown "
-        f"{plain['params_M']:.1f}M ({plain['state_MiB']:.0f} MiB) on {devices} devices, mesh (1,1,{devices})")
-  print(f"grow: restore {grown['restore_s']:.2f}s + grow {grown['grow_s']:.2f}s + save "
-        f"{grown['save_s']:.2f}s; plain restore of the grown checkpoint {plain['restore_s']:.2f}s; "
-        f"(restore into grown shapes + fill) / plain restore = {ratio:.2f}")
-  print(f"peak RSS: grow process {grown['peak_rss_after_restore_MiB']:.0f} MiB after restore, "
-        f"{grown['peak_rss_after_grow_MiB']:.0f} after the fill, {grown['peak_rss_after_save_MiB']:.0f} after "
-        f"the save; plain-restore process {plain['peak_rss_MiB']:.0f} MiB; source + grown states "
-        f"{source['state_MiB'] + plain['state_MiB']:.0f} MiB")
+        f"{plains[0]['params_M']:.1f}M ({plains[0]['state_MiB']:.0f} MiB) on {devices} devices, "
+        f"mesh (1,1,{devices}); medians of {repeats} runs")
+  print(f"grow: restore {med(grows, 'restore_s'):.2f}s + fill {med(grows, 'grow_s'):.2f}s + save "
+        f"{med(grows, 'save_s'):.2f}s; plain restore of the grown checkpoint {med(plains, 'restore_s'):.2f}s; "
+        f"(restore into grown shapes + fill) / plain restore = {ratio:.2f} "
+        f"(runs: {', '.join(f'{r:.2f}' for r in ratios)})")
+  print(f"peak RSS: grow process {med(grows, 'peak_rss_after_restore_MiB'):.0f} MiB after restore, "
+        f"{med(grows, 'peak_rss_after_grow_MiB'):.0f} after the fill, "
+        f"{med(grows, 'peak_rss_after_save_MiB'):.0f} after the save; plain-restore process "
+        f"{med(plains, 'peak_rss_MiB'):.0f} MiB; source + grown states "
+        f"{source['state_MiB'] + plains[0]['state_MiB']:.0f} MiB")
   if 'json' in args:
     with open(args['json'], 'w') as f:
-      json.dump({'devices': devices, 'results': results, 'ratio': ratio}, f, indent=2)
+      json.dump({'devices': devices, 'source': source, 'grow': grows, 'plain_restore': plains,
+                 'ratios': ratios, 'ratio': ratio}, f, indent=2)
 
 
 if __name__ == '__main__':
