@@ -123,8 +123,16 @@ def test_layer_norm_backward_equals_autodiff():
                                rtol=1e-10, atol=1e-12)
 
 
+def _scan_unroll_of(model, tokens):
+  graphdef, state = nnx.split(model)
+  jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(tokens))(state)
+  (unroll,) = [e.params['unroll'] for e in jaxpr.jaxpr.eqns if e.primitive.name == 'scan']
+  return unroll
+
+
 def test_unrolled_layers_compute_the_same_loss():
   tokens = jnp.asarray(np.random.default_rng(6).integers(0, VOCAB, size=(2, 16)))
   _, rolled = _model(scan_unroll=1)
   _, unrolled = _model(scan_unroll=2)
+  assert (_scan_unroll_of(rolled, tokens), _scan_unroll_of(unrolled, tokens)) == (1, 2)
   np.testing.assert_allclose(np.asarray(unrolled(tokens)), np.asarray(rolled(tokens)), rtol=1e-5, atol=1e-6)

@@ -246,7 +246,8 @@ class Decoder(nnx.Module):
 
     if self.remat != 'none':
       run_block = nnx.remat(run_block, policy=policy)
-    x_BxTxD = nnx.scan(run_block, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, unroll=True)(x_BxTxD, self.blocks)
+    x_BxTxD = nnx.scan(run_block, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
+                       unroll=self.scan_unroll)(x_BxTxD, self.blocks)
     return self._logits(x_BxTxD)
 
   def init_cache(self, batch: int, max_len: int) -> KVCache:

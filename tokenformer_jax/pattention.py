@@ -90,8 +90,9 @@ def _backward(tau, saved, dy_MxO):
   du_dot_u_Mx1 = jnp.sum(du_MxN * u_MxN, axis=-1, keepdims=True)
   dscores_MxN = (inv_norm_Mx1 * (tau * du_MxN - u_MxN * (du_dot_u_Mx1 / tau))).astype(dtype)
   dx_MxI = dscores_MxN @ keys_NxI
-  dkeys_NxI = dscores_MxN.T @ x_MxI
-  dvalues_NxO = (u_MxN * cdf_MxN).astype(dtype).T @ dy_MxO
+  # contractions over the token axis written as such (no explicit transpose for the partitioner to shard)
+  dkeys_NxI = jnp.einsum('mn,mi->ni', dscores_MxN, x_MxI)
+  dvalues_NxO = jnp.einsum('mn,mo->no', (u_MxN * cdf_MxN).astype(dtype), dy_MxO)
   return dx_MxI, dkeys_NxI, dvalues_NxO
 
 
