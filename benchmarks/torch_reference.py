@@ -138,7 +138,7 @@ def bench(name: str, peak: float) -> list[dict]:
       loss.backward()
       torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_norm)
       opt.step()
-      return loss
+      return loss.detach()
 
     start = time.perf_counter()
     first_loss = float(train_step())
