@@ -62,13 +62,12 @@ def _pattention_2d(x_MxI, keys_NxI, values_NxO, tau):
 
 
 def _forward(x_MxI, keys_NxI, values_NxO, tau):
-  """The forward pass. Saves the scores (in the compute dtype, as the matmul produced them), the inverse
-  norms and the GELU outputs (the value matmul's input, so saving them costs no extra pass): the backward
-  then needs one elementwise pass for GELU' and one for the norm."""
+  """The forward pass. Saves only the scores (in the compute dtype, as the matmul produced them) and the
+  inverse norms [M, 1]: the backward recomputes u and GELU from them in its own elementwise pass."""
   scores_MxN = x_MxI @ keys_NxI.T
   inv_norm_Mx1 = _inverse_norm(scores_MxN)
   u_MxN = scores_MxN.astype(inv_norm_Mx1.dtype) * (tau * inv_norm_Mx1)
-  weights_MxN = jax.nn.gelu(u_MxN, approximate=False).astype(x_MxI.dtype)
+  weights_MxN = (u_MxN * _normal_cdf(u_MxN)).astype(x_MxI.dtype)
   y_MxO = weights_MxN @ values_NxO
   return y_MxO, (x_MxI, keys_NxI, values_NxO, scores_MxN, inv_norm_Mx1)
 
