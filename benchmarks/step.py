@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 import shapes  # noqa: E402
 from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax import flops, sharding  # noqa: E402
+from tokenformer_jax import flops, host_memory, sharding  # noqa: E402
 from tokenformer_jax import state as state_lib  # noqa: E402
 from tokenformer_jax import step as step_lib  # noqa: E402
 
@@ -119,9 +119,9 @@ def main(argv):
              'devices': jax.device_count(), 'cpu_count': os.cpu_count(),
              'processor': platform.processor() or platform.machine(), 'jax': jax.__version__,
              'matmul_peak_gflops': peak / 1e9, 'peak_dtype': _PEAK_DTYPE.value,
-             'spec_peak_tflops': _SPEC_PEAK.value}
+             'spec_peak_tflops': _SPEC_PEAK.value, 'host_allocator': host_memory.describe()}
   print(f"{_PEAK_DTYPE.value} matmul peak ({_PEAK_SIZE.value}³): {peak / 1e9:.1f} GFLOP/s on "
-        f"{device.device_kind} ({machine['cpu_count']} CPUs)")
+        f"{device.device_kind} ({machine['cpu_count']} CPUs); host allocator: {machine['host_allocator']}")
   print('FLOPs per token = 6·N_nonembed + 6·d·V + 12·L·d·T')
   rows = []
   print(f"{'config':10} {'kind':11} {'params':>8} {'step s':>8} {'tok/s':>9} {'GFLOP/s':>9} "
@@ -143,4 +143,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host_memory.reexec()
   app.run(main)

@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import shapes  # noqa: E402
-from tokenformer_jax import flops, sharding  # noqa: E402
+from tokenformer_jax import flops, host_memory, sharding  # noqa: E402
 from tokenformer_jax import state as state_lib  # noqa: E402
 from tokenformer_jax import step as step_lib  # noqa: E402
 
@@ -175,7 +175,7 @@ def main(argv):
   torch.set_num_threads(_THREADS.value or os.cpu_count())
   peak = flops.measure_matmul_peak()
   print(f'f32 matmul peak (XLA, 2048³): {peak / 1e9:.1f} GFLOP/s; torch {torch.__version__}, '
-        f'{torch.get_num_threads()} threads')
+        f'{torch.get_num_threads()} threads; host allocator: {host_memory.describe()}')
   rows = []
   for name in _CONFIGS.value:
     for r in bench(name, peak):
@@ -185,9 +185,10 @@ def main(argv):
             f"(JAX {r['jax_first_loss']:.5f})", flush=True)
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
-      json.dump({'torch': torch.__version__, 'matmul_peak_gflops': peak / 1e9, 'results': rows}, f,
-                indent=2)
+      json.dump({'torch': torch.__version__, 'matmul_peak_gflops': peak / 1e9,
+                 'host_allocator': host_memory.describe(), 'results': rows}, f, indent=2)
 
 
 if __name__ == '__main__':
+  host_memory.reexec()
   app.run(main)

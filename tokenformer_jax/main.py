@@ -10,6 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tokenformer_jax import host_memory
 from tokenformer_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
@@ -130,6 +131,7 @@ def main(argv):
 
 
 def run():
+  host_memory.reexec()
   app.run(main, flags_parser=parse_flags)
 
 
