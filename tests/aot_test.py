@@ -89,8 +89,11 @@ def test_compile_for_v5e_2x2():
   assert memory['total'] < result['hbm'] == 16 * aot.GIB
   assert set(result['collectives']) == set(aot.COLLECTIVES)
   assert sum(result['collectives'].values()) > 0      # fsdp and tensor sharding need communication
+  # the TPU default attention is the splash kernel (forward, dq and dkv kernels), inside shard_map
+  assert result['attention_impl'] == 'splash' and result['pallas_kernels'] == 3
   report = aot.format_report(result)
   assert 'v5e:2x2 (TPU v5 lite, 4 devices)' in report and 'all-reduce' in report
+  assert 'attention     splash (3 Pallas kernel calls' in report
   aot.check_fits(result)
 
 

@@ -1,4 +1,8 @@
 """The attention implementations against each other and a plain softmax; platform defaults."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +10,7 @@ import pytest
 
 from tokenformer_jax import attention
 from tokenformer_jax.model import for_platform
-from tests.conftest import small_config
+from tests.conftest import ROOT, small_config
 
 
 def _plain(q, k, v):
@@ -61,8 +65,69 @@ def test_platform_defaults():
   cpu = for_platform(m, 'cpu')
   assert (cpu.attention_impl, cpu.scan_unroll) == ('softmax_vjp', m.num_layers)
   tpu = for_platform(m, 'tpu')
-  assert (tpu.attention_impl, tpu.scan_unroll) == ('xla', 1)
+  assert (tpu.attention_impl, tpu.scan_unroll) == ('splash', 1)
+  assert for_platform(m, 'tpu', seq_len=256).attention_impl == 'splash'
+  assert for_platform(m, 'tpu', seq_len=200).attention_impl == 'xla'    # splash needs T % 128 == 0
   m.dtype = 'bfloat16'
   assert for_platform(m, 'gpu').attention_impl == 'cudnn'
   m.attention_impl, m.scan_unroll = 'xla', 2          # explicit choices are kept
   assert (for_platform(m, 'cpu').attention_impl, for_platform(m, 'cpu').scan_unroll) == ('xla', 2)
+
+
+def _splash_inputs(T=256, seed=0):
+  rng = np.random.default_rng(seed)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, T, 4, 64)).astype(np.float32)) for _ in range(3))
+  return q, k, v, jnp.asarray(rng.normal(size=(2, T, 4, 64)).astype(np.float32))
+
+
+@pytest.mark.parametrize('T', [128, 384])
+def test_splash_equals_plain_softmax_in_interpret_mode(T):
+  """The Pallas TPU kernel, run by the Pallas interpreter on CPU: forward and all three gradients."""
+  q, k, v, dout = _splash_inputs(T)
+  out, vjp = jax.vjp(lambda *a: attention.causal_attention(*a, impl='splash'), q, k, v)
+  out_ref, vjp_ref = jax.vjp(_plain, q, k, v)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(out_ref), atol=2e-5)
+  for got, want in zip(vjp(dout), vjp_ref(dout)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=5e-5)
+
+
+_MESH_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from tests import attention_test as t
+from tokenformer_jax import attention, sharding
+from tokenformer_jax.config import base_config
+c = base_config()
+c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 1, 2
+mesh = sharding.make_mesh(c.mesh)
+q, k, v, dout = t._splash_inputs(128)
+def loss(q, k, v):
+  with sharding.activation_sharding(mesh, c.sharding_rules):
+    return jnp.sum(attention.causal_attention(q, k, v, impl='splash') * dout)
+got = jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
+want = jax.value_and_grad(lambda *a: jnp.sum(t._plain(*a) * dout), (0, 1, 2))(q, k, v)
+print('loss', abs(float(got[0]) - float(want[0])) / abs(float(want[0])))
+print('grads', max(float(jnp.max(jnp.abs(g - w))) for g, w in zip(got[1], want[1])))
+print('manual', 'sdy.manual_computation' in jax.jit(loss).lower(q, k, v).as_text())
+"""
+
+
+def test_splash_under_a_mesh_runs_per_shard_of_batch_and_heads():
+  """Inside a step's activation_sharding the kernel runs in shard_map (batch over data, heads over
+  tensor) on 4 devices; the result is the unsharded one."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', _MESH_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = dict(line.split(' ', 1) for line in out.stdout.strip().splitlines())
+  assert float(lines['loss']) < 1e-5 and float(lines['grads']) < 5e-5 and lines['manual'] == 'True'
+
+
+def test_splash_needs_a_sequence_length_divisible_by_128():
+  q, k, v, _ = _splash_inputs(128)
+  with pytest.raises(ValueError, match='divisible by 128, got 64'):
+    attention.causal_attention(q[:, :64], k[:, :64], v[:, :64], impl='splash')
+  from tokenformer_jax import config as config_lib
+  c = small_config()
+  c.model.attention_impl = 'splash'
+  with pytest.raises(config_lib.UserError, match='attention_impl=splash needs data.seq_len divisible'):
+    config_lib.validate(c)

@@ -122,3 +122,20 @@ def test_bfloat16_gradients_keep_table_dtype():
                     (0, 1))(jnp.asarray(k, jnp.float64), jnp.asarray(v, jnp.float64))
   for g, w in zip(grads, want):
     assert np.max(np.abs(np.asarray(g) - np.asarray(w))) <= 0.05 * np.max(np.abs(np.asarray(w)))
+
+
+@pytest.mark.parametrize('rows, platform, primitive', [(5, 'cpu', 'erf'), (6, 'tpu', 'erfc'),
+                                                     (7, 'gpu', 'erfc')])
+def test_gelu_form_follows_the_platform(monkeypatch, rows, platform, primitive):
+  """u·Φ(u) via erf on CPU (faster there); jax.nn.gelu's erfc form elsewhere (less TPU memory).
+  (Distinct shapes per case: jax caches a custom_vjp's trace per shape.)"""
+  from tokenformer_jax import pattention as pattention_lib
+  from tokenformer_jax import sharding
+  monkeypatch.setattr(sharding, 'platform', lambda: platform)
+  jaxpr = str(jax.make_jaxpr(pattention)(jnp.ones((rows, 8)), jnp.ones((16, 8)), jnp.ones((16, 8))))
+  assert f' {primitive} ' in jaxpr
+  if primitive == 'erf':
+    assert 'erfc' not in jaxpr
+  u = jnp.linspace(-8.0, 8.0, 1001)
+  np.testing.assert_allclose(u * pattention_lib._normal_cdf(u), jax.nn.gelu(u, approximate=False),
+                             atol=2e-6)

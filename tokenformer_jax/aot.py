@@ -190,7 +190,11 @@ def compile_train_step(cfg, topology: str) -> dict:
   memory['total'] = max(memory['arguments'] + memory['outputs'] - memory['aliased']
                         + memory['temporaries'] + memory['generated_code'], memory['peak'])
   result['memory'] = memory
-  result['collectives'] = count_collectives(compiled.as_text())
+  hlo_text = compiled.as_text()
+  result['collectives'] = count_collectives(hlo_text)
+  # Pallas TPU kernels (splash attention: its forward and two backward kernels) are Mosaic custom calls
+  result['pallas_kernels'] = hlo_text.count('custom_call_target="tpu_custom_call"')
+  result['attention_impl'] = spec.model_cfg.attention_impl
   return result
 
 
@@ -218,6 +222,8 @@ def format_report(result: dict) -> str:
       f'({100 * mem["total"] / result["hbm"]:.0f}%)',
       'collectives in the compiled HLO (static count; a loop body counts once):',
       '  ' + ', '.join(f'{name} {count}' for name, count in result['collectives'].items()),
+      f'attention     {result.get("attention_impl", "?")} ({result.get("pallas_kernels", 0)} Pallas kernel '
+      'calls in the compiled HLO, static count)',
   ]
   return '\n'.join(lines)
 

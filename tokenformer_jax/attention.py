@@ -8,20 +8,30 @@
   dS = P ⊙ (dP − rowsum(dO ⊙ O)). On CPU this is faster than the autodiff of the 'xla' path (less work,
   one reduction of width H instead of T, no mask or max recomputed in the backward); the probabilities it
   saves (about half of [B, N, T, T]) are what makes it a CPU choice and not a long-sequence one.
-- '' (default): 'cudnn' on GPU when the dtype allows it, 'softmax_vjp' on CPU, 'xla' elsewhere.
+- 'splash': the Pallas TPU splash-attention kernel (blocked flash attention that skips the fully masked
+  blocks); sequence lengths divisible by 128. Off TPU it runs in Pallas interpret mode: slow, for tests.
+- '' (default): 'cudnn' on GPU when the dtype allows it, 'splash' on TPU when the sequence length allows
+  it, 'softmax_vjp' on CPU, 'xla' otherwise.
 All compute the same function (scale 1/√H, causal mask); the tests check them against each other.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ('', 'xla', 'cudnn', 'softmax_vjp')
+from tokenformer_jax import sharding
+
+IMPLEMENTATIONS = ('', 'xla', 'cudnn', 'softmax_vjp', 'splash')
+SPLASH_BLOCK = 128      # the splash kernel's sequence blocks are multiples of this
 
 
-def default_impl(dtype, platform: str | None = None) -> str:
+def default_impl(dtype, platform: str | None = None, seq_len: int | None = None) -> str:
   """The implementation '' resolves to on `platform` (default: this process's backend)."""
   platform = platform or jax.default_backend()
   if platform in ('gpu', 'cuda', 'rocm') and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
     return 'cudnn'
+  if platform == 'tpu' and (seq_len is None or seq_len % SPLASH_BLOCK == 0):
+    return 'splash'
   if platform == 'cpu':
     return 'softmax_vjp'
   return 'xla'
@@ -33,6 +43,8 @@ def causal_attention(q_BxTxNxH: jax.Array, k_BxTxNxH: jax.Array, v_BxTxNxH: jax.
   impl = impl or default_impl(q_BxTxNxH.dtype)
   if impl == 'softmax_vjp':
     return _softmax_vjp(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH)
+  if impl == 'splash':
+    return _splash(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH)
   if impl not in ('xla', 'cudnn'):
     raise ValueError(f'unknown attention implementation {impl!r}; choose from {IMPLEMENTATIONS}')
   head_dim = q_BxTxNxH.shape[-1]
@@ -99,3 +111,47 @@ def _backward(saved, dout_BxTxNxH):
 
 
 _softmax_vjp.defvjp(_forward, _backward)
+
+
+def _splash_block(T: int) -> int:
+  """The largest of 512, 256, 128 that divides T."""
+  if T % SPLASH_BLOCK:
+    raise ValueError(f'splash attention needs a sequence length divisible by {SPLASH_BLOCK}, got {T}')
+  return next(b for b in (512, 256, 128) if T % b == 0)
+
+
+@functools.lru_cache(maxsize=16)
+def _splash_kernel(T: int, num_heads: int, interpret: bool):
+  """One causal splash-attention kernel over [N, T, H] (its mask tables are built once per shape)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
+  block = _splash_block(T)
+  sizes = kernel_lib.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                                block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                                block_q_dq=block, block_kv_dq=block)
+  mask = mask_lib.MultiHeadMask([mask_lib.CausalMask((T, T)) for _ in range(num_heads)])
+  return kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                    interpret=interpret)
+
+
+def _splash(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH):
+  """The splash kernel per device: under a train step's mesh it runs inside shard_map over the batch
+  and head axes' mesh axes (a Pallas kernel cannot be partitioned by XLA), each device on its own
+  sequences and heads. The kernel does not scale: q is scaled by 1/√H first, in its own dtype."""
+  T = q_BxTxNxH.shape[1]
+  _splash_block(T)
+  active = sharding.active()
+  interpret = sharding.platform() != 'tpu'
+
+  def local(q, k, v):
+    kernel = _splash_kernel(T, q.shape[2], interpret)
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    out_BxNxTxH = jax.vmap(kernel)(_head_major(q), _head_major(k), _head_major(v))
+    return _head_major(out_BxNxTxH)
+
+  if active is None:
+    return local(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH)
+  mesh, rules = active
+  spec = sharding.logical_to_spec(('batch', None, 'heads', None), rules)
+  return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH)

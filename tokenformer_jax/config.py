@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.dtype = 'float32'            # compute dtype; parameters stay float32
   m.remat = 'none'               # none | block | save_matmuls
   m.scan_unroll = 0              # layers per scan iteration; 0: per platform (all on CPU, 1 elsewhere)
-  m.attention_impl = ''          # '' (per platform), 'xla', 'cudnn' or 'softmax_vjp' (attention.py)
+  m.attention_impl = ''          # '' (per platform), 'xla', 'cudnn', 'softmax_vjp', 'splash' (attention.py)
 
   c.data = d = ml_collections.ConfigDict()
   d.corpus = 'kjv'               # 'kjv' (ships with the install) or comma-separated text files / globs
@@ -146,6 +146,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                     f'got {m.attention_impl!r}')
   for name in ('seq_len', 'vocab_size'):
     positive('data', name, d[name])
+  if m.attention_impl == 'splash' and d.seq_len % attention.SPLASH_BLOCK:
+    raise UserError(f'model.attention_impl=splash needs data.seq_len divisible by '
+                    f'{attention.SPLASH_BLOCK}, got {d.seq_len}')
   for name in ('batch_size', 'grad_accum', 'steps', 'log_every', 'eval_every', 'eval_batches',
                'checkpoint_every', 'keep_checkpoints'):
     positive('train', name, t[name])

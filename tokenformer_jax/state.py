@@ -31,7 +31,7 @@ class StateSpec:
 
 
 def make_spec(cfg, vocab_size: int, mesh: Mesh) -> StateSpec:
-  model_cfg = model_lib.for_platform(cfg.model, mesh.devices.flat[0].platform)
+  model_cfg = model_lib.for_platform(cfg.model, mesh.devices.flat[0].platform, cfg.data.seq_len)
   abstract_model = model_lib.abstract_model(model_cfg, vocab_size)
   graphdef, param_state = nnx.split(abstract_model, nnx.Param)
   logical = nnx.to_pure_dict(nnx.get_partition_spec(param_state))
