@@ -6,7 +6,9 @@ head, causal SDPA, final affine LayerNorm, tied head) and the same optimizer (gl
 with decay off for the final norm). It starts from the JAX model's initial parameters and checks that the
 first loss equals ours, so the two step times measure the same computation.
 
-Times eager mode and, unless --nocompile, torch.compile; prints a table and writes JSON.
+Times eager mode and, unless --nocompile, torch.compile; prints a table and writes JSON. Our own train step
+is timed too, alternating step by step with the eager one, so that the two see the same machine load
+(this host's speed drifts by 10% between runs; the ratio from one run is what to compare).
 
   pip install torch==2.13.0         # the CPU wheel; not a dependency of the package
   python benchmarks/torch_reference.py --configs=b --steps=5 --json=/tmp/torch.json
@@ -101,6 +103,10 @@ def _torch_model(m, params_np):
   return Reference()
 
 
+def _modes():
+  return ('eager', 'compile') if _COMPILE.value else ('eager',)
+
+
 def bench(name: str, peak: float) -> list[dict]:
   import torch
   c = shapes.make_config(name, 'tokenformer')
@@ -111,15 +117,26 @@ def bench(name: str, peak: float) -> list[dict]:
       0, c.model.vocab_size, (c.train.batch_size, c.data.seq_len + 1), dtype=np.int32)
   jax_step = step_lib.make_train_step(spec, c)
   params_np = jax.tree.map(np.asarray, jax.device_get(state['params']))
-  _, jax_metrics = jax_step(state, step_lib.global_batch(spec, c, tokens))
+  batch = step_lib.global_batch(spec, c, tokens)
+  state, jax_metrics = jax_step(state, batch)
   jax_loss = float(jax_metrics['loss'])
+  for _ in range(_WARMUP.value):
+    state, jax_metrics = jax_step(state, batch)
+  jax.block_until_ready(jax_metrics)
+
+  def timed_jax_step():
+    nonlocal state
+    start = time.perf_counter()
+    state, metrics = jax_step(state, batch)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - start
 
   o = c.optimizer
   inputs = torch.from_numpy(tokens[:, :-1].astype(np.int64))
   targets = torch.from_numpy(tokens[:, 1:].astype(np.int64))
   step_flops = flops.train_flops_per_token(c.model, c.model.vocab_size, c.data.seq_len) * inputs.numel()
   rows = []
-  for mode in ('eager', 'compile') if _COMPILE.value else ('eager',):
+  for mode in _modes():
     model = _torch_model(c.model, params_np)
     no_decay = [model.norm_scale, model.norm_bias]
     decay = [p for p in model.parameters() if all(p is not q for q in no_decay)]
@@ -148,11 +165,19 @@ def bench(name: str, peak: float) -> list[dict]:
                        'the two models differ')
     for _ in range(_WARMUP.value):
       train_step()
-    times = []
+    times, jax_times = [], []
     for _ in range(_STEPS.value):
+      if mode == 'eager':      # our step alternates with eager: both see the same machine load
+        jax_times.append(timed_jax_step())
       start = time.perf_counter()
       train_step()
       times.append(time.perf_counter() - start)
+    if jax_times:
+      jax_s = statistics.median(jax_times)
+      rows.append({'config': name, 'impl': 'tokenformer_jax', 'step_s': jax_s, 'step_s_min': min(jax_times),
+                   'first_loss': jax_loss, 'jax_first_loss': jax_loss,
+                   'tokens_per_s': inputs.numel() / jax_s, 'gflops_per_s': step_flops / jax_s / 1e9,
+                   'mfu': step_flops / jax_s / peak})
     step_s = statistics.median(times)
     rows.append({'config': name, 'impl': f'pytorch {mode}', 'step_s': step_s, 'step_s_min': min(times),
                  'first_step_s': first_s, 'first_loss': first_loss, 'jax_first_loss': jax_loss,
@@ -183,6 +208,9 @@ def main(argv):
       print(f"{name:6} {r['impl']:16} step {r['step_s']:.3f} s  {r['tokens_per_s']:7.0f} tok/s  "
             f"{r['gflops_per_s']:6.1f} GFLOP/s  MFU {r['mfu']:.1%}  first loss {r['first_loss']:.5f} "
             f"(JAX {r['jax_first_loss']:.5f})", flush=True)
+    ours, eager = rows[-len(_modes()) - 1], rows[-len(_modes())]
+    print(f"{name:6} PyTorch eager / tokenformer_jax step time: {eager['step_s'] / ours['step_s']:.3f} "
+          '(alternating steps)', flush=True)
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
       json.dump({'torch': torch.__version__, 'matmul_peak_gflops': peak / 1e9,

@@ -64,5 +64,7 @@ def test_torch_reference_computes_our_loss(tmp_path):
   proc = _run([sys.executable, 'benchmarks/torch_reference.py', '--configs=tiny', '--steps=1',
                '--warmup=0', '--nocompile', f'--json={out}'])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  (result,) = json.loads(out.read_text())['results']
+  ours, result = json.loads(out.read_text())['results']
+  assert (ours['impl'], result['impl']) == ('tokenformer_jax', 'pytorch eager')
   assert result['first_loss'] == pytest.approx(result['jax_first_loss'], rel=1e-4)
+  assert ours['step_s'] > 0 and 'PyTorch eager / tokenformer_jax step time' in proc.stdout
