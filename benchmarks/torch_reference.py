@@ -103,10 +103,6 @@ def _torch_model(m, params_np):
   return Reference()
 
 
-def _modes():
-  return ('eager', 'compile') if _COMPILE.value else ('eager',)
-
-
 def bench(name: str, peak: float) -> list[dict]:
   import torch
   c = shapes.make_config(name, 'tokenformer')
@@ -136,7 +132,7 @@ def bench(name: str, peak: float) -> list[dict]:
   targets = torch.from_numpy(tokens[:, 1:].astype(np.int64))
   step_flops = flops.train_flops_per_token(c.model, c.model.vocab_size, c.data.seq_len) * inputs.numel()
   rows = []
-  for mode in _modes():
+  for mode in ('eager', 'compile') if _COMPILE.value else ('eager',):
     model = _torch_model(c.model, params_np)
     no_decay = [model.norm_scale, model.norm_bias]
     decay = [p for p in model.parameters() if all(p is not q for q in no_decay)]
@@ -203,12 +199,13 @@ def main(argv):
         f'{torch.get_num_threads()} threads; host allocator: {host_memory.describe()}')
   rows = []
   for name in _CONFIGS.value:
-    for r in bench(name, peak):
+    config_rows = bench(name, peak)          # ours, eager[, compile]
+    for r in config_rows:
       rows.append(r)
       print(f"{name:6} {r['impl']:16} step {r['step_s']:.3f} s  {r['tokens_per_s']:7.0f} tok/s  "
             f"{r['gflops_per_s']:6.1f} GFLOP/s  MFU {r['mfu']:.1%}  first loss {r['first_loss']:.5f} "
             f"(JAX {r['jax_first_loss']:.5f})", flush=True)
-    ours, eager = rows[-len(_modes()) - 1], rows[-len(_modes())]
+    ours, eager = config_rows[:2]
     print(f"{name:6} PyTorch eager / tokenformer_jax step time: {eager['step_s'] / ours['step_s']:.3f} "
           '(alternating steps)', flush=True)
   if _JSON.value:

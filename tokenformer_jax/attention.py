@@ -139,7 +139,6 @@ def _splash(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH):
   and head axes' mesh axes (a Pallas kernel cannot be partitioned by XLA), each device on its own
   sequences and heads. The kernel does not scale: q is scaled by 1/√H first, in its own dtype."""
   T = q_BxTxNxH.shape[1]
-  _splash_block(T)
   active = sharding.active()
   interpret = sharding.platform() != 'tpu'
 
