@@ -1,9 +1,10 @@
 """Train-step benchmark: TokenFormer against the dense baseline with equal non-embedding parameters.
 
-In one process: the matmul peak of this machine (the MFU denominator), then for each config and kind the
-compile time, the median step time over --steps steps after --warmup, tokens/s, model GFLOP/s
-(flops.train_flops_per_token × tokens), MFU, and memory (XLA's buffers; the process's peak RSS, or the
-accelerator's peak bytes in use). Prints a table and writes JSON.
+In one process: the matmul peak of this machine (the MFU denominator), then for each config the compile
+time of each kind, the median step time over --steps steps after --warmup (the kinds of a config alternate
+step by step), tokens/s, model GFLOP/s (flops.train_flops_per_token × tokens), MFU, and memory (XLA's
+buffers per model: arguments + temporaries; the process's peak RSS, or the accelerator's peak bytes in
+use, once the config's models have run). Prints a table and writes JSON.
 
   python benchmarks/step.py                                  # tiny and the ~20M config, f32 on CPU
   python benchmarks/step.py --configs=b --steps=5 --json=/tmp/step.json
@@ -55,7 +56,8 @@ def _peak_memory_MiB() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench(name: str, kind: str, peak: float) -> dict:
+def prepare(name: str, kind: str) -> dict:
+  """Builds and compiles one model's train step; returns what timing and reporting need."""
   c = shapes.make_config(name, kind, _OVERRIDE.value)
   config_lib.validate(c)
   mesh = sharding.make_mesh(c.mesh)
@@ -65,35 +67,50 @@ def bench(name: str, kind: str, peak: float) -> dict:
   rows = c.train.batch_size // jax.process_count()
   batch = step_lib.global_batch(spec, c, np.random.default_rng(0).integers(
       0, c.model.vocab_size, (rows, c.data.seq_len + 1), dtype=np.int32))
-
   start = time.perf_counter()
   compiled = train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  for _ in range(_WARMUP.value):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(state)
-  times = []
+  return {'name': name, 'kind': kind, 'config': c, 'spec': spec, 'state': state, 'batch': batch,
+          'compiled': compiled, 'compile_s': compile_s, 'memory': compiled.memory_analysis(),
+          'times': [], 'metrics': None}
+
+
+def time_alternating(runs: list) -> None:
+  """Warm-up steps, then --steps rounds in which each model runs one timed step in turn.
+
+  Alternating step by step puts the models of one config under the same machine load, so their ratio
+  is not skewed by the host's drift (about 10% between runs on shared machines)."""
+  for run in runs:
+    for _ in range(_WARMUP.value):
+      run['state'], run['metrics'] = run['compiled'](run['state'], run['batch'])
+    jax.block_until_ready(run['state'])
   for _ in range(_STEPS.value):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
+    for run in runs:
+      start = time.perf_counter()
+      run['state'], run['metrics'] = run['compiled'](run['state'], run['batch'])
+      jax.block_until_ready(run['metrics'])
+      run['times'].append(time.perf_counter() - start)
+
+
+def summarize(run: dict, peak: float) -> dict:
+  """The JSON row of one timed model."""
+  c, spec, times, memory = run['config'], run['spec'], run['times'], run['memory']
   step_s = statistics.median(times)
   tokens = c.train.batch_size * c.data.seq_len
   step_flops = flops.train_flops_per_token(c.model, c.model.vocab_size, c.data.seq_len) * tokens
   result = {
-      'config': name, 'kind': kind, 'overrides': list(_OVERRIDE.value), 'dtype': c.model.dtype,
-      'attention_impl': spec.model_cfg.attention_impl, 'remat': c.model.remat,
+      'config': run['name'], 'kind': run['kind'], 'overrides': list(_OVERRIDE.value),
+      'dtype': c.model.dtype, 'attention_impl': spec.model_cfg.attention_impl, 'remat': c.model.remat,
       'scan_unroll': spec.model_cfg.scan_unroll, 'params_M': state_lib.num_params(spec) / 1e6,
       'nonembedding_params_M': flops.nonembedding_params(c.model) / 1e6,
       'batch': c.train.batch_size, 'seq': c.data.seq_len, 'step_s': step_s,
       'step_s_min': min(times), 'tokens_per_s': tokens / step_s,
       'gflop_per_step': step_flops / 1e9, 'gflops_per_s': step_flops / step_s / 1e9,
-      'mfu': step_flops / step_s / peak, 'compile_s': compile_s,
+      'mfu': step_flops / step_s / peak, 'compile_s': run['compile_s'],
       'temp_MiB': getattr(memory, 'temp_size_in_bytes', 0) / 2**20,
       'args_MiB': getattr(memory, 'argument_size_in_bytes', 0) / 2**20,
-      'peak_memory_MiB': _peak_memory_MiB(), 'final_loss': float(metrics['loss']),
+      # the process's peak once this config's models have run (they are alive together)
+      'peak_memory_MiB': _peak_memory_MiB(), 'final_loss': float(run['metrics']['loss']),
   }
   if _SPEC_PEAK.value:
     result['mfu_spec'] = step_flops / step_s / (_SPEC_PEAK.value * 1e12)
@@ -125,17 +142,21 @@ def main(argv):
   print('FLOPs per token = 6·N_nonembed + 6·d·V + 12·L·d·T')
   rows = []
   print(f"{'config':10} {'kind':11} {'params':>8} {'step s':>8} {'tok/s':>9} {'GFLOP/s':>9} "
-        f"{'MFU':>6} {'compile':>8} {'memory':>9}")
+        f"{'MFU':>6} {'compile':>8} {'buffers':>9} {'peak':>9}")
   for name in _CONFIGS.value:
-    for kind in _KINDS.value:
-      r = bench(name, kind, peak)
+    runs = [prepare(name, kind) for kind in _KINDS.value]
+    time_alternating(runs)
+    group = [summarize(run, peak) for run in runs]
+    del runs
+    for r in group:
       rows.append(r)
       spec_mfu = f"  ({r['mfu_spec']:.1%} of the datasheet peak)" if 'mfu_spec' in r else ''
-      print(f"{name[-10:]:10} {kind:11} {r['params_M']:7.1f}M {r['step_s']:8.3f} {r['tokens_per_s']:9.0f} "
-            f"{r['gflops_per_s']:9.1f} {r['mfu']:6.1%} {r['compile_s']:7.1f}s "
-            f"{r['peak_memory_MiB']:7.0f}MiB{spec_mfu}", flush=True)
-    if len(rows) >= 2 and {rows[-2]['kind'], rows[-1]['kind']} == {'tokenformer', 'dense'}:
-      tf, dense = sorted(rows[-2:], key=lambda r: r['kind'] != 'tokenformer')
+      print(f"{name[-10:]:10} {r['kind']:11} {r['params_M']:7.1f}M {r['step_s']:8.3f} "
+            f"{r['tokens_per_s']:9.0f} {r['gflops_per_s']:9.1f} {r['mfu']:6.1%} {r['compile_s']:7.1f}s "
+            f"{r['temp_MiB'] + r['args_MiB']:6.0f}MiB {r['peak_memory_MiB']:6.0f}MiB{spec_mfu}", flush=True)
+    by_kind = {r['kind']: r for r in group}
+    if {'tokenformer', 'dense'} <= set(by_kind):
+      tf, dense = by_kind['tokenformer'], by_kind['dense']
       print(f"{name[-10:]:10} TokenFormer / dense step time: {tf['step_s'] / dense['step_s']:.3f}")
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
