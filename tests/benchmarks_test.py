@@ -1,4 +1,5 @@
 """The step benchmarks as a user runs them: tiny configs, one step (checks the scripts, not the speed)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,9 +35,10 @@ def test_step_benchmark_writes_both_kinds(tmp_path):
 def test_gpu_script_runs_an_experiment_file_anywhere(tmp_path):
   out = tmp_path / 'gpu.json'
   proc = _run(['bash', 'benchmarks/gpu_step.sh', '--steps=1', '--warmup=0', '--peak_size=256'],
-              CONFIG='experiments/tiny.py', BATCH='4', OUT=str(out))
+              CONFIG='experiments/tiny.py', BATCH='4', OUT=str(out), COST_STEPS='1')
   assert proc.returncode == 0, proc.stderr[-3000:]
   (result,) = json.loads(out.read_text())['results']
+  _cost_rows(tmp_path / 'gpu_pattention.json')   # and the fused-kernel profile
   assert result['dtype'] == 'bfloat16' and result['remat'] == 'none' and 'mfu_spec' in result
   assert 'not gpu' in proc.stderr     # says plainly that these are not GPU figures
 
@@ -68,3 +70,48 @@ def test_torch_reference_computes_our_loss(tmp_path):
   assert (ours['impl'], result['impl']) == ('tokenformer_jax', 'pytorch eager')
   assert result['first_loss'] == pytest.approx(result['jax_first_loss'], rel=1e-4)
   assert ours['step_s'] > 0 and 'PyTorch eager / tokenformer_jax step time' in proc.stdout
+
+
+_COST_SMALL = ['--config=tiny', '--override=train.batch_size=2,data.seq_len=32', '--steps=1']
+
+
+def _cost_rows(out):
+  data = json.loads(out.read_text())
+  rows = {(r['layer'], r['variant'], r['mode']): r for r in data['rows']}
+  assert set(rows) == {(layer, variant, mode) for layer in ('qkv', 'ffn')
+                       for variant in ('pattention', 'gelu_mlp', 'matmuls') for mode in ('fwd', 'fwd+bwd')}
+  return data, rows
+
+
+def test_pattention_cost_times_the_three_variants_here(tmp_path):
+  out = tmp_path / 'cost.json'
+  proc = _run([sys.executable, 'benchmarks/pattention_cost.py', *_COST_SMALL, f'--json={out}'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  data, rows = _cost_rows(out)
+  assert data['timing'] == 'measured_s' and all(r['measured_s'] > 0 for r in rows.values())
+  # n_qkv == n_proj: the qkv shape stands for all four attention projections
+  assert rows['qkv', 'matmuls', 'fwd']['per_block'] == 4 and rows['ffn', 'matmuls', 'fwd']['n'] == 512
+  assert set(data['block']) == {'fwd', 'fwd+bwd'} and 'block fwd+bwd: Pattention / GELU MLP' in proc.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec('libtpu') is None, reason='libtpu is not installed')
+def test_pattention_cost_reads_the_tpu_cost_model(tmp_path):
+  out = tmp_path / 'cost.json'
+  proc = _run([sys.executable, 'benchmarks/pattention_cost.py', *_COST_SMALL, '--dtype=bfloat16',
+               '--topology=v5p:1x1x1', f'--json={out}'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  data, rows = _cost_rows(out)
+  assert data['timing'] == 'model_s' and all(r['model_s'] > 0 for r in rows.values())
+  # GELU costs transcendentals, the norm more of them in the backward; bare matmuls none
+  ffn = {v: rows['ffn', v, 'fwd+bwd']['transcendentals'] for v in ('pattention', 'gelu_mlp', 'matmuls')}
+  assert ffn['pattention'] > ffn['gelu_mlp'] > ffn['matmuls'] == 0
+  assert 'XLA:TPU cost model' in proc.stdout
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config=huge'], "unknown config 'huge'"),
+    (['--config=tiny', '--topology=v9:2x2'], 'unknown or malformed --topology'),
+])
+def test_pattention_cost_bad_input(args, message):
+  proc = _run([sys.executable, 'benchmarks/pattention_cost.py', *args])
+  assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]

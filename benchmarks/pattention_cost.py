@@ -1,0 +1,187 @@
+"""What Pattention's norm and GELU cost on top of its two matmuls: the profile that decides whether a
+fused Pattention kernel (matmul → norm → GELU → matmul in one pass) is worth writing.
+
+For each Pattention shape of a config (d → n_qkv → d for q, k, v; d → n_proj → d; d → n_ffn → d) over
+the config's batch × seq tokens, three functions of the same two matmuls, forward and forward+backward:
+
+  pattention     y = GELU(τ·S/‖S‖) V with S = x Kᵀ (tokenformer_jax.pattention, our hand-written backward)
+  gelu_mlp       y = GELU(S) V: a dense MLP's cost, the same passes without the norm
+  matmuls        y = S V: the floor a fused kernel could at best approach
+
+Locally (CPU or GPU) the three alternate call by call and the median time is reported. With --topology
+the functions are compiled ahead of time for one chip of that TPU (no TPU needed) and XLA:TPU's own cost
+model is reported instead: its estimated seconds ('optimal_seconds'), FLOPs, transcendentals and HBM bytes.
+The last lines give the norm's overhead for a whole block (3 × qkv + proj + ffn).
+
+  python benchmarks/pattention_cost.py --config=b
+  python benchmarks/pattention_cost.py --config=experiments/progressive.py:354m --dtype=bfloat16
+  python benchmarks/pattention_cost.py --config=experiments/progressive.py:354m --topology=v5p:1x1x1
+"""
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import shapes  # noqa: E402
+from tokenformer_jax import aot, host_memory, sharding  # noqa: E402
+from tokenformer_jax import config as config_lib  # noqa: E402
+from tokenformer_jax.errors import UserError  # noqa: E402
+from tokenformer_jax.pattention import pattention  # noqa: E402
+
+_CONFIG = flags.DEFINE_string('config', 'b', f'A name from {sorted(shapes.SHAPES)} or an experiment '
+                              'file (path.py:arg): its d_model, n_qkv, n_proj, n_ffn, batch and seq.')
+_OVERRIDE = flags.DEFINE_list('override', [], 'section.key=value overrides of the config.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of x and tables.')
+_TOPOLOGY = flags.DEFINE_string('topology', '', 'Compile for one chip of this TPU (e.g. v5p:1x1x1) and '
+                                'report XLA:TPU\'s cost model instead of timing locally.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed rounds (local runs).', lower_bound=1)
+_JSON = flags.DEFINE_string('json', '', 'Where to write the results as JSON.')
+
+VARIANTS = ('pattention', 'gelu_mlp', 'matmuls')
+
+
+def _variant(name: str, dtype):
+  def gelu_mlp(x, keys, values):
+    return jax.nn.gelu(x @ keys.astype(dtype).T, approximate=False) @ values.astype(dtype)
+
+  def matmuls(x, keys, values):
+    return (x @ keys.astype(dtype).T) @ values.astype(dtype)
+
+  return {'pattention': pattention, 'gelu_mlp': gelu_mlp, 'matmuls': matmuls}[name]
+
+
+def _functions(name: str, dtype):
+  """fwd(x, K, V, w) and fwd+bwd (gradients of x, K and V) of one variant, as a scalar loss ⟨y, w⟩."""
+  f = _variant(name, dtype)
+  loss = lambda x, k, v, w: jnp.sum((f(x, k, v) * w).astype(jnp.float32))
+  return {'fwd': loss, 'fwd+bwd': jax.grad(loss, argnums=(0, 1, 2))}
+
+
+def layer_shapes(c) -> dict:
+  """Pattention layers of one block: name → (d_in, n, d_out, count per block)."""
+  m = c.model
+  layers = {'qkv': (m.d_model, m.n_qkv, m.d_model, 3), 'proj': (m.d_model, m.n_proj, m.d_model, 1),
+            'ffn': (m.d_model, m.n_ffn, m.d_model, 1)}
+  if m.n_proj == m.n_qkv:   # the same shape: one measurement, counted four times
+    layers['qkv'] = (m.d_model, m.n_qkv, m.d_model, 4)
+    del layers['proj']
+  return layers
+
+
+def _cost(compiled) -> dict:
+  analysis = compiled.cost_analysis()
+  analysis = (analysis[0] if isinstance(analysis, list) else analysis) or {}
+  keys = {'optimal_seconds': 'model_s', 'flops': 'flops', 'transcendentals': 'transcendentals',
+          'bytes accessed': 'bytes'}
+  cost = {ours: float(analysis[theirs]) for theirs, ours in keys.items() if theirs in analysis}
+  if 'flops' in cost:
+    cost.setdefault('transcendentals', 0.0)   # left out where there are none
+  return cost
+
+
+def measure(c, dtype, topology: str) -> list:
+  """One row per (layer, variant, mode): compiled on the TPU topology (cost model) or timed here."""
+  tokens = c.train.batch_size * c.data.seq_len
+  if topology:
+    device = aot.topology_devices(aot.parse_topology(topology))[0]
+  else:
+    device = jax.devices()[0]
+  mesh = jax.sharding.Mesh(np.array([device]), ('data',))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rows = []
+  for layer, (d_in, n, d_out, count) in layer_shapes(c).items():
+    shapes_ = [((tokens, d_in), dtype), ((n, d_in), jnp.float32), ((n, d_out), jnp.float32),
+               ((tokens, d_out), dtype)]
+    abstract = [jax.ShapeDtypeStruct(s, t, sharding=replicated) for s, t in shapes_]
+    runs = []
+    for variant in VARIANTS:
+      for mode, fn in _functions(variant, dtype).items():
+        # platform() inside pattention must see the target chip (its GELU form is chosen per platform)
+        with sharding.activation_sharding(mesh, ()):
+          compiled = jax.jit(fn).lower(*abstract).compile()
+        row = {'layer': layer, 'd_in': d_in, 'n': n, 'd_out': d_out, 'per_block': count,
+               'tokens': tokens, 'variant': variant, 'mode': mode, **_cost(compiled)}
+        rows.append(row)
+        runs.append((row, compiled))
+    if not topology:
+      _time_alternating(runs, shapes_, dtype)
+  return rows
+
+
+def _time_alternating(runs, shapes_, dtype):
+  rng = np.random.default_rng(0)
+  args = [jnp.asarray(rng.normal(size=s) * (0.02 if i in (1, 2) else 1.0), t)
+          for i, (s, t) in enumerate(shapes_)]
+  for _, compiled in runs:
+    jax.block_until_ready(compiled(*args))
+  times = [[] for _ in runs]
+  for _ in range(_STEPS.value):
+    for i, (_, compiled) in enumerate(runs):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times[i].append(time.perf_counter() - start)
+  for (row, _), ts in zip(runs, times):
+    row['measured_s'] = statistics.median(ts)
+
+
+def block_overheads(rows: list, key: str) -> dict:
+  """Per mode: Pattention's time over gelu_mlp's and over the bare matmuls', summed over one block."""
+  out = {}
+  for mode in ('fwd', 'fwd+bwd'):
+    total = {v: sum(r[key] * r['per_block'] for r in rows if r['variant'] == v and r['mode'] == mode)
+             for v in VARIANTS}
+    out[mode] = {'pattention_s': total['pattention'], 'over_gelu_mlp': total['pattention'] / total['gelu_mlp'],
+                 'over_matmuls': total['pattention'] / total['matmuls']}
+  return out
+
+
+def main(argv):
+  del argv
+  try:
+    if not shapes.known(_CONFIG.value):
+      raise UserError(f'unknown config {_CONFIG.value!r}; use one of {sorted(shapes.SHAPES)} or path.py:arg')
+    c = shapes.make_config(_CONFIG.value, 'tokenformer', _OVERRIDE.value)
+    config_lib.validate(c)
+    if _TOPOLOGY.value:
+      aot.parse_topology(_TOPOLOGY.value)
+    rows = measure(c, jnp.dtype(_DTYPE.value), _TOPOLOGY.value)
+  except (ValueError, UserError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  key = 'model_s' if _TOPOLOGY.value else 'measured_s'
+  where = (f'XLA:TPU cost model, one {_TOPOLOGY.value.split(":")[0]} chip' if _TOPOLOGY.value
+           else f'measured on {jax.devices()[0].device_kind}, median of {_STEPS.value}')
+  print(f'{_CONFIG.value}: {rows[0]["tokens"]} tokens, {_DTYPE.value}; milliseconds ({where})')
+  print(f"{'layer':6} {'d→n→d':>16} {'mode':8} " + ' '.join(f'{v:>11}' for v in VARIANTS) +
+        f" {'vs gelu_mlp':>12} {'vs matmuls':>11}")
+  for layer in dict.fromkeys(r['layer'] for r in rows):
+    for mode in ('fwd', 'fwd+bwd'):
+      by = {r['variant']: r for r in rows if r['layer'] == layer and r['mode'] == mode}
+      shape = f"{by['matmuls']['d_in']}→{by['matmuls']['n']}→{by['matmuls']['d_out']}"
+      print(f'{layer:6} {shape:>16} {mode:8} ' + ' '.join(f'{by[v][key] * 1e3:11.4g}' for v in VARIANTS) +
+            f" {by['pattention'][key] / by['gelu_mlp'][key]:12.3f} "
+            f"{by['pattention'][key] / by['matmuls'][key]:11.3f}")
+  overheads = block_overheads(rows, key)
+  for mode, o in overheads.items():
+    print(f"block {mode}: Pattention / GELU MLP {o['over_gelu_mlp']:.3f}, "
+          f"Pattention / matmuls alone {o['over_matmuls']:.3f}")
+  if _JSON.value:
+    with open(_JSON.value, 'w', encoding='utf-8') as f:
+      json.dump({'config': _CONFIG.value, 'overrides': list(_OVERRIDE.value), 'dtype': _DTYPE.value,
+                 'topology': _TOPOLOGY.value, 'device': str(jax.devices()[0].device_kind),
+                 'timing': key, 'block': overheads, 'rows': rows}, f, indent=2)
+
+
+if __name__ == '__main__':
+  host_memory.reexec()
+  app.run(main)
