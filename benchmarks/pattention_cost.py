@@ -5,7 +5,7 @@ For each Pattention shape of a config (d → n_qkv → d for q, k, v; d → n_pr
 the config's batch × seq tokens, three functions of the same two matmuls, forward and forward+backward:
 
   pattention     y = GELU(τ·S/‖S‖) V with S = x Kᵀ (tokenformer_jax.pattention, our hand-written backward)
-  gelu_mlp       y = GELU(S) V: a dense MLP's cost, the same passes without the norm
+  gelu_mlp       y = GELU(S) V: a dense MLP's cost, the same passes without the norm (the same GELU)
   matmuls        y = S V: the floor a fused kernel could at best approach
 
 Locally (CPU or GPU) the three alternate call by call and the median time is reported. With --topology
@@ -36,7 +36,7 @@ import shapes  # noqa: E402
 from tokenformer_jax import aot, host_memory, sharding  # noqa: E402
 from tokenformer_jax import config as config_lib  # noqa: E402
 from tokenformer_jax.errors import UserError  # noqa: E402
-from tokenformer_jax.pattention import pattention  # noqa: E402
+from tokenformer_jax.pattention import gelu, pattention  # noqa: E402
 
 _CONFIG = flags.DEFINE_string('config', 'b', f'A name from {sorted(shapes.SHAPES)} or an experiment '
                               'file (path.py:arg): its d_model, n_qkv, n_proj, n_ffn, batch and seq.')
@@ -52,7 +52,7 @@ VARIANTS = ('pattention', 'gelu_mlp', 'matmuls')
 
 def _variant(name: str, dtype):
   def gelu_mlp(x, keys, values):
-    return jax.nn.gelu(x @ keys.astype(dtype).T, approximate=False) @ values.astype(dtype)
+    return gelu(x @ keys.astype(dtype).T) @ values.astype(dtype)
 
   def matmuls(x, keys, values):
     return (x @ keys.astype(dtype).T) @ values.astype(dtype)

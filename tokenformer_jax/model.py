@@ -24,7 +24,7 @@ import ml_collections
 from flax import nnx
 
 from tokenformer_jax import attention, sharding
-from tokenformer_jax.pattention import EMBED_AXIS, Pattention, logical_param, wang_std
+from tokenformer_jax.pattention import EMBED_AXIS, Pattention, gelu, logical_param, wang_std
 
 # The residual stream [B, T, D]: batch split over the data axes, the rest whole on each device.
 ACTIVATION_AXES = ('batch', None, None)
@@ -124,7 +124,7 @@ class DenseMLP(nnx.Module):
     self.down = Linear(width, m.d_model, _value_std(m), ('mlp', EMBED_AXIS), dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    return self.down(jax.nn.gelu(self.up(x), approximate=False))
+    return self.down(gelu(self.up(x)))
 
 
 class Block(nnx.Module):

@@ -69,7 +69,7 @@ def _forward(x_MxI, keys_NxI, values_NxO, tau):
   scores_MxN = x_MxI @ keys_NxI.T
   inv_norm_Mx1 = _inverse_norm(scores_MxN)
   u_MxN = scores_MxN.astype(inv_norm_Mx1.dtype) * (tau * inv_norm_Mx1)
-  weights_MxN = _gelu(u_MxN).astype(x_MxI.dtype)
+  weights_MxN = gelu(u_MxN).astype(x_MxI.dtype)
   y_MxO = weights_MxN @ values_NxO
   return y_MxO, (x_MxI, keys_NxI, values_NxO, scores_MxN, inv_norm_Mx1)
 
@@ -97,10 +97,11 @@ def _backward(tau, saved, dy_MxO):
   return dx_MxI, dkeys_NxI, dvalues_NxO
 
 
-def _gelu(u):
+def gelu(u):
   """Exact GELU. On CPU as u·Φ(u) with erf, whose kernel is faster there (−3% of config (b)'s step);
   elsewhere jax.nn.gelu's erfc form, which the TPU compiler keeps in less memory (the erf form costs
-  progressive 1.4B on v5p-8 20 GiB more per device). The platform is the traced step's mesh's."""
+  progressive 1.4B on v5p-8 20 GiB more per device). The platform is the traced step's mesh's. The
+  dense baseline's MLP uses it too, so the two kinds are compared on the same GELU."""
   if sharding.platform() == 'cpu':
     return u * _normal_cdf(u)
   return jax.nn.gelu(u, approximate=False)
