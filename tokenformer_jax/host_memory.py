@@ -10,7 +10,9 @@ before the process starts (they are environment variables, read by the dynamic l
              for reuse: no page faults after the first steps, at the cost of keeping the peak resident.
   hugepages  glibc's glibc.malloc.hugetlb=1 tunable: large blocks get transparent huge pages, 512× fewer
              faults. The memory is still returned to the kernel and zeroed again each step, so it recovers
-             about half as much as tcmalloc. Needs nothing installed (glibc ≥ 2.35).
+             at best about half as much as tcmalloc, and it depends on the kernel finding contiguous
+             memory: on a fragmented host it measured slower than plain glibc (README). Needs nothing
+             installed (glibc ≥ 2.35).
 
 `reexec()` applies the choice of $TOKENFORMER_HOST_ALLOCATOR (auto: tcmalloc when installed, else
 hugepages; or tcmalloc, hugepages, system) by re-executing the same command line once with the variables
