@@ -3,27 +3,33 @@
 Why this matters on CPU: XLA allocates each step's temporary buffer (all activations; 1.3 GiB for the
 27M-parameter benchmark config) afresh on every execution and frees it afterwards. glibc serves a request
 that large with a new mmap and returns it with munmap, so every step first-touches the whole buffer again:
-360,000 page faults per step, each zeroing a 4 KiB page, ≈ 15% of the step. Two remedies, both set up
+360,000 page faults per step, each zeroing a 4 KiB page, ≈ 15% of the step. The remedies, all set up
 before the process starts (they are environment variables, read by the dynamic loader and by glibc):
 
   tcmalloc   LD_PRELOAD a tcmalloc library (Debian/Ubuntu: libtcmalloc-minimal4). It keeps freed memory
              for reuse: no page faults after the first steps, at the cost of keeping the peak resident.
+  cache      LD_PRELOAD our large-block cache (large_block_cache.c, built by `pip install -e .` where a
+             C compiler is present): glibc for everything, except that a freed block of 16 MiB or more
+             is kept and handed to the next request of the same size (the next step's buffer). The same
+             effect as tcmalloc for this purpose, with nothing to install beyond the package.
   hugepages  glibc's glibc.malloc.hugetlb=1 tunable: large blocks get transparent huge pages, 512× fewer
              faults. The memory is still returned to the kernel and zeroed again each step, so it recovers
              at best about half as much as tcmalloc, and it depends on the kernel finding contiguous
              memory: on a fragmented host it measured slower than plain glibc (README). Needs nothing
              installed (glibc ≥ 2.35).
 
-`reexec()` applies the choice of $TOKENFORMER_HOST_ALLOCATOR (auto: tcmalloc when installed, else
-hugepages; or tcmalloc, hugepages, system) by re-executing the same command line once with the variables
-set; the entry points call it first thing. `describe()` says what is in effect, for logs and benchmarks.
+`reexec()` applies the choice of $TOKENFORMER_HOST_ALLOCATOR (auto: tcmalloc when installed, else the
+cache when built, else hugepages; or tcmalloc, cache, hugepages, system) by re-executing the same command
+line once with the variables set; the entry points call it first thing. `describe()` says what is in
+effect, for logs and benchmarks.
 """
 import ctypes.util
+import importlib.util
 import os
 import sys
 
 ENV = 'TOKENFORMER_HOST_ALLOCATOR'
-CHOICES = ('auto', 'tcmalloc', 'hugepages', 'system')
+CHOICES = ('auto', 'tcmalloc', 'cache', 'hugepages', 'system')
 _DONE = 'TOKENFORMER_HOST_ALLOCATOR_SET'     # marks the re-executed process, so it happens only once
 _HUGEPAGES = 'glibc.malloc.hugetlb=1'
 
@@ -37,10 +43,16 @@ def find_tcmalloc() -> str | None:
   return None
 
 
-def planned_env(env: dict, tcmalloc: str | None) -> dict:
+def find_block_cache() -> str | None:
+  """The path of the large-block cache library built with the package, or None where it was not built."""
+  spec = importlib.util.find_spec('tokenformer_jax._large_block_cache')
+  return spec.origin if spec is not None and spec.origin else None
+
+
+def planned_env(env: dict, tcmalloc: str | None, block_cache: str | None = None) -> dict:
   """The variables to add to `env` for the allocator it asks for; {} when nothing is to change.
 
-  Raises ValueError for an unknown choice, or for tcmalloc when it is not installed.
+  Raises ValueError for an unknown choice, or for a library that is not there.
   """
   choice = env.get(ENV, 'auto') or 'auto'
   if choice not in CHOICES:
@@ -50,11 +62,15 @@ def planned_env(env: dict, tcmalloc: str | None) -> dict:
   if choice == 'tcmalloc' and tcmalloc is None:
     raise ValueError(f'{ENV}=tcmalloc but no tcmalloc library is installed '
                      '(apt install libtcmalloc-minimal4)')
-  if choice in ('auto', 'tcmalloc') and tcmalloc is not None:
-    if tcmalloc in env.get('LD_PRELOAD', ''):
-      return {}
-    preload = ' '.join(p for p in (tcmalloc, env.get('LD_PRELOAD', '')) if p)
-    return {'LD_PRELOAD': preload, _DONE: 'tcmalloc'}
+  if choice == 'cache' and block_cache is None:
+    raise ValueError(f'{ENV}=cache but the large-block cache was not built (it needs a C compiler '
+                     'when the package is installed: pip install -e .)')
+  for name, library in (('tcmalloc', tcmalloc), ('cache', block_cache)):
+    if choice in ('auto', name) and library is not None:
+      if library in env.get('LD_PRELOAD', ''):
+        return {}
+      preload = ' '.join(p for p in (library, env.get('LD_PRELOAD', '')) if p)
+      return {'LD_PRELOAD': preload, _DONE: name}
   tunables = env.get('GLIBC_TUNABLES', '')
   if 'glibc.malloc.hugetlb' in tunables:
     return {}
@@ -68,7 +84,7 @@ def reexec() -> None:
   invalid $TOKENFORMER_HOST_ALLOCATOR ends the process with a one-line error and exit status 2.
   """
   try:
-    changes = planned_env(dict(os.environ), find_tcmalloc())
+    changes = planned_env(dict(os.environ), find_tcmalloc(), find_block_cache())
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -90,6 +106,8 @@ def describe() -> str:
     return 'tcmalloc'
   if 'jemalloc' in maps:
     return 'jemalloc'
+  if '_large_block_cache' in maps:
+    return 'glibc + large-block cache'
   if 'glibc.malloc.hugetlb=1' in os.environ.get('GLIBC_TUNABLES', ''):
     return 'glibc + transparent huge pages'
   return 'glibc'
