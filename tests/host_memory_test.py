@@ -37,6 +37,12 @@ def test_auto_takes_the_block_cache_when_tcmalloc_is_missing():
     host_memory.planned_env({host_memory.ENV: 'cache'}, TC, None)
 
 
+def test_auto_leaves_an_accelerator_machine_alone_unless_asked():
+  assert host_memory.planned_env({}, TC, CACHE, accelerator=True) == {}
+  assert host_memory.planned_env({host_memory.ENV: 'cache'}, TC, CACHE, accelerator=True)['LD_PRELOAD'] == CACHE
+  assert not host_memory.accelerator_present({'JAX_PLATFORMS': 'cpu'})
+
+
 def test_explicit_choices_and_the_once_only_marker():
   assert host_memory.planned_env({host_memory.ENV: 'system'}, TC) == {}
   assert 'GLIBC_TUNABLES' in host_memory.planned_env({host_memory.ENV: 'hugepages'}, TC)

@@ -19,11 +19,13 @@ before the process starts (they are environment variables, read by the dynamic l
              installed (glibc ≥ 2.35).
 
 `reexec()` applies the choice of $TOKENFORMER_HOST_ALLOCATOR (auto: tcmalloc when installed, else the
-cache when built, else hugepages; or tcmalloc, cache, hugepages, system) by re-executing the same command
-line once with the variables set; the entry points call it first thing. `describe()` says what is in
+cache when built, else hugepages, and nothing on a GPU or TPU machine; or tcmalloc, cache, hugepages,
+system) by re-executing the same command line once with the variables set; the entry points call it
+first thing. `describe()` says what is in
 effect, for logs and benchmarks.
 """
 import ctypes.util
+import glob
 import importlib.util
 import os
 import sys
@@ -49,7 +51,17 @@ def find_block_cache() -> str | None:
   return spec.origin if spec is not None and spec.origin else None
 
 
-def planned_env(env: dict, tcmalloc: str | None, block_cache: str | None = None) -> dict:
+def accelerator_present(env: dict) -> bool:
+  """Whether JAX will compute on a GPU or TPU here: one is attached and JAX_PLATFORMS does not put the
+  CPU first. There the step's buffers live on the device, and auto leaves the host allocator alone."""
+  if env.get('JAX_PLATFORMS', '').split(',')[0].strip() == 'cpu':
+    return False
+  return (os.path.exists('/dev/nvidiactl') or bool(glob.glob('/dev/accel[0-9]*'))
+          or bool(glob.glob('/dev/vfio/[0-9]*')))
+
+
+def planned_env(env: dict, tcmalloc: str | None, block_cache: str | None = None,
+                accelerator: bool = False) -> dict:
   """The variables to add to `env` for the allocator it asks for; {} when nothing is to change.
 
   Raises ValueError for an unknown choice, or for a library that is not there.
@@ -58,6 +70,8 @@ def planned_env(env: dict, tcmalloc: str | None, block_cache: str | None = None)
   if choice not in CHOICES:
     raise ValueError(f'{ENV}={choice!r}: choose one of {", ".join(CHOICES)}')
   if choice == 'system' or env.get(_DONE) or not sys.platform.startswith('linux'):
+    return {}
+  if choice == 'auto' and accelerator:
     return {}
   if choice == 'tcmalloc' and tcmalloc is None:
     raise ValueError(f'{ENV}=tcmalloc but no tcmalloc library is installed '
@@ -84,7 +98,8 @@ def reexec() -> None:
   invalid $TOKENFORMER_HOST_ALLOCATOR ends the process with a one-line error and exit status 2.
   """
   try:
-    changes = planned_env(dict(os.environ), find_tcmalloc(), find_block_cache())
+    env = dict(os.environ)
+    changes = planned_env(env, find_tcmalloc(), find_block_cache(), accelerator_present(env))
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
