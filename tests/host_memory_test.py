@@ -111,6 +111,14 @@ def test_block_cache_reuses_same_size_blocks_within_its_budget():
   assert out == ['True', 'False', 'True', 'ok']
 
 
+@needs_cache
+def test_block_cache_stops_a_double_free_like_glibc_does():
+  probe = _CACHE_PROBE.split('a = alloc(32 * MiB)')[0] + 'a = alloc(32 * MiB); libc.free(a); libc.free(a)'
+  env = dict(os.environ, LD_PRELOAD=host_memory.find_block_cache())
+  proc = subprocess.run([sys.executable, '-c', probe], env=env, capture_output=True, text=True)
+  assert proc.returncode == -6 and 'double free detected' in proc.stderr
+
+
 _FAULTS = """
 import resource, sys
 from tokenformer_jax import host_memory

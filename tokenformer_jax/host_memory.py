@@ -46,9 +46,11 @@ def find_tcmalloc() -> str | None:
 
 
 def find_block_cache() -> str | None:
-  """The path of the large-block cache library built with the package, or None where it was not built."""
+  """The path of the large-block cache library built with the package, or None where it was not built
+  (or where its path could not be preloaded: LD_PRELOAD splits at spaces and colons)."""
   spec = importlib.util.find_spec('tokenformer_jax._large_block_cache')
-  return spec.origin if spec is not None and spec.origin else None
+  path = spec.origin if spec is not None else None
+  return path if path and not any(c in path for c in ' :\t') else None
 
 
 def accelerator_present(env: dict) -> bool:

@@ -52,6 +52,9 @@ static size_t env_mib(const char *name, size_t fallback) {
   return *end ? fallback : (size_t)mib << 20;
 }
 
+static void lock_for_fork(void) { pthread_mutex_lock(&lock); }
+static void unlock_after_fork(void) { pthread_mutex_unlock(&lock); }
+
 __attribute__((constructor)) static void init(void) {
   next_memalign = (int (*)(void **, size_t, size_t))dlsym(RTLD_NEXT, "posix_memalign");
   next_free = (void (*)(void *))dlsym(RTLD_NEXT, "free");
@@ -59,6 +62,8 @@ __attribute__((constructor)) static void init(void) {
   size_t physical = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
   max_kept_bytes = env_mib("TOKENFORMER_BLOCK_CACHE_MIB", physical / 4);
   min_size = env_mib("TOKENFORMER_BLOCK_CACHE_MIN_MIB", (size_t)16 << 20);
+  /* a fork while another thread holds the lock must not leave the child's copy locked */
+  pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
 }
 
 static void release(int i) {  /* lock held: really free a kept block and drop its slot */
@@ -75,7 +80,8 @@ int posix_memalign(void **out, size_t alignment, size_t size) {
     *out = ptr;
     return 0;
   }
-  if (size < min_size) return next_memalign(out, alignment, size);
+  if (size < min_size || alignment < sizeof(void *) || (alignment & (alignment - 1)))
+    return next_memalign(out, alignment, size);   /* small, or an invalid alignment glibc reports */
   pthread_mutex_lock(&lock);
   for (int i = 0; i < SLOTS; i++) {
     if (blocks[i].ptr && blocks[i].kept && blocks[i].size == size &&
@@ -108,7 +114,12 @@ void free(void *ptr) {
   if (__atomic_load_n(&tracked, __ATOMIC_ACQUIRE) == 0) { next_free(ptr); return; }
   pthread_mutex_lock(&lock);
   for (int i = 0; i < SLOTS; i++) {
-    if (blocks[i].ptr == ptr && !blocks[i].kept) {
+    if (blocks[i].ptr == ptr) {
+      if (blocks[i].kept) {   /* freed twice: fail loudly, as glibc would, instead of handing it out */
+        static const char message[] = "large_block_cache: free(): double free detected\n";
+        (void)!write(2, message, sizeof message - 1);
+        abort();
+      }
       blocks[i].kept = 1;
       blocks[i].age = ++clock_ticks;
       kept_bytes += blocks[i].size;
