@@ -31,7 +31,8 @@ typedef struct {
 } block_t;
 
 static block_t blocks[SLOTS];
-static int tracked;                 /* slots in use; free() takes the lock only when nonzero */
+static int tracked;                 /* slots in use */
+static int high_water;              /* slots at or past it have never been used */
 static size_t kept_bytes, max_kept_bytes, min_size;
 static unsigned long clock_ticks;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -69,8 +70,19 @@ __attribute__((constructor)) static void init(void) {
 static void release(int i) {  /* lock held: really free a kept block and drop its slot */
   kept_bytes -= blocks[i].size;
   next_free(blocks[i].ptr);
-  blocks[i].ptr = NULL;
+  __atomic_store_n(&blocks[i].ptr, NULL, __ATOMIC_RELEASE);
   __atomic_sub_fetch(&tracked, 1, __ATOMIC_RELEASE);
+}
+
+/* Whether ptr may be a tracked block, without the lock: free() is called for every allocation in the
+ * process, and almost none of them are ours. Tracked pointers are published before posix_memalign
+ * returns them, so a pointer the caller frees is visible here if it is ours. */
+static int maybe_tracked(void *ptr) {
+  if (__atomic_load_n(&tracked, __ATOMIC_ACQUIRE) == 0) return 0;
+  int end = __atomic_load_n(&high_water, __ATOMIC_ACQUIRE);
+  for (int i = 0; i < end; i++)
+    if (__atomic_load_n(&blocks[i].ptr, __ATOMIC_ACQUIRE) == ptr) return 1;
+  return 0;
 }
 
 int posix_memalign(void **out, size_t alignment, size_t size) {
@@ -99,8 +111,11 @@ int posix_memalign(void **out, size_t alignment, size_t size) {
   pthread_mutex_lock(&lock);
   for (int i = 0; i < SLOTS; i++) {
     if (!blocks[i].ptr) {
-      blocks[i] = (block_t){*out, size, 0, 0};
+      blocks[i].size = size;
+      blocks[i].kept = 0;
+      __atomic_store_n(&blocks[i].ptr, *out, __ATOMIC_RELEASE);
       __atomic_add_fetch(&tracked, 1, __ATOMIC_RELEASE);
+      if (i >= high_water) __atomic_store_n(&high_water, i + 1, __ATOMIC_RELEASE);
       break;
     }
   }
@@ -111,7 +126,7 @@ int posix_memalign(void **out, size_t alignment, size_t size) {
 void free(void *ptr) {
   if (!ptr) return;
   if (!next_free) { __libc_free(ptr); return; }   /* before init nothing is tracked */
-  if (__atomic_load_n(&tracked, __ATOMIC_ACQUIRE) == 0) { next_free(ptr); return; }
+  if (!maybe_tracked(ptr)) { next_free(ptr); return; }
   pthread_mutex_lock(&lock);
   for (int i = 0; i < SLOTS; i++) {
     if (blocks[i].ptr == ptr) {
@@ -140,11 +155,11 @@ void free(void *ptr) {
 
 void *realloc(void *ptr, size_t size) {
   if (!next_realloc) return __libc_realloc(ptr, size);
-  if (ptr && __atomic_load_n(&tracked, __ATOMIC_ACQUIRE) != 0) {
+  if (ptr && maybe_tracked(ptr)) {
     pthread_mutex_lock(&lock);
     for (int i = 0; i < SLOTS; i++) {
       if (blocks[i].ptr == ptr) {
-        blocks[i].ptr = NULL;
+        __atomic_store_n(&blocks[i].ptr, NULL, __ATOMIC_RELEASE);
         __atomic_sub_fetch(&tracked, 1, __ATOMIC_RELEASE);
         break;
       }
