@@ -32,15 +32,41 @@ def test_step_benchmark_writes_both_kinds(tmp_path):
   assert 'TokenFormer / dense step time' in proc.stdout
 
 
+def _probe_wheel(folder):
+  """A minimal pure-Python wheel, as `pip download` would leave one in WHEELS."""
+  import zipfile
+  folder.mkdir()
+  info = 'gpu_step_probe-1.0.dist-info'
+  with zipfile.ZipFile(folder / 'gpu_step_probe-1.0-py3-none-any.whl', 'w') as whl:
+    whl.writestr('gpu_step_probe.py', 'VALUE = 1\n')
+    whl.writestr(f'{info}/METADATA', 'Metadata-Version: 2.1\nName: gpu_step_probe\nVersion: 1.0\n')
+    whl.writestr(f'{info}/WHEEL',
+                 'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n')
+    whl.writestr(f'{info}/RECORD', f'gpu_step_probe.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n'
+                 f'{info}/RECORD,,\n')
+  return folder
+
+
 def test_gpu_script_runs_an_experiment_file_anywhere(tmp_path):
   out = tmp_path / 'gpu.json'
   proc = _run(['bash', 'benchmarks/gpu_step.sh', '--steps=1', '--warmup=0', '--peak_size=256'],
-              CONFIG='experiments/tiny.py', BATCH='4', OUT=str(out), COST_STEPS='1')
+              CONFIG='experiments/tiny.py', BATCH='4', OUT=str(out), COST_STEPS='1',
+              PYTHON=sys.executable, WHEELS=str(_probe_wheel(tmp_path / 'wheels')))
   assert proc.returncode == 0, proc.stderr[-3000:]
   (result,) = json.loads(out.read_text())['results']
   _cost_rows(tmp_path / 'gpu_pattention.json')   # and the fused-kernel profile
   assert result['dtype'] == 'bfloat16' and result['remat'] == 'none' and 'mfu_spec' in result
   assert 'not gpu' in proc.stderr     # says plainly that these are not GPU figures
+  # the offline wheels were installed and put first on the path of every step
+  assert 'from WHEELS: gpu_step_probe 1.0' in proc.stdout
+
+
+def test_gpu_script_refuses_an_empty_wheel_folder(tmp_path):
+  (tmp_path / 'wheels').mkdir()
+  proc = _run(['bash', 'benchmarks/gpu_step.sh'], PYTHON=sys.executable,
+              WHEELS=str(tmp_path / 'wheels'), OUT=str(tmp_path / 'gpu.json'))
+  assert proc.returncode == 2 and 'holds no .whl files' in proc.stderr
+  assert not (tmp_path / 'gpu.json').exists()
 
 
 @pytest.mark.parametrize('args, message', [
