@@ -139,3 +139,29 @@ def test_gelu_form_follows_the_platform(monkeypatch, rows, platform, primitive):
   u = jnp.linspace(-8.0, 8.0, 1001)
   np.testing.assert_allclose(u * pattention_lib._normal_cdf(u), jax.nn.gelu(u, approximate=False),
                              atol=2e-6)
+
+
+def test_gelu_gradient_from_its_output_matches_autodiff():
+  """gelu_grad takes Φ(u) as GELU(u)/u: exact in float64, float32-accurate in float32, ½ at and near 0,
+  and finite where GELU(u) underflows."""
+  from tokenformer_jax import pattention as pattention_lib
+  u64 = np.concatenate([np.linspace(-16.0, 16.0, 4001), [0.0, 1e-35, -1e-35, 1e-20, -1e-20, 1e-7]])
+  with jax.enable_x64(True):
+    exact = np.asarray(jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=False)))(jnp.asarray(u64)))
+    got64 = np.asarray(jax.vmap(jax.grad(pattention_lib.gelu))(jnp.asarray(u64)))
+  np.testing.assert_allclose(got64, exact, rtol=1e-12, atol=1e-15)
+  u32 = jnp.asarray(u64, jnp.float32)
+  got32 = np.asarray(jax.vmap(jax.grad(pattention_lib.gelu))(u32))
+  assert np.all(np.isfinite(got32))
+  np.testing.assert_allclose(got32, exact, rtol=2e-6, atol=2e-7)
+
+
+@pytest.mark.parametrize('dtype, erfs, divides', [(jnp.float32, 1, True), (jnp.bfloat16, 3, False)])
+def test_backward_reuses_the_forward_gelu(dtype, erfs, divides):
+  """float32: the backward divides Φ(u) out of the saved GELU outputs, so the whole gradient evaluates erf
+  once (the forward's); bfloat16 outputs are too coarse for that, so Φ(u) is evaluated again."""
+  x, k, v = (jnp.asarray(a) for a in _inputs(np.float32))
+  loss = lambda xx: jnp.sum(pattention(xx.astype(dtype), k, v).astype(jnp.float32))
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(x))
+  assert jaxpr.count(' erf ') == erfs
+  assert (' div ' in jaxpr) == divides

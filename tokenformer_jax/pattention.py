@@ -64,14 +64,16 @@ def _pattention_2d(x_MxI, keys_NxI, values_NxO, tau):
 
 
 def _forward(x_MxI, keys_NxI, values_NxO, tau):
-  """The forward pass. Saves only the scores (in the compute dtype, as the matmul produced them) and the
-  inverse norms [M, 1]: the backward recomputes u and GELU from them in its own elementwise pass."""
+  """The forward pass. Saves the scores (in the compute dtype, as the matmul produced them), the inverse
+  norms [M, 1] and, when they are stored in at least float32, the GELU outputs the second matmul read:
+  the backward recomputes u from the scores and takes Φ(u) from those outputs (see `gelu_grad`)."""
   scores_MxN = x_MxI @ keys_NxI.T
   inv_norm_Mx1 = _inverse_norm(scores_MxN)
   u_MxN = scores_MxN.astype(inv_norm_Mx1.dtype) * (tau * inv_norm_Mx1)
   weights_MxN = gelu(u_MxN).astype(x_MxI.dtype)
   y_MxO = weights_MxN @ values_NxO
-  return y_MxO, (x_MxI, keys_NxI, values_NxO, scores_MxN, inv_norm_Mx1)
+  saved_weights = weights_MxN if _keeps_cdf(weights_MxN.dtype) else None
+  return y_MxO, (x_MxI, keys_NxI, values_NxO, scores_MxN, inv_norm_Mx1, saved_weights)
 
 
 def _backward(tau, saved, dy_MxO):
@@ -85,12 +87,16 @@ def _backward(tau, saved, dy_MxO):
   then feeds it the matmul's output instead of writing u out as one more [M, n] array (−14% of the
   tiny config's temporaries; its step 8-30% and config (b)'s 1-4% faster, one process per variant).
   """
-  x_MxI, keys_NxI, values_NxO, scores_MxN, inv_norm_Mx1 = saved
+  x_MxI, keys_NxI, values_NxO, scores_MxN, inv_norm_Mx1, saved_weights_MxN = saved
   dtype = x_MxI.dtype
   s_MxN = scores_MxN.astype(inv_norm_Mx1.dtype)
   u_MxN = s_MxN * (tau * inv_norm_Mx1)
-  cdf_MxN = _normal_cdf(u_MxN)
-  gelu_grad_MxN = cdf_MxN + u_MxN * _INV_SQRT_2PI * jnp.exp(-0.5 * jnp.square(u_MxN))
+  if saved_weights_MxN is None:   # low-precision outputs: Φ(u) is recomputed, and G with it
+    weights_MxN = (u_MxN * _normal_cdf(u_MxN)).astype(dtype)
+    gelu_grad_MxN = gelu_grad(u_MxN)
+  else:
+    weights_MxN = saved_weights_MxN
+    gelu_grad_MxN = gelu_grad(u_MxN, weights_MxN)
   du_MxN = (dy_MxO @ values_NxO.T).astype(u_MxN.dtype) * gelu_grad_MxN
   du_dot_s_Mx1 = jnp.sum(du_MxN * s_MxN, axis=-1, keepdims=True)
   dscores_MxN = ((tau * inv_norm_Mx1) *
@@ -98,18 +104,55 @@ def _backward(tau, saved, dy_MxO):
   dx_MxI = dscores_MxN @ keys_NxI
   # contractions over the token axis written as such (no explicit transpose for the partitioner to shard)
   dkeys_NxI = jnp.einsum('mn,mi->ni', dscores_MxN, x_MxI)
-  dvalues_NxO = jnp.einsum('mn,mo->no', (u_MxN * cdf_MxN).astype(dtype), dy_MxO)
+  dvalues_NxO = jnp.einsum('mn,mo->no', weights_MxN, dy_MxO)
   return dx_MxI, dkeys_NxI, dvalues_NxO
 
 
 def gelu(u):
-  """Exact GELU. On CPU as u·Φ(u) with erf, whose kernel is faster there (−3% of config (b)'s step);
-  elsewhere jax.nn.gelu's erfc form, which the TPU compiler keeps in less memory (the erf form costs
-  progressive 1.4B on v5p-8 20 GiB more per device). The platform is the traced step's mesh's. The
-  dense baseline's MLP uses it too, so the two kinds are compared on the same GELU."""
+  """Exact GELU. On CPU as u·Φ(u) with erf, whose kernel is faster there (−3% of config (b)'s step),
+  differentiated by `gelu_grad` from its own output; elsewhere jax.nn.gelu's erfc form, which the TPU
+  compiler keeps in less memory (the erf form costs progressive 1.4B on v5p-8 20 GiB more per device).
+  The platform is the traced step's mesh's. The dense baseline's MLP uses it too, so the two kinds are
+  compared on the same GELU."""
   if sharding.platform() == 'cpu':
-    return u * _normal_cdf(u)
+    return _gelu_erf(u)
   return jax.nn.gelu(u, approximate=False)
+
+
+@jax.custom_vjp
+def _gelu_erf(u):
+  return u * _normal_cdf(u)
+
+
+def _gelu_erf_forward(u):
+  y = u * _normal_cdf(u)
+  return y, (u, y if _keeps_cdf(y.dtype) else None)
+
+
+def _gelu_erf_backward(saved, dy):
+  u, y = saved
+  return (dy * gelu_grad(u, y).astype(dy.dtype),)
+
+
+_gelu_erf.defvjp(_gelu_erf_forward, _gelu_erf_backward)
+
+
+def gelu_grad(u, y=None):
+  """GELU'(u) = Φ(u) + u·φ(u). Given the forward's y = u·Φ(u), Φ(u) is taken as y / u instead of a second
+  erf: erf then has one consumer and XLA:CPU fuses it into the pass that writes y, where it otherwise
+  wrote Φ(u) out as one more array for the backward to read (config (b)'s TokenFormer temporaries
+  1153 → 961 MiB; its step 2% and tiny's 5% faster). y / u is Φ(u) to within 2 ulp in y's precision,
+  so only outputs stored in at least float32 are used (`_keeps_cdf`); below |u| = 1e-30 Φ(u) is ½."""
+  if y is None:
+    cdf = _normal_cdf(u)
+  else:
+    cdf = jnp.where(jnp.abs(u) > 1e-30, y.astype(u.dtype) / u, 0.5)
+  return cdf + u * _INV_SQRT_2PI * jnp.exp(-0.5 * jnp.square(u))
+
+
+def _keeps_cdf(dtype) -> bool:
+  """Whether GELU outputs of this dtype hold Φ(u) precisely enough for `gelu_grad` to divide it out."""
+  return jnp.finfo(dtype).bits >= 32
 
 
 def _normal_cdf(u):
