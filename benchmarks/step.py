@@ -1,10 +1,12 @@
 """Train-step benchmark: TokenFormer against the dense baseline with equal non-embedding parameters.
 
-In one process: the matmul peak of this machine (the MFU denominator), then for each config the compile
+In one process: the matmul peak of this machine (measured before the first config and after each one;
+the best of these is the MFU denominator, since the host's speed drifts), then for each config the compile
 time of each kind, the median step time over --steps steps after --warmup (the kinds of a config alternate
 step by step), tokens/s, model GFLOP/s (flops.train_flops_per_token × tokens), MFU, and memory (XLA's
 buffers per model: arguments + temporaries; the process's peak RSS, or the accelerator's peak bytes in
-use, once the config's models have run). Prints a table and writes JSON.
+use, once the config's models have run); TokenFormer / dense as the ratio of the median steps and round
+by round (median and quartiles). Prints a table and writes JSON.
 
   python benchmarks/step.py                                  # tiny and the ~20M config, f32 on CPU
   python benchmarks/step.py --configs=b --steps=5 --json=/tmp/step.json
@@ -92,8 +94,15 @@ def time_alternating(runs: list) -> None:
       run['times'].append(time.perf_counter() - start)
 
 
-def summarize(run: dict, peak: float) -> dict:
-  """The JSON row of one timed model."""
+def paired_ratios(times_a: list, times_b: list) -> dict:
+  """a / b within each round (the two steps ran back to back) → median and quartiles. The host's drift
+  moves both steps of a round together, so these quartiles show how far the ratio can be trusted."""
+  q1, median, q3 = np.percentile(np.asarray(times_a) / np.asarray(times_b), [25, 50, 75])
+  return {'median': float(median), 'q1': float(q1), 'q3': float(q3), 'rounds': len(times_a)}
+
+
+def summarize(run: dict) -> dict:
+  """The JSON row of one timed model, less its MFU (`add_mfu`, once the run's peak is known)."""
   c, spec, times, memory = run['config'], run['spec'], run['times'], run['memory']
   step_s = statistics.median(times)
   tokens = c.train.batch_size * c.data.seq_len
@@ -106,7 +115,7 @@ def summarize(run: dict, peak: float) -> dict:
       'batch': c.train.batch_size, 'seq': c.data.seq_len, 'step_s': step_s,
       'step_s_min': min(times), 'tokens_per_s': tokens / step_s,
       'gflop_per_step': step_flops / 1e9, 'gflops_per_s': step_flops / step_s / 1e9,
-      'mfu': step_flops / step_s / peak, 'compile_s': run['compile_s'],
+      'compile_s': run['compile_s'],
       'temp_MiB': getattr(memory, 'temp_size_in_bytes', 0) / 2**20,
       'args_MiB': getattr(memory, 'argument_size_in_bytes', 0) / 2**20,
       # the process's peak once this config's models have run (they are alive together)
@@ -115,6 +124,10 @@ def summarize(run: dict, peak: float) -> dict:
   if _SPEC_PEAK.value:
     result['mfu_spec'] = step_flops / step_s / (_SPEC_PEAK.value * 1e12)
   return result
+
+
+def add_mfu(row: dict, peak: float) -> None:
+  row['mfu'] = row['gflops_per_s'] * 1e9 / peak
 
 
 def main(argv):
@@ -130,34 +143,53 @@ def main(argv):
   except (ValueError, config_lib.UserError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  peak = flops.measure_matmul_peak(_PEAK_SIZE.value, jnp.dtype(_PEAK_DTYPE.value))
+  measure_peak = lambda: flops.measure_matmul_peak(_PEAK_SIZE.value, jnp.dtype(_PEAK_DTYPE.value))
+  # The host's speed drifts within a run, so the peak is measured before the first config and after
+  # each one, and the best of these is the MFU denominator (one early measurement taken in a slow
+  # moment would put MFU above 100%).
+  peaks = [measure_peak()]
   device = jax.devices()[0]
-  machine = {'platform': jax.default_backend(), 'device_kind': device.device_kind,
-             'devices': jax.device_count(), 'cpu_count': os.cpu_count(),
-             'processor': platform.processor() or platform.machine(), 'jax': jax.__version__,
-             'matmul_peak_gflops': peak / 1e9, 'peak_dtype': _PEAK_DTYPE.value,
-             'spec_peak_tflops': _SPEC_PEAK.value, 'host_allocator': host_memory.describe()}
-  print(f"{_PEAK_DTYPE.value} matmul peak ({_PEAK_SIZE.value}³): {peak / 1e9:.1f} GFLOP/s on "
-        f"{device.device_kind} ({machine['cpu_count']} CPUs); host allocator: {machine['host_allocator']}")
-  print('FLOPs per token = 6·N_nonembed + 6·d·V + 12·L·d·T')
-  rows = []
-  print(f"{'config':10} {'kind':11} {'params':>8} {'step s':>8} {'tok/s':>9} {'GFLOP/s':>9} "
-        f"{'MFU':>6} {'compile':>8} {'buffers':>9} {'peak':>9}")
+  print(f"{_PEAK_DTYPE.value} matmul peak ({_PEAK_SIZE.value}³) before the first config: "
+        f"{peaks[0] / 1e9:.1f} GFLOP/s on {device.device_kind} ({os.cpu_count()} CPUs); "
+        f"host allocator: {host_memory.describe()}", flush=True)
+  rows, ratio_lines = [], []
   for name in _CONFIGS.value:
     runs = [prepare(name, kind) for kind in _KINDS.value]
     time_alternating(runs)
-    group = [summarize(run, peak) for run in runs]
+    group = [summarize(run) for run in runs]
+    round_times = {run['kind']: run['times'] for run in runs}
     del runs
-    for r in group:
-      rows.append(r)
-      spec_mfu = f"  ({r['mfu_spec']:.1%} of the datasheet peak)" if 'mfu_spec' in r else ''
-      print(f"{name[-10:]:10} {r['kind']:11} {r['params_M']:7.1f}M {r['step_s']:8.3f} "
-            f"{r['tokens_per_s']:9.0f} {r['gflops_per_s']:9.1f} {r['mfu']:6.1%} {r['compile_s']:7.1f}s "
-            f"{r['temp_MiB'] + r['args_MiB']:6.0f}MiB {r['peak_memory_MiB']:6.0f}MiB{spec_mfu}", flush=True)
+    peaks.append(measure_peak())
+    rows.extend(group)
     by_kind = {r['kind']: r for r in group}
     if {'tokenformer', 'dense'} <= set(by_kind):
       tf, dense = by_kind['tokenformer'], by_kind['dense']
-      print(f"{name[-10:]:10} TokenFormer / dense step time: {tf['step_s'] / dense['step_s']:.3f}")
+      paired = paired_ratios(round_times['tokenformer'], round_times['dense'])
+      tf['over_dense'] = {'of_medians': tf['step_s'] / dense['step_s'], **paired}
+      ratio_lines.append(
+          f"{name[-10:]:10} TokenFormer / dense step time: {tf['step_s'] / dense['step_s']:.3f} "
+          f"(round by round: median {paired['median']:.3f}, quartiles {paired['q1']:.3f}-"
+          f"{paired['q3']:.3f})")
+    print(f"{name}: timed; matmul peak after it {peaks[-1] / 1e9:.1f} GFLOP/s", flush=True)
+  peak = max(peaks)
+  machine = {'platform': jax.default_backend(), 'device_kind': device.device_kind,
+             'devices': jax.device_count(), 'cpu_count': os.cpu_count(),
+             'processor': platform.processor() or platform.machine(), 'jax': jax.__version__,
+             'matmul_peak_gflops': peak / 1e9, 'matmul_peak_measurements_gflops': [p / 1e9 for p in peaks],
+             'peak_dtype': _PEAK_DTYPE.value, 'spec_peak_tflops': _SPEC_PEAK.value,
+             'host_allocator': host_memory.describe()}
+  print(f"matmul peak, best of {len(peaks)} measurements: {peak / 1e9:.1f} GFLOP/s (MFU denominator)")
+  print('FLOPs per token = 6·N_nonembed + 6·d·V + 12·L·d·T')
+  print(f"{'config':10} {'kind':11} {'params':>8} {'step s':>8} {'tok/s':>9} {'GFLOP/s':>9} "
+        f"{'MFU':>6} {'compile':>8} {'buffers':>9} {'peak':>9}")
+  for r in rows:
+    add_mfu(r, peak)
+    spec_mfu = f"  ({r['mfu_spec']:.1%} of the datasheet peak)" if 'mfu_spec' in r else ''
+    print(f"{r['config'][-10:]:10} {r['kind']:11} {r['params_M']:7.1f}M {r['step_s']:8.3f} "
+          f"{r['tokens_per_s']:9.0f} {r['gflops_per_s']:9.1f} {r['mfu']:6.1%} {r['compile_s']:7.1f}s "
+          f"{r['temp_MiB'] + r['args_MiB']:6.0f}MiB {r['peak_memory_MiB']:6.0f}MiB{spec_mfu}")
+  for line in ratio_lines:
+    print(line)
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
       json.dump({'machine': machine, 'results': rows}, f, indent=2)

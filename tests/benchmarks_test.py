@@ -20,7 +20,7 @@ def _run(args, **env):
 
 def test_step_benchmark_writes_both_kinds(tmp_path):
   out = tmp_path / 'step.json'
-  proc = _run([sys.executable, 'benchmarks/step.py', '--configs=tiny', '--steps=1', '--warmup=0',
+  proc = _run([sys.executable, 'benchmarks/step.py', '--configs=tiny', '--steps=3', '--warmup=0',
                '--peak_size=256', '--override=train.batch_size=4,data.seq_len=32', f'--json={out}'])
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(out.read_text())['results']
@@ -30,6 +30,17 @@ def test_step_benchmark_writes_both_kinds(tmp_path):
   assert results[0]['gflop_per_step'] == pytest.approx(results[1]['gflop_per_step'])
   assert results[0]['attention_impl'] == 'softmax_vjp' and results[0]['step_s'] > 0
   assert 'TokenFormer / dense step time' in proc.stdout
+  # the ratio round by round: quartiles around the median, over every timed round
+  over = results[0]['over_dense']
+  assert over['rounds'] == 3 and 0 < over['q1'] <= over['median'] <= over['q3']
+  times = results[0]['step_s'] / results[1]['step_s']
+  assert over['of_medians'] == pytest.approx(times)
+  # MFU against the best of the peaks measured before and after the config
+  machine = json.loads(out.read_text())['machine']
+  assert len(machine['matmul_peak_measurements_gflops']) == 2
+  assert machine['matmul_peak_gflops'] == max(machine['matmul_peak_measurements_gflops'])
+  for r in results:
+    assert r['mfu'] == pytest.approx(r['gflops_per_s'] / machine['matmul_peak_gflops'])
 
 
 def _probe_wheel(folder):
@@ -92,8 +103,11 @@ def test_torch_reference_computes_our_loss(tmp_path):
   proc = _run([sys.executable, 'benchmarks/torch_reference.py', '--configs=tiny', '--steps=1',
                '--warmup=0', '--nocompile', f'--json={out}'])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  ours, result = json.loads(out.read_text())['results']
+  data = json.loads(out.read_text())
+  ours, result = data['results']
   assert (ours['impl'], result['impl']) == ('tokenformer_jax', 'pytorch eager')
+  assert data['matmul_peak_gflops'] == max(data['matmul_peak_measurements_gflops'])
+  assert ours['mfu'] == pytest.approx(ours['gflops_per_s'] / data['matmul_peak_gflops'])
   assert result['first_loss'] == pytest.approx(result['jax_first_loss'], rel=1e-4)
   assert ours['step_s'] > 0 and 'PyTorch eager / tokenformer_jax step time' in proc.stdout
 
