@@ -102,7 +102,7 @@ def paired_ratios(times_a: list, times_b: list) -> dict:
 
 
 def summarize(run: dict) -> dict:
-  """The JSON row of one timed model, less its MFU (`add_mfu`, once the run's peak is known)."""
+  """The JSON row of one timed model, less its MFU (added once the run's best peak is known)."""
   c, spec, times, memory = run['config'], run['spec'], run['times'], run['memory']
   step_s = statistics.median(times)
   tokens = c.train.batch_size * c.data.seq_len
@@ -124,10 +124,6 @@ def summarize(run: dict) -> dict:
   if _SPEC_PEAK.value:
     result['mfu_spec'] = step_flops / step_s / (_SPEC_PEAK.value * 1e12)
   return result
-
-
-def add_mfu(row: dict, peak: float) -> None:
-  row['mfu'] = row['gflops_per_s'] * 1e9 / peak
 
 
 def main(argv):
@@ -183,7 +179,7 @@ def main(argv):
   print(f"{'config':10} {'kind':11} {'params':>8} {'step s':>8} {'tok/s':>9} {'GFLOP/s':>9} "
         f"{'MFU':>6} {'compile':>8} {'buffers':>9} {'peak':>9}")
   for r in rows:
-    add_mfu(r, peak)
+    r['mfu'] = r['gflops_per_s'] * 1e9 / peak
     spec_mfu = f"  ({r['mfu_spec']:.1%} of the datasheet peak)" if 'mfu_spec' in r else ''
     print(f"{r['config'][-10:]:10} {r['kind']:11} {r['params_M']:7.1f}M {r['step_s']:8.3f} "
           f"{r['tokens_per_s']:9.0f} {r['gflops_per_s']:9.1f} {r['mfu']:6.1%} {r['compile_s']:7.1f}s "
