@@ -92,7 +92,7 @@ def _backward(tau, saved, dy_MxO):
   s_MxN = scores_MxN.astype(inv_norm_Mx1.dtype)
   u_MxN = s_MxN * (tau * inv_norm_Mx1)
   if saved_weights_MxN is None:   # low-precision outputs: Φ(u) is recomputed, and G with it
-    weights_MxN = (u_MxN * _normal_cdf(u_MxN)).astype(dtype)
+    weights_MxN = _erf_gelu(u_MxN).astype(dtype)
     gelu_grad_MxN = gelu_grad(u_MxN)
   else:
     weights_MxN = saved_weights_MxN
@@ -119,13 +119,15 @@ def gelu(u):
   return jax.nn.gelu(u, approximate=False)
 
 
-@jax.custom_vjp
-def _gelu_erf(u):
+def _erf_gelu(u):
   return u * _normal_cdf(u)
 
 
+_gelu_erf = jax.custom_vjp(_erf_gelu)
+
+
 def _gelu_erf_forward(u):
-  y = u * _normal_cdf(u)
+  y = _erf_gelu(u)
   return y, (u, y if _keeps_cdf(y.dtype) else None)
 
 
