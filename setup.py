@@ -1,13 +1,5 @@
 """tokenformer_jax: train, grow and serve TokenFormer models with JAX, Flax NNX, Optax, Orbax and grain."""
-import sys
-
-from setuptools import Extension, find_packages, setup
-
-# tokenformer_jax/host_memory.py preloads this into CPU training processes (see large_block_cache.c).
-# A plain shared library that happens to be built like an extension; optional, so that a machine
-# without a C compiler still installs (host_memory then falls back to another allocator).
-_BLOCK_CACHE = [Extension('tokenformer_jax._large_block_cache', ['tokenformer_jax/large_block_cache.c'],
-                          libraries=['dl', 'pthread'], optional=True)] if sys.platform == 'linux' else []
+from setuptools import find_packages, setup
 
 setup(
     name='tokenformer_jax',
@@ -15,9 +7,9 @@ setup(
     description='TokenFormer (Pattention) training, growth and serving in JAX / Flax NNX',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
-    packages=find_packages(include=['tokenformer_jax', 'tokenformer_jax.*']),
+    # experiments/ is a package too: experiment files import each other and experiments/common.py
+    packages=find_packages(include=['tokenformer_jax', 'tokenformer_jax.*', 'experiments']),
     python_requires='>=3.10',
-    ext_modules=_BLOCK_CACHE,
     install_requires=[
         'jax>=0.9,<0.11',
         'flax>=0.12.8,<0.13',            # Variable out_sharding / eager_sharding metadata

@@ -49,9 +49,9 @@ print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
 if jax.default_backend() != "gpu":
   print(f"warning: JAX backend is {jax.default_backend()}, not gpu; the figures will not be GPU "
         "figures", file=sys.stderr)'
-"$PYTHON" benchmarks/step.py --configs="$CONFIG" --kinds=tokenformer \
-  --override="train.batch_size=$BATCH,model.remat=$REMAT,model.dtype=bfloat16" \
+"$PYTHON" benchmarks/step.py --config="$CONFIG" --kinds=tokenformer \
+  --config.train.batch_size="$BATCH" --config.model.remat="$REMAT" --config.model.dtype=bfloat16 \
   --peak_dtype=bfloat16 --peak_size=8192 --spec_peak_tflops="$SPEC_PEAK_TFLOPS" \
   --steps=10 --warmup=3 --json="$OUT" "$@"
-"$PYTHON" benchmarks/pattention_cost.py --config="$CONFIG" --override="train.batch_size=$BATCH" \
+"$PYTHON" benchmarks/pattention_cost.py --config="$CONFIG" --config.train.batch_size="$BATCH" \
   --dtype=bfloat16 --steps="${COST_STEPS:-10}" --json="${OUT%.json}_pattention.json"

@@ -32,6 +32,7 @@ def config(big: bool, cache: str, devices: int):
   c.data.vocab_size, c.data.seq_len, c.data.cache_dir = 512, 128, cache
   c.train.batch_size = 8
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, devices
+  c.lock()
   return c
 
 
@@ -53,16 +54,23 @@ def phase(name: str, workdir: str, devices: int) -> dict:
     checkpoint.save(checkpoint.manager(src), 0, state, it, checkpoint.run_meta(c, 512))
     out['params_M'] = state_lib.num_params(spec) / 1e6
     out['state_MiB'] = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
-  elif name == 'grow':
-    timings = {}
-    growth.grow(config(True, cache, devices), src, dst, timings=timings)
-    out.update(timings)
-  elif name == 'plain_restore':
+  elif name == 'grow':   # growth's three phases, timed one by one, with the peak RSS after each
     c = config(True, cache, devices)
+    plan = growth.plan(c, src, dst)
+    clock = time.perf_counter()
+    padded = jax.block_until_ready(growth.restore_padded(plan))
+    out.update(restore_s=time.perf_counter() - clock, peak_rss_after_restore_MiB=_peak_rss_MiB())
+    clock = time.perf_counter()
+    state = jax.block_until_ready(growth.fill_state(padded, plan.spec, plan.cfg, plan.old_counts,
+                                                    c.growth.seed))
+    out.update(grow_s=time.perf_counter() - clock, peak_rss_after_grow_MiB=_peak_rss_MiB())
+    clock = time.perf_counter()
+    growth.save(plan, state)
+    out.update(save_s=time.perf_counter() - clock, peak_rss_after_save_MiB=_peak_rss_MiB())
+  elif name == 'plain_restore':
     mngr = checkpoint.manager(dst)
-    meta = checkpoint.read_meta(mngr, mngr.latest_step())
-    for key in ('n_ref_qkv', 'n_ref_proj', 'n_ref_ffn'):
-      c.model[key] = meta['config']['model'][key]
+    c = checkpoint.adopt_frozen_tau(config(True, cache, devices),
+                                    checkpoint.read_meta(mngr, mngr.latest_step()))
     spec = state_lib.make_spec(c, 512, sharding.make_mesh(c.mesh))
     t0 = time.perf_counter()
     state = checkpoint.restore(mngr, mngr.latest_step(), state_lib.abstract_targets(spec))
@@ -71,8 +79,13 @@ def phase(name: str, workdir: str, devices: int) -> dict:
     out['params_M'] = state_lib.num_params(spec) / 1e6
     out['state_MiB'] = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
   out['total_s'] = time.perf_counter() - start
-  out['peak_rss_MiB'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  out['peak_rss_MiB'] = _peak_rss_MiB()
   return out
+
+
+def _peak_rss_MiB() -> float:
+  """This process's peak resident memory so far."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main():

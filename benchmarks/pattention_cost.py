@@ -13,34 +13,31 @@ the functions are compiled ahead of time for one chip of that TPU (no TPU needed
 model is reported instead: its estimated seconds ('optimal_seconds'), FLOPs, transcendentals and HBM bytes.
 The last lines give the norm's overhead for a whole block (3 × qkv + proj + ffn).
 
-  python benchmarks/pattention_cost.py --config=b
+  python benchmarks/pattention_cost.py --config=experiments/bench.py:b
   python benchmarks/pattention_cost.py --config=experiments/progressive.py:354m --dtype=bfloat16
   python benchmarks/pattention_cost.py --config=experiments/progressive.py:354m --topology=v5p:1x1x1
 """
+import functools
 import json
-import os
 import statistics
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
+from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import shapes  # noqa: E402
-from tokenformer_jax import aot, host_memory, sharding  # noqa: E402
+from tokenformer_jax import aot  # noqa: E402
 from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax.errors import UserError  # noqa: E402
 from tokenformer_jax.pattention import gelu, pattention  # noqa: E402
 
-_CONFIG = flags.DEFINE_string('config', 'b', f'A name from {sorted(shapes.SHAPES)} or an experiment '
-                              'file (path.py:arg): its d_model, n_qkv, n_proj, n_ffn, batch and seq.')
-_OVERRIDE = flags.DEFINE_list('override', [], 'section.key=value overrides of the config.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment file (path.py[:arg]): its d_model, n_qkv, n_proj, n_ffn, batch and seq.',
+    lock_config=True)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of x and tables.')
 _TOPOLOGY = flags.DEFINE_string('topology', '', 'Compile for one chip of this TPU (e.g. v5p:1x1x1) and '
                                 'report XLA:TPU\'s cost model instead of timing locally.')
@@ -50,19 +47,20 @@ _JSON = flags.DEFINE_string('json', '', 'Where to write the results as JSON.')
 VARIANTS = ('pattention', 'gelu_mlp', 'matmuls')
 
 
-def _variant(name: str, dtype):
+def _variant(name: str, dtype, gelu_impl: str):
   def gelu_mlp(x, keys, values):
-    return gelu(x @ keys.astype(dtype).T) @ values.astype(dtype)
+    return gelu(x @ keys.astype(dtype).T, gelu_impl) @ values.astype(dtype)
 
   def matmuls(x, keys, values):
     return (x @ keys.astype(dtype).T) @ values.astype(dtype)
 
-  return {'pattention': pattention, 'gelu_mlp': gelu_mlp, 'matmuls': matmuls}[name]
+  return {'pattention': functools.partial(pattention, gelu_impl=gelu_impl), 'gelu_mlp': gelu_mlp,
+          'matmuls': matmuls}[name]
 
 
-def _functions(name: str, dtype):
+def _functions(name: str, dtype, gelu_impl: str):
   """fwd(x, K, V, w) and fwd+bwd (gradients of x, K and V) of one variant, as a scalar loss ⟨y, w⟩."""
-  f = _variant(name, dtype)
+  f = _variant(name, dtype, gelu_impl)
   loss = lambda x, k, v, w: jnp.sum((f(x, k, v) * w).astype(jnp.float32))
   return {'fwd': loss, 'fwd+bwd': jax.grad(loss, argnums=(0, 1, 2))}
 
@@ -98,31 +96,31 @@ def measure(c, dtype, topology: str) -> list:
     device = jax.devices()[0]
   mesh = jax.sharding.Mesh(np.array([device]), ('data',))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  gelu_impl = config_lib.resolve_model(c.model, device.platform).gelu_impl   # the target chip's form
   rows = []
   for layer, (d_in, n, d_out, count) in layer_shapes(c).items():
-    shapes_ = [((tokens, d_in), dtype), ((n, d_in), jnp.float32), ((n, d_out), jnp.float32),
+    arg_shapes = [((tokens, d_in), dtype), ((n, d_in), jnp.float32), ((n, d_out), jnp.float32),
                ((tokens, d_out), dtype)]
-    abstract = [jax.ShapeDtypeStruct(s, t, sharding=replicated) for s, t in shapes_]
+    abstract = [jax.ShapeDtypeStruct(s, t, sharding=replicated) for s, t in arg_shapes]
     runs = []
     for variant in VARIANTS:
-      for mode, fn in _functions(variant, dtype).items():
-        # platform() inside pattention must see the target chip (its GELU form is chosen per platform)
-        with sharding.activation_sharding(mesh, ()):
-          compiled = jax.jit(fn).lower(*abstract).compile()
+      for mode, fn in _functions(variant, dtype, gelu_impl).items():
+        compiled = jax.jit(fn).lower(*abstract).compile()
         row = {'layer': layer, 'd_in': d_in, 'n': n, 'd_out': d_out, 'per_block': count,
-               'tokens': tokens, 'variant': variant, 'mode': mode, **_cost(compiled)}
+               'tokens': tokens, 'variant': variant, 'mode': mode, 'gelu_impl': gelu_impl,
+               **_cost(compiled)}
         rows.append(row)
         runs.append((row, compiled))
     if not topology:
-      _time_alternating(runs, shapes_)
+      _time_alternating(runs, arg_shapes)
   return rows
 
 
-def _time_alternating(runs, shapes_):
+def _time_alternating(runs, arg_shapes):
   """Each compiled function in turn, --steps rounds; stores the median seconds in its row."""
   rng = np.random.default_rng(0)
   args = [jnp.asarray(rng.normal(size=s) * (0.02 if i in (1, 2) else 1.0), t)
-          for i, (s, t) in enumerate(shapes_)]
+          for i, (s, t) in enumerate(arg_shapes)]
   for _, compiled in runs:
     jax.block_until_ready(compiled(*args))
   times = [[] for _ in runs]
@@ -147,22 +145,16 @@ def block_overheads(rows: list, key: str) -> dict:
 
 
 def main(argv):
-  del argv
-  try:
-    if not shapes.known(_CONFIG.value):
-      raise UserError(f'unknown config {_CONFIG.value!r}; use one of {sorted(shapes.SHAPES)} or path.py:arg')
-    c = shapes.make_config(_CONFIG.value, 'tokenformer', _OVERRIDE.value)
-    config_lib.validate(c)
-    if _TOPOLOGY.value:
-      aot.parse_topology(_TOPOLOGY.value)
-    rows = measure(c, jnp.dtype(_DTYPE.value), _TOPOLOGY.value)
-  except (ValueError, UserError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  if len(argv) > 1:
+    raise harness.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  c = harness.of_kind(config_lib.from_flag(_CONFIG), 'tokenformer')
+  if _TOPOLOGY.value:
+    aot.parse_topology(_TOPOLOGY.value)
+  rows = measure(c, jnp.dtype(_DTYPE.value), _TOPOLOGY.value)
   key = 'model_s' if _TOPOLOGY.value else 'measured_s'
   where = (f'XLA:TPU cost model, one {_TOPOLOGY.value.split(":")[0]} chip' if _TOPOLOGY.value
            else f'measured on {jax.devices()[0].device_kind}, median of {_STEPS.value}')
-  print(f'{_CONFIG.value}: {rows[0]["tokens"]} tokens, {_DTYPE.value}; milliseconds ({where})')
+  print(f'{rows[0]["tokens"]} tokens, {_DTYPE.value}; milliseconds ({where})')
   print(f"{'layer':6} {'d→n→d':>16} {'mode':8} " + ' '.join(f'{v:>11}' for v in VARIANTS) +
         f" {'vs gelu_mlp':>12} {'vs matmuls':>11}")
   for layer in dict.fromkeys(r['layer'] for r in rows):
@@ -178,11 +170,10 @@ def main(argv):
           f"Pattention / matmuls alone {o['over_matmuls']:.3f}")
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
-      json.dump({'config': _CONFIG.value, 'overrides': list(_OVERRIDE.value), 'dtype': _DTYPE.value,
+      json.dump({'config': c.to_dict(), 'dtype': _DTYPE.value, 'machine': harness.machine(),
                  'topology': _TOPOLOGY.value, 'device': str(jax.devices()[0].device_kind),
                  'timing': key, 'block': overheads, 'rows': rows}, f, indent=2)
 
 
 if __name__ == '__main__':
-  host_memory.reexec()
-  app.run(main)
+  harness.run(main)

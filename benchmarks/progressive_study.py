@@ -14,7 +14,6 @@ FLOPs per step = train_flops_per_token(model of that stage) × batch × sequence
 """
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,17 +24,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from experiments import progressive_scaling_cpu  # noqa: E402
 from tokenformer_jax import config as config_lib  # noqa: E402
 from tokenformer_jax import flops, stages  # noqa: E402
 
 EXPERIMENT = os.path.join(ROOT, 'experiments', 'progressive_scaling_cpu.py')
-
-
-def load_experiment():
-  spec = importlib.util.spec_from_file_location('progressive_scaling_cpu', EXPERIMENT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def run_arm(arm: str, workdir: str, cache: str) -> float:
@@ -116,11 +109,10 @@ def main():
   work = args.workdir or os.path.join(out if args.quick else tempfile.gettempdir(),
                                       'progressive_study_quick' if args.quick else 'progressive_study')
   os.makedirs(out, exist_ok=True)
-  experiment = load_experiment()
   suffix = '-quick' if args.quick else ''
   cache = os.path.join(work, 'cache')
 
-  arms = experiment.ARMS
+  arms = progressive_scaling_cpu.ARMS
   if args.arms:
     unknown = set(args.arms.split(',')) - set(arms)
     if unknown:
@@ -128,7 +120,7 @@ def main():
     arms = [a for a in arms if a == 'scratch' or a in args.arms.split(',')]
   curves, rows = {}, []
   for arm in arms:
-    cfg = experiment.get_config(arm + suffix)
+    cfg = progressive_scaling_cpu.get_config(arm + suffix)
     workdir = os.path.join(work, arm)
     wall = run_arm(arm + suffix, workdir, cache)
     curves[arm] = val_curve(cfg, workdir)

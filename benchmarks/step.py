@@ -1,45 +1,40 @@
 """Train-step benchmark: TokenFormer against the dense baseline with equal non-embedding parameters.
 
-In one process: the matmul peak of this machine (measured before the first config and after each one;
-the best of these is the MFU denominator, since the host's speed drifts), then for each config the compile
-time of each kind, the median step time over --steps steps after --warmup (the kinds of a config alternate
-step by step), tokens/s, model GFLOP/s (flops.train_flops_per_token × tokens), MFU, and memory (XLA's
-buffers per model: arguments + temporaries; the process's peak RSS, or the accelerator's peak bytes in
-use, once the config's models have run); TokenFormer / dense as the ratio of the median steps and round
-by round (median and quartiles). Prints a table and writes JSON.
+In one process: the matmul peak of this machine (measured before the models and after them; the best of
+these is the MFU denominator, since the host's speed drifts), then for each kind the compile time, the
+median step time over --steps steps after --warmup (the kinds alternate step by step), tokens/s, model
+GFLOP/s (flops.train_flops_per_token × tokens), MFU, and memory (XLA's buffers per model: arguments +
+temporaries; the process's peak RSS, or the accelerator's peak bytes in use, once the models have run);
+TokenFormer / dense as the ratio of the median steps and round by round (median and quartiles). Prints a
+table and writes JSON.
 
-  python benchmarks/step.py                                  # tiny and the ~20M config, f32 on CPU
-  python benchmarks/step.py --configs=b --steps=5 --json=/tmp/step.json
-  python benchmarks/step.py --configs=experiments/progressive.py:354m --kinds=tokenformer \
-      --override=train.batch_size=16 --peak_dtype=bfloat16 --peak_size=8192 --spec_peak_tflops=989
+  python benchmarks/step.py --config=experiments/tiny.py
+  python benchmarks/step.py --config=experiments/bench.py:b --steps=5 --json=/tmp/step.json
+  python benchmarks/step.py --config=experiments/progressive.py:354m --kinds=tokenformer \
+      --config.train.batch_size=16 --peak_dtype=bfloat16 --peak_size=8192 --spec_peak_tflops=989
+  launch/with_tcmalloc.sh python benchmarks/step.py --config=experiments/bench.py:b   # tcmalloc
 """
 import json
-import os
-import platform
 import resource
 import statistics
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
+from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax  # noqa: E402  (after harness: it puts the checkout on the path)
 import numpy as np  # noqa: E402
 
-import shapes  # noqa: E402
-from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax import flops, host_memory, sharding  # noqa: E402
+from tokenformer_jax import flops, sharding  # noqa: E402
+from tokenformer_jax import model as model_lib  # noqa: E402
 from tokenformer_jax import state as state_lib  # noqa: E402
 from tokenformer_jax import step as step_lib  # noqa: E402
 
-_CONFIGS = flags.DEFINE_list('configs', ['tiny', 'm20'],
-                             f'Names from {sorted(shapes.SHAPES)} or experiment files (path.py:arg).')
-_KINDS = flags.DEFINE_list('kinds', ['tokenformer', 'dense'], 'Model kinds to run for each config.')
-_OVERRIDE = flags.DEFINE_list('override', [], 'section.key=value overrides applied to every config.')
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file (path.py[:arg]).',
+                                          lock_config=True)
+_KINDS = flags.DEFINE_list('kinds', ['tokenformer', 'dense'], 'Model kinds to run.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per model.', lower_bound=1)
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.', lower_bound=0)
 _PEAK_DTYPE = flags.DEFINE_enum('peak_dtype', 'float32', ['float32', 'bfloat16'],
@@ -58,10 +53,9 @@ def _peak_memory_MiB() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def prepare(name: str, kind: str) -> dict:
+def prepare(kind: str) -> dict:
   """Builds and compiles one model's train step; returns what timing and reporting need."""
-  c = shapes.make_config(name, kind, _OVERRIDE.value)
-  config_lib.validate(c)
+  c = harness.of_kind(_CONFIG.value, kind)
   mesh = sharding.make_mesh(c.mesh)
   spec = state_lib.make_spec(c, c.model.vocab_size, mesh)
   state = state_lib.init_state(spec, c)
@@ -72,7 +66,7 @@ def prepare(name: str, kind: str) -> dict:
   start = time.perf_counter()
   compiled = train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  return {'name': name, 'kind': kind, 'config': c, 'spec': spec, 'state': state, 'batch': batch,
+  return {'kind': kind, 'config': c, 'spec': spec, 'state': state, 'batch': batch,
           'compiled': compiled, 'compile_s': compile_s, 'memory': compiled.memory_analysis(),
           'times': [], 'metrics': None}
 
@@ -108,10 +102,10 @@ def summarize(run: dict) -> dict:
   tokens = c.train.batch_size * c.data.seq_len
   step_flops = flops.train_flops_per_token(c.model, c.model.vocab_size, c.data.seq_len) * tokens
   result = {
-      'config': run['name'], 'kind': run['kind'], 'overrides': list(_OVERRIDE.value),
+      'kind': run['kind'],
       'dtype': c.model.dtype, 'attention_impl': spec.model_cfg.attention_impl, 'remat': c.model.remat,
       'scan_unroll': spec.model_cfg.scan_unroll, 'params_M': state_lib.num_params(spec) / 1e6,
-      'nonembedding_params_M': flops.nonembedding_params(c.model) / 1e6,
+      'nonembedding_params_M': model_lib.nonembedding_params(c.model) / 1e6,
       'batch': c.train.batch_size, 'seq': c.data.seq_len, 'step_s': step_s,
       'step_s_min': min(times), 'tokens_per_s': tokens / step_s,
       'gflop_per_step': step_flops / 1e9, 'gflops_per_s': step_flops / step_s / 1e9,
@@ -127,70 +121,52 @@ def summarize(run: dict) -> dict:
 
 
 def main(argv):
-  del argv
-  for name in _CONFIGS.value:
-    if not shapes.known(name):
-      print(f'error: unknown config {name!r}; use one of {sorted(shapes.SHAPES)} or path.py:arg',
-            file=sys.stderr)
-      sys.exit(2)
-  try:
-    for name in _CONFIGS.value:
-      shapes.make_config(name, 'tokenformer', _OVERRIDE.value)
-  except (ValueError, config_lib.UserError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  measure_peak = lambda: flops.measure_matmul_peak(_PEAK_SIZE.value, jnp.dtype(_PEAK_DTYPE.value))
-  # The host's speed drifts within a run, so the peak is measured before the first config and after
-  # each one, and the best of these is the MFU denominator (one early measurement taken in a slow
-  # moment would put MFU above 100%).
+  if len(argv) > 1:
+    raise harness.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cfg = harness.config_lib.from_flag(_CONFIG)
+  for kind in _KINDS.value:
+    harness.of_kind(cfg, kind)     # bad input fails before anything is timed
+  measure_peak = lambda: harness.measure_matmul_peak(_PEAK_SIZE.value, _PEAK_DTYPE.value)
+  # The host's speed drifts within a run, so the peak is measured before the models and after them,
+  # and the best is the MFU denominator (one early measurement taken in a slow moment would put MFU
+  # above 100%).
   peaks = [measure_peak()]
-  device = jax.devices()[0]
-  print(f"{_PEAK_DTYPE.value} matmul peak ({_PEAK_SIZE.value}³) before the first config: "
-        f"{peaks[0] / 1e9:.1f} GFLOP/s on {device.device_kind} ({os.cpu_count()} CPUs); "
-        f"host allocator: {host_memory.describe()}", flush=True)
-  rows, ratio_lines = [], []
-  for name in _CONFIGS.value:
-    runs = [prepare(name, kind) for kind in _KINDS.value]
-    time_alternating(runs)
-    group = [summarize(run) for run in runs]
-    round_times = {run['kind']: run['times'] for run in runs}
-    del runs
-    peaks.append(measure_peak())
-    rows.extend(group)
-    by_kind = {r['kind']: r for r in group}
-    if {'tokenformer', 'dense'} <= set(by_kind):
-      tf, dense = by_kind['tokenformer'], by_kind['dense']
-      paired = paired_ratios(round_times['tokenformer'], round_times['dense'])
-      tf['over_dense'] = {'of_medians': tf['step_s'] / dense['step_s'], **paired}
-      ratio_lines.append(
-          f"{name[-10:]:10} TokenFormer / dense step time: {tf['step_s'] / dense['step_s']:.3f} "
-          f"(round by round: median {paired['median']:.3f}, quartiles {paired['q1']:.3f}-"
-          f"{paired['q3']:.3f})")
-    print(f"{name}: timed; matmul peak after it {peaks[-1] / 1e9:.1f} GFLOP/s", flush=True)
+  machine = harness.machine()
+  print(f"{_PEAK_DTYPE.value} matmul peak ({_PEAK_SIZE.value}³) before the models: "
+        f"{peaks[0] / 1e9:.1f} GFLOP/s on {machine['device_kind']} ({machine['cpu_count']} CPUs); "
+        f"host allocator: {machine['host_allocator']}", flush=True)
+  runs = [prepare(kind) for kind in _KINDS.value]
+  time_alternating(runs)
+  rows = [summarize(run) for run in runs]
+  round_times = {run['kind']: run['times'] for run in runs}
+  del runs
+  peaks.append(measure_peak())
   peak = max(peaks)
-  machine = {'platform': jax.default_backend(), 'device_kind': device.device_kind,
-             'devices': jax.device_count(), 'cpu_count': os.cpu_count(),
-             'processor': platform.processor() or platform.machine(), 'jax': jax.__version__,
-             'matmul_peak_gflops': peak / 1e9, 'matmul_peak_measurements_gflops': [p / 1e9 for p in peaks],
-             'peak_dtype': _PEAK_DTYPE.value, 'spec_peak_tflops': _SPEC_PEAK.value,
-             'host_allocator': host_memory.describe()}
-  print(f"matmul peak, best of {len(peaks)} measurements: {peak / 1e9:.1f} GFLOP/s (MFU denominator)")
+  machine.update({'matmul_peak_gflops': peak / 1e9,
+                  'matmul_peak_measurements_gflops': [p / 1e9 for p in peaks],
+                  'peak_dtype': _PEAK_DTYPE.value, 'spec_peak_tflops': _SPEC_PEAK.value})
+  print(f"matmul peak after the models {peaks[-1] / 1e9:.1f} GFLOP/s; best of {len(peaks)}: "
+        f"{peak / 1e9:.1f} GFLOP/s (MFU denominator)")
   print('FLOPs per token = 6·N_nonembed + 6·d·V + 12·L·d·T')
-  print(f"{'config':10} {'kind':11} {'params':>8} {'step s':>8} {'tok/s':>9} {'GFLOP/s':>9} "
+  print(f"{'kind':11} {'params':>8} {'step s':>8} {'tok/s':>9} {'GFLOP/s':>9} "
         f"{'MFU':>6} {'compile':>8} {'buffers':>9} {'peak':>9}")
   for r in rows:
     r['mfu'] = r['gflops_per_s'] * 1e9 / peak
     spec_mfu = f"  ({r['mfu_spec']:.1%} of the datasheet peak)" if 'mfu_spec' in r else ''
-    print(f"{r['config'][-10:]:10} {r['kind']:11} {r['params_M']:7.1f}M {r['step_s']:8.3f} "
+    print(f"{r['kind']:11} {r['params_M']:7.1f}M {r['step_s']:8.3f} "
           f"{r['tokens_per_s']:9.0f} {r['gflops_per_s']:9.1f} {r['mfu']:6.1%} {r['compile_s']:7.1f}s "
           f"{r['temp_MiB'] + r['args_MiB']:6.0f}MiB {r['peak_memory_MiB']:6.0f}MiB{spec_mfu}")
-  for line in ratio_lines:
-    print(line)
+  by_kind = {r['kind']: r for r in rows}
+  if {'tokenformer', 'dense'} <= set(by_kind):
+    tf, dense = by_kind['tokenformer'], by_kind['dense']
+    paired = paired_ratios(round_times['tokenformer'], round_times['dense'])
+    tf['over_dense'] = {'of_medians': tf['step_s'] / dense['step_s'], **paired}
+    print(f"TokenFormer / dense step time: {tf['step_s'] / dense['step_s']:.3f} (round by round: median "
+          f"{paired['median']:.3f}, quartiles {paired['q1']:.3f}-{paired['q3']:.3f})")
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
-      json.dump({'machine': machine, 'results': rows}, f, indent=2)
+      json.dump({'machine': machine, 'config': _CONFIG.value.to_dict(), 'results': rows}, f, indent=2)
 
 
 if __name__ == '__main__':
-  host_memory.reexec()
-  app.run(main)
+  harness.run(main)

@@ -11,29 +11,29 @@ is timed too, alternating step by step with the eager one, so that the two see t
 (this host's speed drifts by 10% between runs; the ratio from one run is what to compare).
 
   pip install torch==2.13.0         # the CPU wheel; not a dependency of the package
-  python benchmarks/torch_reference.py --configs=b --steps=5 --json=/tmp/torch.json
+  python benchmarks/torch_reference.py --config=experiments/bench.py:b --steps=5 --json=/tmp/torch.json
+  launch/with_tcmalloc.sh python benchmarks/torch_reference.py --config=experiments/tiny.py
 """
 import json
 import math
 import os
 import statistics
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
+from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import shapes  # noqa: E402
-from tokenformer_jax import flops, host_memory, sharding  # noqa: E402
+from tokenformer_jax import flops, sharding  # noqa: E402
 from tokenformer_jax import state as state_lib  # noqa: E402
 from tokenformer_jax import step as step_lib  # noqa: E402
 
-_CONFIGS = flags.DEFINE_list('configs', ['b'], 'Which of benchmarks/step.py SHAPES.')
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file (path.py[:arg]).',
+                                          lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per mode.')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation happens here).')
 _COMPILE = flags.DEFINE_bool('compile', True, 'Also time torch.compile.')
@@ -103,9 +103,9 @@ def _torch_model(m, params_np):
   return Reference()
 
 
-def bench(name: str) -> list[dict]:
+def bench(cfg) -> list[dict]:
   import torch
-  c = shapes.make_config(name, 'tokenformer')
+  c = harness.of_kind(cfg, 'tokenformer')
   mesh = sharding.make_mesh(c.mesh)
   spec = state_lib.make_spec(c, c.model.vocab_size, mesh)
   state = state_lib.init_state(spec, c)
@@ -170,55 +170,50 @@ def bench(name: str) -> list[dict]:
       times.append(time.perf_counter() - start)
     if jax_times:
       jax_s = statistics.median(jax_times)
-      rows.append({'config': name, 'impl': 'tokenformer_jax', 'step_s': jax_s, 'step_s_min': min(jax_times),
+      rows.append({'impl': 'tokenformer_jax', 'step_s': jax_s, 'step_s_min': min(jax_times),
                    'first_loss': jax_loss, 'jax_first_loss': jax_loss,
                    'tokens_per_s': inputs.numel() / jax_s, 'gflops_per_s': step_flops / jax_s / 1e9})
     step_s = statistics.median(times)
-    rows.append({'config': name, 'impl': f'pytorch {mode}', 'step_s': step_s, 'step_s_min': min(times),
+    rows.append({'impl': f'pytorch {mode}', 'step_s': step_s, 'step_s_min': min(times),
                  'first_step_s': first_s, 'first_loss': first_loss, 'jax_first_loss': jax_loss,
                  'tokens_per_s': inputs.numel() / step_s, 'gflops_per_s': step_flops / step_s / 1e9})
   return rows
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise harness.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cfg = harness.config_lib.from_flag(_CONFIG)
+  harness.of_kind(cfg, 'tokenformer')
   try:
     import torch
-  except ImportError:
-    print('error: PyTorch is not installed (pip install torch==2.13.0)', file=sys.stderr)
-    sys.exit(2)
-  for name in _CONFIGS.value:
-    if name not in shapes.SHAPES:
-      print(f'error: unknown config {name!r}; choose from {sorted(shapes.SHAPES)}', file=sys.stderr)
-      sys.exit(2)
+  except ImportError as e:
+    raise harness.UserError('PyTorch is not installed (pip install torch==2.13.0)') from e
   torch.set_num_threads(_THREADS.value or os.cpu_count())
-  # measured before the first config and after each one; the best is the MFU denominator (step.py)
-  peaks = [flops.measure_matmul_peak()]
-  print(f'f32 matmul peak (XLA, 2048³) before the first config: {peaks[0] / 1e9:.1f} GFLOP/s; '
+  # measured before the models and after them; the best is the MFU denominator (step.py)
+  peaks = [harness.measure_matmul_peak()]
+  machine = harness.machine()
+  print(f'f32 matmul peak (XLA, 2048³) before the models: {peaks[0] / 1e9:.1f} GFLOP/s; '
         f'torch {torch.__version__}, {torch.get_num_threads()} threads; '
-        f'host allocator: {host_memory.describe()}')
-  rows = []
-  for name in _CONFIGS.value:
-    config_rows = bench(name)          # ours, eager[, compile]
-    peaks.append(flops.measure_matmul_peak())
-    rows.extend(config_rows)
-    ours, eager = config_rows[:2]
-    print(f"{name:6} PyTorch eager / tokenformer_jax step time: {eager['step_s'] / ours['step_s']:.3f} "
-          f"(alternating steps); matmul peak after it {peaks[-1] / 1e9:.1f} GFLOP/s", flush=True)
+        f'host allocator: {machine["host_allocator"]}')
+  rows = bench(cfg)          # ours, eager[, compile]
+  peaks.append(harness.measure_matmul_peak())
+  ours, eager = rows[:2]
+  print(f"PyTorch eager / tokenformer_jax step time: {eager['step_s'] / ours['step_s']:.3f} "
+        f"(alternating steps); matmul peak after it {peaks[-1] / 1e9:.1f} GFLOP/s", flush=True)
   peak = max(peaks)
   print(f'matmul peak, best of {len(peaks)} measurements: {peak / 1e9:.1f} GFLOP/s (MFU denominator)')
   for r in rows:
     r['mfu'] = r['gflops_per_s'] * 1e9 / peak
-    print(f"{r['config']:6} {r['impl']:16} step {r['step_s']:.3f} s  {r['tokens_per_s']:7.0f} tok/s  "
+    print(f"{r['impl']:16} step {r['step_s']:.3f} s  {r['tokens_per_s']:7.0f} tok/s  "
           f"{r['gflops_per_s']:6.1f} GFLOP/s  MFU {r['mfu']:.1%}  first loss {r['first_loss']:.5f} "
           f"(JAX {r['jax_first_loss']:.5f})")
   if _JSON.value:
+    machine.update({'torch': torch.__version__, 'matmul_peak_gflops': peak / 1e9,
+                    'matmul_peak_measurements_gflops': [p / 1e9 for p in peaks]})
     with open(_JSON.value, 'w', encoding='utf-8') as f:
-      json.dump({'torch': torch.__version__, 'matmul_peak_gflops': peak / 1e9,
-                 'matmul_peak_measurements_gflops': [p / 1e9 for p in peaks],
-                 'host_allocator': host_memory.describe(), 'results': rows}, f, indent=2)
+      json.dump({'machine': machine, 'config': cfg.to_dict(), 'results': rows}, f, indent=2)
 
 
 if __name__ == '__main__':
-  host_memory.reexec()
-  app.run(main)
+  harness.run(main)

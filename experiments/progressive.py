@@ -2,8 +2,9 @@
 
 --config=experiments/progressive.py:124m (also 354m, 757m, 1.4b). Attention / FFN tokens per stage:
 576 / 2304 ("124M"), 2140 / 8560 ("354M"), 4850 / 19400 ("757M"), 8620 / 34480 ("1.4B"). Training
-settings as the Pile models (bf16 compute, GPT-NeoX vocab padded to 50,304, sequence 2048).
+settings as the Pile models (experiments/common.py), global batch 512 × 2048, 30k steps per stage.
 """
+from experiments import common
 from tokenformer_jax.config import base_config
 
 # attention tokens (q, k, v and the output projection), FFN tokens
@@ -18,19 +19,4 @@ def get_config(stage: str = '124m'):
   m.num_layers, m.d_model, m.num_heads = 12, 768, 12
   m.n_qkv = m.n_proj = STAGES[stage][0]
   m.n_ffn = STAGES[stage][1]
-  m.vocab_size = 50304
-  m.dtype = 'bfloat16'
-  m.remat = 'block'
-  c.data.vocab_size = 50277
-  c.data.seq_len = 2048
-  c.train.batch_size = 512
-  c.train.steps = 30_000
-  c.train.eval_every = 1000
-  c.train.checkpoint_every = 1000
-  c.train.log_every = 50
-  c.train.sample_tokens = 0
-  c.optimizer.lr = 6e-4
-  c.optimizer.min_lr = 6e-5
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  return c
+  return common.pile_training(c, batch_size=512, steps=30_000)

@@ -12,7 +12,10 @@ get_config(arm), arm one of ARMS (add '-quick' for the ≤ 5 min pipeline check)
   dense          a dense Transformer with the largest member's parameter count, from scratch
 Run them all, with the figure and table: python benchmarks/progressive_study.py [--quick]
 """
+import itertools
+
 from tokenformer_jax.config import base_config
+from tokenformer_jax.model import dense_mlp_dim_matching
 
 ARMS = ('scratch', 'exact_carry', 'paper_carry', 'exact_reset', 'paper_reset', 'dense')
 TOKENS = ((32, 128), (64, 256), (128, 512), (256, 1024))   # (n_qkv = n_proj, n_ffn) per stage
@@ -45,11 +48,12 @@ def get_config(arm: str = 'scratch'):
   c.optimizer.min_lr = 3e-4
   c.optimizer.warmup_frac = 0.05
   if arm == 'dense':
+    m.mlp_dim = dense_mlp_dim_matching(m)   # equal non-embedding parameters
     m.kind = 'dense'
-    m.mlp_dim = 3 * m.n_qkv + m.n_proj + m.n_ffn - 2 * m.d_model  # equal non-embedding parameters
-    if m.mlp_dim <= 0:
-      raise ValueError('too few parameter tokens for a dense model of equal size')
   elif arm != 'scratch':
     c.growth.policy, c.growth.optimizer = arm.split('_')
-    c.stages = tuple((n_att, n_att, n_ffn, steps) for (n_att, n_ffn), steps in zip(tokens, stage_steps))
+    # carry: the step count goes on, so each stage trains until the cumulative total
+    ends = itertools.accumulate(stage_steps) if c.growth.optimizer == 'carry' else stage_steps
+    c.stages = tuple({'model.n_qkv': n_att, 'model.n_proj': n_att, 'model.n_ffn': n_ffn,
+                      'train.steps': end} for (n_att, n_ffn), end in zip(tokens, ends))
   return c

@@ -20,6 +20,7 @@ def get_config():
   c.train.steps = 600
   c.train.eval_every = 100
   c.train.checkpoint_every = 200
+  c.train.sample_prompt = 'And God said'
   c.optimizer.lr = 3e-3
   c.optimizer.min_lr = 3e-4
   c.optimizer.warmup_frac = 0.05

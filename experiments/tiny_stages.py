@@ -3,23 +3,20 @@
 python -m tokenformer_jax.main --config=experiments/tiny_stages.py --workdir=/tmp/stages
 Each stage lives in WORKDIR/stage_<i>; rerunning the command continues where it stopped. Growth is
 exact (new keys 0, τ frozen) and carries the optimizer state, so the step count goes on: 300 steps
-per stage, 900 in all.
+per stage, 900 in all; the last stage ends with a sample.
 """
-import importlib.util
-import os
-
-
-def _tiny():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tiny.py')
-  spec = importlib.util.spec_from_file_location('experiments_tiny', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from experiments import tiny
 
 
 def get_config():
-  c = _tiny()
-  c.stages = ((64, 64, 256, 300), (128, 128, 512, 300), (256, 256, 1024, 300))
+  c = tiny.get_config()
+  c.stages = (
+      {'model.n_qkv': 64, 'model.n_proj': 64, 'model.n_ffn': 256, 'train.steps': 300,
+       'train.sample_tokens': 0},
+      {'model.n_qkv': 128, 'model.n_proj': 128, 'model.n_ffn': 512, 'train.steps': 600,
+       'train.sample_tokens': 0},
+      {'model.n_qkv': 256, 'model.n_proj': 256, 'model.n_ffn': 1024, 'train.steps': 900},
+  )
   c.growth.policy = 'exact'
   c.growth.optimizer = 'carry'
   c.train.checkpoint_every = 100

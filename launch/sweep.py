@@ -12,7 +12,6 @@ final metrics go into ROOT/results.csv. A failed run is reported and the sweep g
 status is non-zero if any run failed.
 """
 import csv
-import importlib.util
 import json
 import os
 import shlex
@@ -24,7 +23,9 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
 
+from tokenformer_jax import config as config_lib  # noqa: E402
 from tokenformer_jax import sweeps  # noqa: E402
+from tokenformer_jax.errors import UserError, fail  # noqa: E402
 
 _CONFIG = flags.DEFINE_string('config', None, 'Experiment file, optionally with :arg.')
 _ROOT = flags.DEFINE_string('root', None, 'Folder holding one workdir per run.')
@@ -32,18 +33,12 @@ _PRINT_ONLY = flags.DEFINE_bool('print_only', False, 'Print the commands instead
 _LAUNCHER = flags.DEFINE_string('launcher', '', 'Prefix that submits a command (e.g. an sbatch line).')
 
 
-def fail(message: str):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
 def load_sweep(config_arg: str) -> list[dict]:
   path, _, arg = config_arg.partition(':')
-  if not os.path.isfile(path):
-    fail(f'no experiment file {path}')
-  spec = importlib.util.spec_from_file_location('sweep_experiment', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    module = config_lib.experiment_module(path)
+  except UserError as e:
+    fail(e)
   if not hasattr(module, 'get_sweep'):
     fail(f'{path} defines no get_sweep()')
   runs = module.get_sweep(arg) if arg else module.get_sweep()

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, load_experiment
+from experiments import pile, tiny
+from tests.conftest import ROOT
 from tokenformer_jax import aot
 from tokenformer_jax.errors import UserError
 
@@ -41,7 +42,7 @@ ENTRY %main.52_spmd (param: f32[16]) -> f32[16] {
 
 def tiny_config():
   """experiments/tiny.py over a 2×2 (fsdp × tensor) mesh of the four chips: every rule shards something."""
-  c = load_experiment('tiny').get_config()
+  c = tiny.get_config()
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 2, 2
   return c
 
@@ -99,7 +100,7 @@ def test_compile_for_v5e_2x2():
 
 @needs_libtpu
 def test_1_5b_does_not_fit_one_v5e_chip():
-  cfg = load_experiment('pile').get_config('1.5b')
+  cfg = pile.get_config('1.5b')
   with pytest.raises(UserError, match=r'does not fit: [\d.]+ GiB per device .*> 16 GiB HBM of v5e'):
     aot.check_fits(aot.compile_train_step(cfg, 'v5e:1x1'))
 

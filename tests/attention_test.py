@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tokenformer_jax import attention
-from tokenformer_jax.model import for_platform
+from tokenformer_jax.config import resolve_model
 from tests.conftest import ROOT, small_config
 
 
@@ -62,16 +62,21 @@ def test_unknown_implementation_is_an_error():
 
 def test_platform_defaults():
   m = small_config().model
-  cpu = for_platform(m, 'cpu')
-  assert (cpu.attention_impl, cpu.scan_unroll) == ('softmax_vjp', m.num_layers)
-  tpu = for_platform(m, 'tpu')
-  assert (tpu.attention_impl, tpu.scan_unroll) == ('splash', 1)
-  assert for_platform(m, 'tpu', seq_len=256).attention_impl == 'splash'
-  assert for_platform(m, 'tpu', seq_len=200).attention_impl == 'xla'    # splash needs T % 128 == 0
+  cpu = resolve_model(m, 'cpu')
+  assert (cpu.attention_impl, cpu.gelu_impl, cpu.scan_unroll) == ('softmax_vjp', 'erf', m.num_layers)
+  tpu = resolve_model(m, 'tpu')
+  assert (tpu.attention_impl, tpu.gelu_impl, tpu.scan_unroll) == ('splash', 'erfc', 1)
+  assert resolve_model(m, 'tpu', seq_len=256).attention_impl == 'splash'
+  assert resolve_model(m, 'tpu', seq_len=200).attention_impl == 'xla'    # splash needs T % 128 == 0
   m.dtype = 'bfloat16'
-  assert for_platform(m, 'gpu').attention_impl == 'cudnn'
-  m.attention_impl, m.scan_unroll = 'xla', 2          # explicit choices are kept
-  assert (for_platform(m, 'cpu').attention_impl, for_platform(m, 'cpu').scan_unroll) == ('xla', 2)
+  assert resolve_model(m, 'gpu').attention_impl == 'cudnn'
+  m.attention_impl, m.gelu_impl, m.scan_unroll = 'xla', 'erfc', 2          # explicit choices are kept
+  cpu = resolve_model(m, 'cpu')
+  assert (cpu.attention_impl, cpu.gelu_impl, cpu.scan_unroll) == ('xla', 'erfc', 2)
+  m.attention_impl = 'splash'                         # off a TPU the kernel runs in the interpreter
+  assert resolve_model(m, 'cpu').attention_impl == 'splash_interpret'
+  assert resolve_model(m, 'tpu').attention_impl == 'splash'
+  assert m.attention_impl == 'splash'                 # the config itself is left as it was
 
 
 def _splash_inputs(T=256, seed=0):
@@ -84,7 +89,7 @@ def _splash_inputs(T=256, seed=0):
 def test_splash_equals_plain_softmax_in_interpret_mode(T):
   """The Pallas TPU kernel, run by the Pallas interpreter on CPU: forward and all three gradients."""
   q, k, v, dout = _splash_inputs(T)
-  out, vjp = jax.vjp(lambda *a: attention.causal_attention(*a, impl='splash'), q, k, v)
+  out, vjp = jax.vjp(lambda *a: attention.causal_attention(*a, impl='splash_interpret'), q, k, v)
   out_ref, vjp_ref = jax.vjp(_plain, q, k, v)
   np.testing.assert_allclose(np.asarray(out), np.asarray(out_ref), atol=2e-5)
   for got, want in zip(vjp(dout), vjp_ref(dout)):
@@ -102,7 +107,7 @@ mesh = sharding.make_mesh(c.mesh)
 q, k, v, dout = t._splash_inputs(128)
 def loss(q, k, v):
   with sharding.activation_sharding(mesh, c.sharding_rules):
-    return jnp.sum(attention.causal_attention(q, k, v, impl='splash') * dout)
+    return jnp.sum(attention.causal_attention(q, k, v, impl='splash_interpret') * dout)
 got = jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
 want = jax.value_and_grad(lambda *a: jnp.sum(t._plain(*a) * dout), (0, 1, 2))(q, k, v)
 print('loss', abs(float(got[0]) - float(want[0])) / abs(float(want[0])))
@@ -125,7 +130,7 @@ def test_splash_under_a_mesh_runs_per_shard_of_batch_and_heads():
 def test_splash_needs_a_sequence_length_divisible_by_128():
   q, k, v, _ = _splash_inputs(128)
   with pytest.raises(ValueError, match='divisible by 128, got 64'):
-    attention.causal_attention(q[:, :64], k[:, :64], v[:, :64], impl='splash')
+    attention.causal_attention(q[:, :64], k[:, :64], v[:, :64], impl='splash_interpret')
   from tokenformer_jax import config as config_lib
   c = small_config()
   c.model.attention_impl = 'splash'

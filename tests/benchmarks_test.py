@@ -9,8 +9,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-import shapes  # noqa: E402
+SMALL = ['--config.train.batch_size=4', '--config.data.seq_len=32']
 
 
 def _run(args, **env):
@@ -20,8 +19,8 @@ def _run(args, **env):
 
 def test_step_benchmark_writes_both_kinds(tmp_path):
   out = tmp_path / 'step.json'
-  proc = _run([sys.executable, 'benchmarks/step.py', '--configs=tiny', '--steps=3', '--warmup=0',
-               '--peak_size=256', '--override=train.batch_size=4,data.seq_len=32', f'--json={out}'])
+  proc = _run([sys.executable, 'benchmarks/step.py', '--config=experiments/tiny.py', '--steps=3',
+               '--warmup=0', '--peak_size=256', *SMALL, f'--json={out}'])
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(out.read_text())['results']
   assert [r['kind'] for r in results] == ['tokenformer', 'dense']
@@ -81,38 +80,50 @@ def test_gpu_script_refuses_an_empty_wheel_folder(tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--configs=huge'], "unknown config 'huge'"),
-    (['--configs=tiny', '--override=model.d_modle=3'], 'bad override'),
-    (['--configs=tiny', '--override=model.d_model=wide'], 'bad override'),
+    (['--config=experiments/huge.py'], 'cannot load --config'),
+    ([], '--config is required'),
+    (['--config=experiments/bench.py:huge'], "unknown benchmark shape 'huge'"),
+    (['--config=experiments/tiny.py', '--config.model.d_modle=3'], 'unknown key d_modle'),
+    (['--config=experiments/tiny.py', '--config.model.d_model=wide'], 'd_model'),
+    (['--config=experiments/tiny.py', '--config.model.num_heads=3'], 'does not divide'),
 ])
 def test_step_benchmark_bad_input(args, message):
   proc = _run([sys.executable, 'benchmarks/step.py', *args])
-  assert proc.returncode == 2 and message in proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and lines[-1].startswith('error: ') and message in lines[-1], proc.stderr
 
 
-def test_dense_baseline_has_equal_nonembedding_params():
+@pytest.mark.parametrize('spec', ['experiments/tiny.py', 'experiments/bench.py:b', 'experiments/bench.py:m20',
+                                  'experiments/progressive.py:354m'])
+def test_dense_baseline_has_equal_nonembedding_params(spec):
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  import harness  # pylint: disable=import-outside-toplevel
+  from tokenformer_jax.config import load_experiment
   from tokenformer_jax.model import nonembedding_params
-  for name in shapes.SHAPES:
-    tf, dense = shapes.make_config(name, 'tokenformer'), shapes.make_config(name, 'dense')
-    assert nonembedding_params(tf.model) == nonembedding_params(dense.model)
+  cfg = load_experiment(spec)
+  tf, dense = harness.of_kind(cfg, 'tokenformer'), harness.of_kind(cfg, 'dense')
+  assert dense.model.kind == 'dense' and dense.model.mlp_dim > 0
+  assert nonembedding_params(tf.model) == nonembedding_params(dense.model)
 
 
 def test_torch_reference_computes_our_loss(tmp_path):
   pytest.importorskip('torch')
   out = tmp_path / 'torch.json'
-  proc = _run([sys.executable, 'benchmarks/torch_reference.py', '--configs=tiny', '--steps=1',
-               '--warmup=0', '--nocompile', f'--json={out}'])
+  proc = _run([sys.executable, 'benchmarks/torch_reference.py', '--config=experiments/tiny.py',
+               '--steps=1', '--warmup=0', '--nocompile', f'--json={out}'])
   assert proc.returncode == 0, proc.stderr[-3000:]
   data = json.loads(out.read_text())
   ours, result = data['results']
   assert (ours['impl'], result['impl']) == ('tokenformer_jax', 'pytorch eager')
-  assert data['matmul_peak_gflops'] == max(data['matmul_peak_measurements_gflops'])
-  assert ours['mfu'] == pytest.approx(ours['gflops_per_s'] / data['matmul_peak_gflops'])
+  machine = data['machine']
+  assert machine['matmul_peak_gflops'] == max(machine['matmul_peak_measurements_gflops'])
+  assert ours['mfu'] == pytest.approx(ours['gflops_per_s'] / machine['matmul_peak_gflops'])
   assert result['first_loss'] == pytest.approx(result['jax_first_loss'], rel=1e-4)
   assert ours['step_s'] > 0 and 'PyTorch eager / tokenformer_jax step time' in proc.stdout
 
 
-_COST_SMALL = ['--config=tiny', '--override=train.batch_size=2,data.seq_len=32', '--steps=1']
+_COST_SMALL = ['--config=experiments/tiny.py', '--config.train.batch_size=2', '--config.data.seq_len=32',
+               '--steps=1']
 
 
 def _cost_rows(out):
@@ -149,8 +160,8 @@ def test_pattention_cost_reads_the_tpu_cost_model(tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--config=huge'], "unknown config 'huge'"),
-    (['--config=tiny', '--topology=v9:2x2'], 'unknown or malformed --topology'),
+    (['--config=huge.py'], 'cannot load --config'),
+    (['--config=experiments/tiny.py', '--topology=v9:2x2'], 'unknown or malformed --topology'),
 ])
 def test_pattention_cost_bad_input(args, message):
   proc = _run([sys.executable, 'benchmarks/pattention_cost.py', *args])

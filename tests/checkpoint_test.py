@@ -62,3 +62,56 @@ def test_config_difference_named(saved):
   c, _ = _spec(n_qkv=96)
   with pytest.raises(UserError, match=r'model.n_qkv: checkpoint 64, config 96'):
     checkpoint.check_config(checkpoint.read_meta(mngr, 5), c, 5)
+
+
+def test_every_function_key_is_compared_and_runtime_keys_are_not(saved):
+  mngr, _ = saved
+  meta = checkpoint.read_meta(mngr, 5)
+  for key, value in (('rotary_pct', 0.5), ('rotary_base', 500.0), ('ln_eps', 1e-6), ('mlp_dim', 7)):
+    c, _ = _spec(**{key: value})
+    with pytest.raises(UserError, match=f'model.{key}: checkpoint'):
+      checkpoint.check_config(meta, c, 5)
+  # how the function is computed (or how fresh parameters were drawn) may change on resume
+  c, _ = _spec(dtype='bfloat16', remat='block', scan_unroll=1, attention_impl='xla', gelu_impl='erfc',
+               key_init_std=0.5)
+  checkpoint.check_config(meta, c, 5)
+
+
+def test_a_key_the_checkpoint_predates_counts_as_its_default(saved):
+  mngr, _ = saved
+  meta = checkpoint.read_meta(mngr, 5)
+  del meta['config']['model']['rotary_pct']      # written before the key existed
+  checkpoint.check_config(meta, _spec()[0], 5)
+  with pytest.raises(UserError, match='model.rotary_pct: checkpoint 0.25, config 0.5'):
+    checkpoint.check_config(meta, _spec(rotary_pct=0.5)[0], 5)
+
+
+def test_adopting_frozen_tau_is_explicit_and_leaves_the_config_alone(saved):
+  mngr, _ = saved
+  meta = checkpoint.read_meta(mngr, 5)
+  meta['config']['model']['n_ref_ffn'] = 200
+  c, _ = _spec()
+  with pytest.raises(UserError, match='model.n_ref_ffn: checkpoint 200, config 0'):
+    checkpoint.check_config(meta, c, 5)       # check_config itself changes nothing
+  adopted = checkpoint.adopt_frozen_tau(c, meta)
+  checkpoint.check_config(meta, adopted, 5)
+  assert adopted.model.n_ref_ffn == 200 and c.model.n_ref_ffn == 0
+
+
+def test_one_restore_reads_the_parameters_alone(saved):
+  mngr, state = saved
+  _, spec = _spec()
+  params = checkpoint.restore(mngr, 5, {'params': state_lib.abstract_targets(spec)['params']})
+  assert set(params) == {'params'}
+  for a, b in zip(jax.tree.leaves(state['params']), jax.tree.leaves(params['params'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_params_only_checkpoint_is_not_resumed(tmp_path):
+  c, spec = _spec()
+  mngr = checkpoint.manager(str(tmp_path))
+  state = state_lib.init_state(spec, c)
+  checkpoint.save(mngr, 0, {'params': state['params']}, None, checkpoint.run_meta(c, 128))
+  with pytest.raises(UserError, match='holds parameters only'):
+    checkpoint.restore(mngr, 0, state_lib.abstract_targets(spec))
+  checkpoint.restore(mngr, 0, {'params': state_lib.abstract_targets(spec)['params']})

@@ -1,19 +1,51 @@
-"""Shared test helpers: loading experiment files and small configs."""
-import importlib.util
+"""Shared test helpers: small configs, the command line as a user runs it, and the data cache."""
+import hashlib
 import os
+import subprocess
+import sys
 
 import pytest
 
+from tokenformer_jax import platforms
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
+# Small and quick: enough to write a checkpoint the refusal tests can guard.
+FAST = ['--config.model.num_layers=1', '--config.model.d_model=32', '--config.model.num_heads=2',
+        '--config.model.n_qkv=32', '--config.model.n_proj=32', '--config.model.n_ffn=64',
+        '--config.data.vocab_size=512', '--config.data.seq_len=32', '--config.train.batch_size=4',
+        '--config.train.steps=2', '--config.train.eval_every=2', '--config.train.eval_batches=1',
+        '--config.train.checkpoint_every=2', '--config.train.sample_tokens=4']
+
+platforms.choose()   # as main.py does: the test process itself starts JAX on the CPU only
 
 
-def load_experiment(name: str):
-  """Imports experiments/<name>.py the way config_flags does (by path)."""
-  spec = importlib.util.spec_from_file_location(f'experiments_{name}',
-                                                os.path.join(ROOT, 'experiments', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def run_main(*args, workdir, config=TINY, timeout=300):
+  """python -m tokenformer_jax.main --config=CONFIG --workdir=WORKDIR ARGS: (status, stdout, stderr)."""
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={config}',
+                         f'--workdir={workdir}', *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def tree_digest(path):
+  """A hash of every file's path and bytes under `path`: equal digests mean nothing was touched."""
+  digest = hashlib.sha256()
+  for root, dirs, files in sorted(os.walk(path)):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      digest.update(full.encode())
+      with open(full, 'rb') as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+def error_line(stderr):
+  """The one 'error: ...' line (interpreter shutdown may print after it); else the last line."""
+  lines = [line for line in stderr.strip().splitlines() if line.strip()]
+  errors = [line for line in lines if line.startswith('error: ')]
+  return errors[-1] if errors else lines[-1]
 
 
 @pytest.fixture(scope='session')
@@ -46,3 +78,9 @@ def small_config(data_cache_dir: str = ''):
   c.optimizer.min_lr = 3e-4
   c.optimizer.warmup_frac = 0.1
   return c
+
+
+def cpu_model(m):
+  """Model config m resolved for the CPU the tests run on (config.resolve_model)."""
+  from tokenformer_jax.config import resolve_model
+  return resolve_model(m, 'cpu')

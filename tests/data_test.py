@@ -12,6 +12,12 @@ import pytest
 from tokenformer_jax import corpus, data
 from tokenformer_jax.errors import UserError
 
+
+def _corpus_text(spec: str) -> str:
+  """The corpus as one string, documents separated by a blank line."""
+  return '\n\n'.join(corpus.read_documents(spec))
+
+
 VOCAB = 256
 VAL_FRACTION = 0.05
 
@@ -58,7 +64,7 @@ def text_files(tmp_path):
 
 
 def test_kjv_text():
-  text = corpus.read_corpus_text('kjv')
+  text = _corpus_text('kjv')
   assert len(text) > 4_000_000
   assert text.startswith('# Genesis\n\nIn the beginning God created the heaven and the earth.\n')
   assert '\n\n# Exodus\n\n' in text
@@ -67,7 +73,7 @@ def test_kjv_text():
 
 def test_text_files_glob_sorted_and_deduplicated(text_files):
   a, b = (text_files / 'a.txt').read_text(), (text_files / 'b.txt').read_text()
-  text = corpus.read_corpus_text(f'{text_files}/b.txt, {text_files}/*.txt,{text_files}/a.txt')
+  text = _corpus_text(f'{text_files}/b.txt, {text_files}/*.txt,{text_files}/a.txt')
   assert text == a.rstrip('\n') + '\n\n' + b.rstrip('\n')
 
 
@@ -80,7 +86,7 @@ def test_text_files_glob_sorted_and_deduplicated(text_files):
 def test_bad_corpus_raises(text_files, spec, match):
   (text_files / 'empty.txt').write_text(' \n\n  \n')
   with pytest.raises(UserError, match=match):
-    corpus.read_corpus_text(spec.format(d=text_files))
+    _corpus_text(spec.format(d=text_files))
   with pytest.raises(UserError, match=match):
     data.prepare_corpus(_cfg(corpus=spec.format(d=text_files)), str(text_files / 'cache'))
 
@@ -106,7 +112,7 @@ def test_kjv_corpus(kjv):
 
 
 def test_kjv_tokens_round_trip(kjv):
-  text = corpus.read_corpus_text('kjv')
+  text = _corpus_text('kjv')
   head = kjv.tokenizer.decode(kjv.train_tokens[:2000].tolist())
   assert head.startswith('# Genesis\n\nIn the beginning God created')
   assert text.startswith(head)
@@ -196,7 +202,7 @@ def test_small_vocab_on_text_files(text_files, tmp_path):
   prepared = data.prepare_corpus(_cfg(corpus=f'{text_files}/*.txt', vocab_size=64),
                                  str(tmp_path / 'cache'))
   assert prepared.vocab_size == 64
-  text = corpus.read_corpus_text(f'{text_files}/*.txt')
+  text = _corpus_text(f'{text_files}/*.txt')
   all_tokens = np.concatenate([prepared.train_tokens, prepared.val_tokens]).tolist()
   eos_at = all_tokens.index(prepared.eos_id)
   assert prepared.tokenizer.decode(all_tokens[:eos_at]) == text.split('\n\n')[0]

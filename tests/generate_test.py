@@ -1,14 +1,20 @@
 """KV-cached generation: the same tokens as the full forward pass, batching, sampling, compilation."""
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import small_config
+from tests.conftest import ROOT, cpu_model, small_config
 from tokenformer_jax import generate
 from tokenformer_jax import model as model_lib
 from tokenformer_jax.errors import UserError
+
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+import full_forward  # noqa: E402  (the reference: the training forward pass for every token)
 
 VOCAB = 128
 LIMIT = 120          # the "tokenizer" vocab: ids 120..127 are padding rows, never produced
@@ -23,7 +29,7 @@ def _model(**overrides):
   c.model.value_init_std = 0.3
   for key, value in overrides.items():
     c.model[key] = value
-  graphdef, params = nnx.split(model_lib.build(c.model, VOCAB, seed=1), nnx.Param)
+  graphdef, params = nnx.split(model_lib.build(cpu_model(c.model), VOCAB, seed=1), nnx.Param)
   return graphdef, nnx.to_pure_dict(params)
 
 
@@ -44,8 +50,9 @@ def _generator(graphdef, eos_id=None, **sampling):
 
 
 def _no_cache(graphdef, params, prompts, n, eos_id=None, seed=0, **sampling):
-  return generate.generate_without_cache(graphdef, params, prompts, n, context=CONTEXT, vocab_limit=LIMIT,
-                                         eos_id=eos_id, sampling=generate.Sampling(**sampling), seed=seed)
+  return full_forward.generate_without_cache(graphdef, params, prompts, n, context=CONTEXT,
+                                            vocab_limit=LIMIT, eos_id=eos_id,
+                                            sampling=generate.Sampling(**sampling), seed=seed)
 
 
 def test_cached_greedy_equals_full_forward_argmax(model, greedy):

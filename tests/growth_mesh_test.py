@@ -8,8 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from tests.conftest import ROOT
-from tests.main_test import FAST, TINY
+from tests.conftest import FAST, ROOT, TINY
 from tokenformer_jax import checkpoint, growth, sharding
 from tokenformer_jax import state as state_lib
 

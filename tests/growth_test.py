@@ -1,137 +1,132 @@
-"""Growth policies on in-memory states: exact preserves the function, paper does not (and why),
-optimizer carry/reset, freeze_old; strictness of `grow` on checkpoints."""
+"""Growth through checkpoints, as it runs for real (Orbax pads the new rows while restoring): exact
+preserves the function, paper does not (and why), optimizer carry/reset, freeze_old; strictness of
+`grow`, and nothing written on error."""
 import jax
 import numpy as np
 import pytest
 
 from tests.conftest import small_config
 from tokenformer_jax import checkpoint, growth, sharding, train
+from tokenformer_jax import model as model_lib
 from tokenformer_jax import state as state_lib
 from tokenformer_jax import step as step_lib
 from tokenformer_jax.errors import UserError
 
-VOCAB = 128
 BIG = {'qkv': 96, 'proj': 80, 'ffn': 384}
-TOKENS = np.random.default_rng(0).integers(0, VOCAB, (2, 33)).astype(np.int32)
-
-
-def _spec(cfg):
-  return state_lib.make_spec(cfg, VOCAB, sharding.make_mesh(cfg.mesh))
-
-
-def _trained_small(steps=3):
-  """A small state with non-zero Adam moments."""
-  c = small_config()
-  spec = _spec(c)
-  state = state_lib.init_state(spec, c)
-  train_step = step_lib.make_train_step(spec, c)
-  for _ in range(steps):
-    state, _ = train_step(state, step_lib.global_batch(spec, c, TOKENS))
-  return c, spec, state
-
-
-def _grow(c_small, spec_small, state, groups, policy='exact', optimizer='carry'):
-  b = small_config()
-  for group in groups:
-    b.model[f'n_{group}'] = BIG[group]
-  b.growth.policy, b.growth.optimizer = policy, optimizer
-  grown_cfg = growth.grown_config(b, c_small.to_dict()['model'])
-  spec_b = _spec(grown_cfg)
-  copy = jax.tree.map(lambda x: x.copy(), state)
-  return grown_cfg, spec_b, growth.grow_state(copy, spec_b, grown_cfg, growth.counts(c_small.model),
-                                              seed=1)
-
-
-def _logits(spec, params):
-  return np.asarray(state_lib.merge(spec, params)(TOKENS[:, :-1]))
-
-
-@pytest.fixture(scope='module')
-def small():
-  return _trained_small()
-
-
-@pytest.mark.parametrize('groups', [('qkv',), ('proj',), ('ffn',), ('qkv', 'proj', 'ffn')])
-def test_exact_growth_preserves_logits(small, groups):
-  c, spec, state = small
-  _, spec_b, grown = _grow(c, spec, state, groups)
-  before, after = _logits(spec, state['params']), _logits(spec_b, grown['params'])
-  assert np.max(np.abs(after - before)) <= 1e-5 * np.max(np.abs(before))
-  for group in groups:
-    name = growth.GROUPS[group][0]
-    keys = np.asarray(grown['params']['blocks'][name]['key_tokens'])
-    values = np.asarray(grown['params']['blocks'][name]['value_tokens'])
-    n_old = c.model[f'n_{group}']
-    assert keys.shape[1] == BIG[group] and not keys[:, n_old:].any()  # new keys zero
-    assert values[:, n_old:].std() > 0                                 # new values random
-
-
-def test_paper_growth_changes_logits_and_why(small):
-  c, spec, state = small
-  before = _logits(spec, state['params'])
-  cfg_b, spec_b, grown = _grow(c, spec, state, ('qkv', 'proj', 'ffn'), policy='paper')
-  assert cfg_b.model.n_ref_ffn == 0
-  change = np.max(np.abs(_logits(spec_b, grown['params']) - before)) / np.max(np.abs(before))
-  # Random new keys add scores, and τ = √n moves from √256 to √384 in the FFN (+22%), so the
-  # output of every Pattention changes: measured ≈ 12% of the logits' scale.
-  assert change > 1e-2, change
-  # Even with zero new keys, recomputing τ alone changes the function (the reference's behaviour).
-  _, _, exact = _grow(c, spec, state, ('qkv', 'proj', 'ffn'))
-  tau_recomputed = _spec(cfg_b)  # same shapes, n_ref = 0
-  tau_change = np.max(np.abs(_logits(tau_recomputed, exact['params']) - before)) / np.max(np.abs(before))
-  assert tau_change > 1e-2, tau_change
-
-
-def test_carry_keeps_old_moments_and_zeroes_new(small):
-  c, spec, state = small
-  _, _, grown = _grow(c, spec, state, ('ffn',))
-  old, new = state['opt_state'][1][0], grown['opt_state'][1][0]
-  for moment in ('mu', 'nu'):
-    o = np.asarray(getattr(old, moment)['blocks']['mlp']['key_tokens'])
-    n = np.asarray(getattr(new, moment)['blocks']['mlp']['key_tokens'])
-    np.testing.assert_array_equal(n[:, :o.shape[1]], o)
-    assert not n[:, o.shape[1]:].any() and np.abs(o).max() > 0
-  assert int(grown['step']) == int(state['step']) == 3
-  assert int(new.count) == int(old.count)
-
-
-def test_reset_starts_fresh(small):
-  c, spec, state = small
-  _, _, grown = _grow(c, spec, state, ('ffn',), optimizer='reset')
-  adam = grown['opt_state'][1][0]
-  assert int(grown['step']) == 0 and int(adam.count) == 0
-  assert not any(np.asarray(x).any() for x in jax.tree.leaves(adam.mu))
-
-
-def test_freeze_old_trains_only_new_tokens(small):
-  c, spec, state = small
-  cfg_b, spec_b, grown = _grow(c, spec, state, ('qkv', 'proj', 'ffn'))
-  frozen = growth.counts(c.model)
-  before = jax.tree.map(np.asarray, grown['params'])
-  train_step = step_lib.make_train_step(spec_b, cfg_b, frozen_counts=frozen)
-  after, _ = train_step(grown, step_lib.global_batch(spec_b, cfg_b, TOKENS))
-  after = jax.tree.map(np.asarray, after['params'])
-  np.testing.assert_array_equal(after['embedding'], before['embedding'])
-  np.testing.assert_array_equal(after['final_norm_scale'], before['final_norm_scale'])
-  for group, names in growth.GROUPS.items():
-    n_old = frozen[group]
-    for name in names:
-      for table in ('key_tokens', 'value_tokens'):
-        a, b = after['blocks'][name][table], before['blocks'][name][table]
-        np.testing.assert_array_equal(a[:, :n_old], b[:, :n_old])
-        assert np.abs(a[:, n_old:] - b[:, n_old:]).max() > 0
-
-
-# ---- grow() on checkpoints: strictness, nothing written on error ----
+TOKENS = np.random.default_rng(0).integers(0, 128, (2, 33)).astype(np.int32)
 
 @pytest.fixture(scope='module')
 def source(data_cache, tmp_path_factory):
+  """A trained workdir: 4 steps, so the Adam moments are not zero."""
   workdir = str(tmp_path_factory.mktemp('source'))
   c = small_config(data_cache)
   c.train.steps = 4
   train.train(c, workdir)
   return workdir
 
+def _load(cfg, workdir):
+  """(config, spec, state) of the workdir's latest checkpoint, τ adopted as training does."""
+  mngr = checkpoint.manager(workdir, create=False)
+  step = mngr.latest_step()
+  meta = checkpoint.read_meta(mngr, step)
+  cfg = checkpoint.adopt_frozen_tau(cfg, meta)
+  spec = state_lib.make_spec(cfg, meta['vocab_size'], sharding.make_mesh(cfg.mesh))
+  return cfg, spec, checkpoint.restore(mngr, step, state_lib.abstract_targets(spec))
+
+def _grow(source, data_cache, tmp_path_factory, groups, policy='exact', optimizer='carry'):
+  """Grows the source into a new workdir with growth.grow; (config, spec, state) of the result."""
+  b = small_config(data_cache)
+  for group in groups:
+    b.model[f'n_{group}'] = BIG[group]
+  b.growth.policy, b.growth.optimizer = policy, optimizer
+  dst = str(tmp_path_factory.mktemp('grown'))
+  growth.grow(b, source, dst)
+  return _load(b, dst)
+
+def _logits(spec, params):
+  return np.asarray(state_lib.merge(spec, params)(TOKENS[:, :-1]))
+
+@pytest.fixture(scope='module')
+def small(source, data_cache):
+  return _load(small_config(data_cache), source)
+
+@pytest.fixture(scope='module')
+def grown_all(source, data_cache, tmp_path_factory):
+  """Every group grown, exact policy, optimizer carried."""
+  return _grow(source, data_cache, tmp_path_factory, ('qkv', 'proj', 'ffn'))
+
+@pytest.mark.parametrize('groups', [('qkv',), ('proj',), ('ffn',), ('qkv', 'proj', 'ffn')])
+def test_exact_growth_preserves_logits(small, source, data_cache, tmp_path_factory, grown_all, groups):
+  c, spec, state = small
+  _, spec_b, grown = (grown_all if len(groups) == 3 else
+                      _grow(source, data_cache, tmp_path_factory, groups))
+  before, after = _logits(spec, state['params']), _logits(spec_b, grown['params'])
+  assert np.max(np.abs(after - before)) <= 1e-5 * np.max(np.abs(before))
+  for group in groups:
+    name = model_lib.TOKEN_GROUPS[group][0]
+    keys = np.asarray(grown['params']['blocks'][name]['key_tokens'])
+    values = np.asarray(grown['params']['blocks'][name]['value_tokens'])
+    n_old = c.model[f'n_{group}']
+    assert keys.shape[1] == BIG[group] and not keys[:, n_old:].any()  # new keys zero
+    assert values[:, n_old:].std() > 0                                 # new values random
+    np.testing.assert_array_equal(keys[:, :n_old],
+                                  np.asarray(state['params']['blocks'][name]['key_tokens']))
+
+def test_paper_growth_changes_logits_and_why(small, source, data_cache, tmp_path_factory, grown_all):
+  _, spec, state = small
+  before = _logits(spec, state['params'])
+  cfg_b, spec_b, grown = _grow(source, data_cache, tmp_path_factory, ('qkv', 'proj', 'ffn'),
+                               policy='paper')
+  assert cfg_b.model.n_ref_ffn == 0
+  change = np.max(np.abs(_logits(spec_b, grown['params']) - before)) / np.max(np.abs(before))
+  # Random new keys add scores, and τ = √n moves from √256 to √384 in the FFN (+22%), so the
+  # output of every Pattention changes: measured ≈ 12% of the logits' scale.
+  assert change > 1e-2, change
+  # Even with zero new keys, recomputing τ alone changes the function (the reference's behaviour):
+  # the exact growth's parameters under the paper config's τ = √n.
+  exact = grown_all[2]
+  tau_change = np.max(np.abs(_logits(spec_b, exact['params']) - before)) / np.max(np.abs(before))
+  assert tau_change > 1e-2, tau_change
+
+def test_carry_keeps_old_moments_and_zeroes_new(small, grown_all):
+  _, _, state = small
+  _, _, grown = grown_all
+  old, new = state['opt_state'][1][0], grown['opt_state'][1][0]
+  for moment in ('mu', 'nu'):
+    o = np.asarray(getattr(old, moment)['blocks']['mlp']['key_tokens'])
+    n = np.asarray(getattr(new, moment)['blocks']['mlp']['key_tokens'])
+    np.testing.assert_array_equal(n[:, :o.shape[1]], o)
+    assert not n[:, o.shape[1]:].any() and np.abs(o).max() > 0
+  assert int(grown['step']) == int(state['step']) == 4
+  assert int(new.count) == int(old.count)
+
+def test_reset_starts_fresh(source, data_cache, tmp_path_factory):
+  _, _, grown = _grow(source, data_cache, tmp_path_factory, ('ffn',), optimizer='reset')
+  adam = grown['opt_state'][1][0]
+  assert int(grown['step']) == 0 and int(adam.count) == 0
+  assert not any(np.asarray(x).any() for x in jax.tree.leaves(adam.mu))
+
+def test_freeze_old_trains_only_new_tokens(small, grown_all):
+  c, _, _ = small
+  cfg_b, spec_b, grown = grown_all
+  frozen = model_lib.token_counts(c.model)
+  spec_frozen = state_lib.make_spec(cfg_b, spec_b.vocab_size, spec_b.mesh, frozen_counts=frozen)
+  before = jax.tree.map(np.asarray, grown['params'])
+  train_step = step_lib.make_train_step(spec_frozen, cfg_b)
+  copy = jax.tree.map(lambda x: x.copy(), grown)     # the step donates its input
+  after, _ = train_step(copy, step_lib.global_batch(spec_frozen, cfg_b, TOKENS))
+  after = jax.tree.map(np.asarray, after['params'])
+  np.testing.assert_array_equal(after['embedding'], before['embedding'])
+  np.testing.assert_array_equal(after['final_norm_scale'], before['final_norm_scale'])
+  for group, names in model_lib.TOKEN_GROUPS.items():
+    n_old = frozen[group]
+    for name in names:
+      for table in model_lib.TOKEN_TABLES:
+        a, b = after['blocks'][name][table], before['blocks'][name][table]
+        np.testing.assert_array_equal(a[:, :n_old], b[:, :n_old])
+        assert np.abs(a[:, n_old:] - b[:, n_old:]).max() > 0
+
+# ---- grow() on checkpoints: strictness, nothing written on error ----
 
 @pytest.mark.parametrize('change,needle', [
     ({'n_ffn': 128}, 'cannot grow to fewer tokens: params/blocks/mlp/key_tokens: checkpoint (2, 256, 64), '
@@ -151,7 +146,6 @@ def test_grow_refuses_other_changes(source, data_cache, tmp_path, change, needle
   assert not (tmp_path / 'dst' / 'checkpoints').exists() or not any(
       (tmp_path / 'dst' / 'checkpoints').iterdir())
 
-
 def test_grow_refuses_existing_destination_and_missing_source(source, data_cache, tmp_path):
   b = small_config(data_cache)
   b.model.n_ffn = 512
@@ -159,7 +153,6 @@ def test_grow_refuses_existing_destination_and_missing_source(source, data_cache
     growth.grow(b, source, source)
   with pytest.raises(UserError, match='no checkpoint to grow'):
     growth.grow(b, str(tmp_path / 'empty'), str(tmp_path / 'dst'))
-
 
 def test_grown_checkpoint_trains_on(source, data_cache, tmp_path):
   b = small_config(data_cache)
@@ -170,9 +163,8 @@ def test_grown_checkpoint_trains_on(source, data_cache, tmp_path):
   meta = checkpoint.read_meta(checkpoint.manager(dst), 4)
   assert meta['config']['model']['n_ref_ffn'] == 256 and meta['grown_from']['counts']['ffn'] == 256
   result = train.train(b, dst)  # the config leaves n_ref at 0: τ is taken from the checkpoint
-  assert result.step == 8 and b.model.n_ref_ffn == 256
+  assert result.step == 8 and result.cfg.model.n_ref_ffn == 256 and b.model.n_ref_ffn == 0
   assert sorted(result.train_losses) == [5, 8]
-
 
 def test_random_rows_do_not_depend_on_how_rows_are_split():
   full = growth.random_rows(seed=3, leaf=2, layer=1, first=0, count=10, width=6)

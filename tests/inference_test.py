@@ -70,7 +70,9 @@ def saved(tmp_path):
 def test_frozen_tau_is_taken_from_the_checkpoint(saved):
   c = small_config()  # n_ref_* left at 0
   restored = inference.load(c, saved)
-  assert (c.model.n_ref_qkv, c.model.n_ref_proj, c.model.n_ref_ffn) == (48, 40, 200)
+  m = restored.spec.model_cfg
+  assert (m.n_ref_qkv, m.n_ref_proj, m.n_ref_ffn) == (48, 40, 200)
+  assert c.model.n_ref_ffn == 0           # adopted into a copy: the caller's config is left as it was
   assert restored.vocab_size == VOCAB and restored.step == 3
 
 

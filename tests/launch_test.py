@@ -1,5 +1,10 @@
-"""The launchers' --dry_run output: the commands they would run, with the arguments passed through."""
+"""The launchers' --dry_run output: the commands they would run, with the arguments passed through;
+the tcmalloc opt-in."""
+import os
 import subprocess
+import sys
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -45,3 +50,29 @@ def test_bad_launcher_input():
   assert dry_run('bash', 'launch/tpu_pod.sh', '--dry_run', '--', *ARGS)[0] == 2
   assert dry_run('bash', 'launch/local_multiprocess.sh', '--bogus')[0] == 2
   assert dry_run('bash', 'launch/slurm_gpu.sbatch', '--dry_run')[0] == 2
+
+
+_MAPS = 'import sys; sys.exit(0 if "tcmalloc" in open("/proc/self/maps").read() else 3)'
+
+
+def _tcmalloc_installed():
+  return dry_run('bash', 'launch/with_tcmalloc.sh', 'true')[0] == 0
+
+
+def test_with_tcmalloc_refuses_a_missing_library():
+  env = dict(os.environ, TCMALLOC='/nonexistent/libtcmalloc.so')
+  proc = subprocess.run(['bash', 'launch/with_tcmalloc.sh', 'true'], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60, env=env)
+  assert proc.returncode == 2 and proc.stderr.startswith('error: no tcmalloc library found at /nonexistent')
+  assert dry_run('bash', 'launch/with_tcmalloc.sh')[0] == 2
+
+
+def test_nothing_preloads_an_allocator_by_default():
+  assert subprocess.run([sys.executable, '-c', _MAPS], timeout=60).returncode == 3
+
+
+@pytest.mark.skipif(not _tcmalloc_installed(),
+                    reason='tcmalloc is an opt-in the README installs separately (apt install '
+                           'libtcmalloc-minimal4)')
+def test_with_tcmalloc_preloads_it():
+  assert dry_run('bash', 'launch/with_tcmalloc.sh', sys.executable, '-c', _MAPS)[0] == 0

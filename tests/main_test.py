@@ -1,53 +1,17 @@
 """The command line: every bad input ends with one clear line, a non-zero exit, and an untouched workdir."""
-import hashlib
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
-
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
-# Small and quick: enough to write a checkpoint the refusal tests can guard.
-FAST = ['--config.model.num_layers=1', '--config.model.d_model=32', '--config.model.num_heads=2',
-        '--config.model.n_qkv=32', '--config.model.n_proj=32', '--config.model.n_ffn=64',
-        '--config.data.vocab_size=512', '--config.data.seq_len=32', '--config.train.batch_size=4',
-        '--config.train.steps=2', '--config.train.eval_every=2', '--config.train.eval_batches=1',
-        '--config.train.checkpoint_every=2', '--config.train.sample_tokens=4']
-
-
-def run(*args, workdir):
-  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}',
-                         f'--workdir={workdir}', *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300)
-  return proc.returncode, proc.stdout, proc.stderr
-
-
-def tree_digest(path):
-  digest = hashlib.sha256()
-  for root, dirs, files in sorted(os.walk(path)):
-    dirs.sort()
-    for name in sorted(files):
-      full = os.path.join(root, name)
-      digest.update(full.encode())
-      with open(full, 'rb') as f:
-        digest.update(f.read())
-  return digest.hexdigest()
-
-
-def error_line(stderr):
-  """The one 'error: ...' line (interpreter shutdown may print after it); else the last line."""
-  lines = [line for line in stderr.strip().splitlines() if line.strip()]
-  errors = [line for line in lines if line.startswith('error: ')]
-  return errors[-1] if errors else lines[-1]
+from tests.conftest import FAST, ROOT, TINY, error_line, run_main, tree_digest
 
 
 @pytest.fixture(scope='module')
 def trained_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('trained')
-  code, out, err = run(*FAST, workdir=workdir)
+  code, out, err = run_main(*FAST, workdir=workdir)
   assert code == 0, err
   assert '--- sample ---' in out
   return workdir
@@ -55,7 +19,7 @@ def trained_workdir(tmp_path_factory):
 
 def test_train_then_rerun_is_a_no_op_resume(trained_workdir):
   before = tree_digest(trained_workdir / 'checkpoints')
-  code, _, err = run(*FAST, workdir=trained_workdir)
+  code, _, err = run_main(*FAST, workdir=trained_workdir)
   assert code == 0, err
   assert tree_digest(trained_workdir / 'checkpoints') == before
 
@@ -68,7 +32,7 @@ def test_train_then_rerun_is_a_no_op_resume(trained_workdir):
     (['--config.data.corpus=/nonexistent/corpus.txt'], '/nonexistent/corpus.txt'),
 ])
 def test_bad_config(tmp_path, args, message):
-  code, _, err = run(*FAST, *args, workdir=tmp_path / 'w')
+  code, _, err = run_main(*FAST, *args, workdir=tmp_path / 'w')
   assert code != 0
   assert message in error_line(err), err
   assert not (tmp_path / 'w' / 'checkpoints').exists()
@@ -77,14 +41,14 @@ def test_bad_config(tmp_path, args, message):
 def test_empty_corpus(tmp_path):
   empty = tmp_path / 'empty.txt'
   empty.write_text('  \n')
-  code, _, err = run(*FAST, f'--config.data.corpus={empty}', workdir=tmp_path / 'w')
+  code, _, err = run_main(*FAST, f'--config.data.corpus={empty}', workdir=tmp_path / 'w')
   assert code != 0 and 'empty' in error_line(err).lower(), err
 
 
 def test_tokenizer_that_is_not_sentencepiece(tmp_path):
   bogus = tmp_path / 'bogus.model'
   bogus.write_bytes(b'this is not a sentencepiece model')
-  code, _, err = run(*FAST, f'--config.data.tokenizer={bogus}', workdir=tmp_path / 'w')
+  code, _, err = run_main(*FAST, f'--config.data.tokenizer={bogus}', workdir=tmp_path / 'w')
   assert code != 0
   assert 'not a sentencepiece model' in error_line(err) and str(bogus) in error_line(err), err
 
@@ -93,7 +57,7 @@ def test_tokenizer_that_is_not_sentencepiece(tmp_path):
                                   ['--config.data.vocab_size=640']])
 def test_refuses_workdir_of_a_different_model(trained_workdir, args):
   before = tree_digest(trained_workdir)
-  code, _, err = run(*FAST, *args, workdir=trained_workdir)
+  code, _, err = run_main(*FAST, *args, workdir=trained_workdir)
   assert code != 0
   line = error_line(err)
   assert 'different model config' in line and args[0].split('=')[0][len('--config.'):] in line, err
@@ -110,12 +74,12 @@ def test_generate_and_eval_leave_the_workdir_untouched(trained_workdir, tmp_path
   before = tree_digest(trained_workdir / 'checkpoints')
   prompts = tmp_path / 'prompts.txt'
   prompts.write_text('And God said\nIn the beginning\n')
-  code, out, err = run(*FAST, '--mode=generate', f'--prompt_file={prompts}', '--max_new_tokens=6',
+  code, out, err = run_main(*FAST, '--mode=generate', f'--prompt_file={prompts}', '--max_new_tokens=6',
                        '--temperature=0', workdir=trained_workdir)
   assert code == 0, err
   assert '--- sample 0 (step 2) ---\nAnd God said' in out, out
   assert '--- sample 1 (step 2) ---\nIn the beginning' in out, out
-  code, out, err = run(*FAST, '--mode=eval', workdir=trained_workdir)
+  code, out, err = run_main(*FAST, '--mode=eval', workdir=trained_workdir)
   assert code == 0, err
   with open(trained_workdir / 'metrics.jsonl') as f:
     val_loss = [json.loads(line) for line in f if 'val_loss' in line][-1]['val_loss']
@@ -130,6 +94,6 @@ def test_generate_and_eval_leave_the_workdir_untouched(trained_workdir, tmp_path
     (['--mode=convert'], 'needs --checkpoint_file'),
 ])
 def test_inference_modes_refuse_bad_input(tmp_path, args, message):
-  code, _, err = run(*FAST, *args, workdir=tmp_path / 'w')
+  code, _, err = run_main(*FAST, *args, workdir=tmp_path / 'w')
   assert code == 2 and message in error_line(err), err
   assert not (tmp_path / 'w' / 'checkpoints').exists()

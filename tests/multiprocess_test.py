@@ -8,8 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import ROOT
-from tests.main_test import FAST, TINY
+from tests.conftest import FAST, ROOT, TINY
 
 STEPS = ['--config.train.steps=6', '--config.train.log_every=1', '--config.train.eval_every=3',
          '--config.train.checkpoint_every=3', '--config.train.batch_size=8']

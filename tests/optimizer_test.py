@@ -1,9 +1,11 @@
-"""Schedule shape and the weight-decay mask."""
+"""Schedule shape, the weight-decay mask, and freezing rows."""
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from tokenformer_jax.config import base_config
-from tokenformer_jax.optimizer import decay_mask, schedule
+from tokenformer_jax.optimizer import decay_mask, make_optimizer, schedule
 
 
 def test_warmup_then_cosine_to_min_lr():
@@ -23,3 +25,18 @@ def test_no_decay_on_norms():
   mask = decay_mask(params)
   assert mask['embedding'] and mask['blocks']['mlp']['key_tokens']
   assert not mask['final_norm_scale'] and not mask['final_norm_bias']
+
+
+def test_frozen_rows_keeps_the_state_structure_and_masks_updates():
+  cfg = base_config().optimizer
+  params = {'table': jnp.ones((2, 4, 3)), 'other': jnp.ones((3,))}
+  grads = jax.tree.map(jnp.ones_like, params)
+  free = make_optimizer(cfg, 10)
+  rows = np.array([0, 0, 1, 1], np.float32).reshape(1, 4, 1)
+  frozen = make_optimizer(cfg, 10, {'table': rows, 'other': np.zeros((), np.float32)})
+  # the same optimizer state either way, so a checkpoint resumes frozen or not
+  assert jax.tree.structure(free.init(params)) == jax.tree.structure(frozen.init(params))
+  updates, _ = frozen.update(grads, frozen.init(params), params)
+  free_updates, _ = free.update(grads, free.init(params), params)
+  assert not np.asarray(updates['other']).any() and not np.asarray(updates['table'][:, :2]).any()
+  np.testing.assert_array_equal(updates['table'][:, 2:], free_updates['table'][:, 2:])

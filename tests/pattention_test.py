@@ -124,21 +124,25 @@ def test_bfloat16_gradients_keep_table_dtype():
     assert np.max(np.abs(np.asarray(g) - np.asarray(w))) <= 0.05 * np.max(np.abs(np.asarray(w)))
 
 
-@pytest.mark.parametrize('rows, platform, primitive', [(5, 'cpu', 'erf'), (6, 'tpu', 'erfc'),
-                                                     (7, 'gpu', 'erfc')])
-def test_gelu_form_follows_the_platform(monkeypatch, rows, platform, primitive):
-  """u·Φ(u) via erf on CPU (faster there); jax.nn.gelu's erfc form elsewhere (less TPU memory).
+@pytest.mark.parametrize('rows, impl, primitive', [(5, 'erf', 'erf'), (6, 'erfc', 'erfc')])
+def test_both_gelu_forms(rows, impl, primitive):
+  """u·Φ(u) via erf (the CPU's choice: faster there) and jax.nn.gelu's erfc form (elsewhere: less TPU
+  memory) compute the same function; config.resolve_model picks one per platform (attention_test).
   (Distinct shapes per case: jax caches a custom_vjp's trace per shape.)"""
   from tokenformer_jax import pattention as pattention_lib
-  from tokenformer_jax import sharding
-  monkeypatch.setattr(sharding, 'platform', lambda: platform)
-  jaxpr = str(jax.make_jaxpr(pattention)(jnp.ones((rows, 8)), jnp.ones((16, 8)), jnp.ones((16, 8))))
+  x, k, v = jnp.ones((rows, 8)), jnp.ones((16, 8)), jnp.ones((16, 8))
+  jaxpr = str(jax.make_jaxpr(lambda *a: pattention(*a, gelu_impl=impl))(x, k, v))
   assert f' {primitive} ' in jaxpr
   if primitive == 'erf':
     assert 'erfc' not in jaxpr
+  xs, ks, vs = (jnp.asarray(a) for a in _inputs(np.float32))
+  np.testing.assert_allclose(pattention(xs, ks, vs, gelu_impl=impl), pattention(xs, ks, vs, gelu_impl='erf'),
+                             rtol=1e-5, atol=1e-6)
   u = jnp.linspace(-8.0, 8.0, 1001)
   np.testing.assert_allclose(u * pattention_lib._normal_cdf(u), jax.nn.gelu(u, approximate=False),
                              atol=2e-6)
+  with pytest.raises(ValueError, match='unknown GELU implementation'):
+    pattention_lib.gelu(u, 'tanh')
 
 
 def test_gelu_gradient_from_its_output_matches_autodiff():
@@ -148,10 +152,10 @@ def test_gelu_gradient_from_its_output_matches_autodiff():
   u64 = np.concatenate([np.linspace(-16.0, 16.0, 4001), [0.0, 1e-35, -1e-35, 1e-20, -1e-20, 1e-7]])
   with jax.enable_x64(True):
     exact = np.asarray(jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=False)))(jnp.asarray(u64)))
-    got64 = np.asarray(jax.vmap(jax.grad(pattention_lib.gelu))(jnp.asarray(u64)))
+    got64 = np.asarray(jax.vmap(jax.grad(lambda t: pattention_lib.gelu(t, 'erf')))(jnp.asarray(u64)))
   np.testing.assert_allclose(got64, exact, rtol=1e-12, atol=1e-15)
   u32 = jnp.asarray(u64, jnp.float32)
-  got32 = np.asarray(jax.vmap(jax.grad(pattention_lib.gelu))(u32))
+  got32 = np.asarray(jax.vmap(jax.grad(lambda t: pattention_lib.gelu(t, 'erf')))(u32))
   assert np.all(np.isfinite(got32))
   np.testing.assert_allclose(got32, exact, rtol=2e-6, atol=2e-7)
 

@@ -2,10 +2,12 @@
 (Checks the pipeline, not the numbers: those come from the full run, committed under
 experiments/results/.)"""
 import csv
+import itertools
 import subprocess
 import sys
 
-from tests.conftest import ROOT, load_experiment
+from experiments import progressive_scaling_cpu
+from tests.conftest import ROOT
 
 
 def test_quick_study(tmp_path):
@@ -18,7 +20,7 @@ def test_quick_study(tmp_path):
   with open(tmp_path / 'progressive_scaling.csv') as f:
     rows = {row['arm']: row for row in csv.DictReader(f)}
   assert list(rows) == ['scratch', 'exact_carry', 'dense']
-  assert set(rows) < set(load_experiment('progressive_scaling_cpu').ARMS)
+  assert set(rows) < set(progressive_scaling_cpu.ARMS)
   assert float(rows['scratch']['ratio_to_scratch']) == 1.0
   # the growth path spends fewer FLOPs than scratch over the same number of final-stage steps
   assert float(rows['exact_carry']['total_gflop']) < float(rows['scratch']['total_gflop'])
@@ -29,11 +31,17 @@ def test_quick_study(tmp_path):
 
 
 def test_every_arm_has_a_config():
-  experiment = load_experiment('progressive_scaling_cpu')
-  for arm in experiment.ARMS:
+  for arm in progressive_scaling_cpu.ARMS:
     for name in (arm, arm + '-quick'):
-      c = experiment.get_config(name)
+      c = progressive_scaling_cpu.get_config(name)
       if arm in ('scratch', 'dense'):
         assert not c.stages and c.model.kind == ('dense' if arm == 'dense' else 'tokenformer')
       else:
         assert (c.growth.policy, c.growth.optimizer) == tuple(arm.split('_')) and len(c.stages) > 1
+        steps = [stage['train.steps'] for stage in c.stages]
+        if c.growth.optimizer == 'carry':   # the step count goes on: each stage ends at the running total
+          assert steps == sorted(steps) and len(set(steps)) == len(steps)
+          if not name.endswith('-quick'):
+            assert steps == list(itertools.accumulate(progressive_scaling_cpu.STAGE_STEPS))
+        elif not name.endswith('-quick'):
+          assert steps == list(progressive_scaling_cpu.STAGE_STEPS)

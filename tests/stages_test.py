@@ -2,13 +2,17 @@
 what an interruption cut short."""
 import shutil
 
+import pytest
+
 from tests.conftest import small_config
 from tokenformer_jax import checkpoint, stages
+from tokenformer_jax.errors import UserError
 
 
-def _config(cache):
+def _config(cache, steps=(6, 12)):
   c = small_config(cache)
-  c.stages = ((64, 64, 256, 6), (96, 80, 384, 6))
+  c.stages = ({'model.n_qkv': 64, 'model.n_proj': 64, 'model.n_ffn': 256, 'train.steps': steps[0]},
+              {'model.n_qkv': 96, 'model.n_proj': 80, 'model.n_ffn': 384, 'train.steps': steps[1]})
   c.train.eval_every = 6
   c.train.checkpoint_every = 6
   c.train.log_every = 2
@@ -36,8 +40,22 @@ def test_two_stages_then_rerun(data_cache, tmp_path):
 
 
 def test_reset_restarts_the_schedule(data_cache, tmp_path):
-  c = _config(data_cache)
+  c = _config(data_cache, steps=(6, 6))
   c.growth.optimizer = 'reset'
   c.growth.policy = 'paper'
   results = stages.run(c, str(tmp_path))
   assert [r.step for r in results] == [6, 6]
+
+
+def test_stage_overrides_are_checked_before_anything_runs(data_cache, tmp_path):
+  c = _config(data_cache)
+  c.stages = ({'model.n_qkv': 64}, {'model.n_qkvv': 96})
+  with pytest.raises(UserError, match='override model.n_qkvv=96: no such config key'):
+    stages.run(c, str(tmp_path))
+  c.stages = ({'model.n_qkv': 64}, {'model.n_qkv': -1})
+  with pytest.raises(UserError, match='model.n_qkv must be positive'):
+    stages.run(c, str(tmp_path))
+  assert not any(tmp_path.iterdir())
+  c.stages = ((64, 64, 256, 6),)
+  with pytest.raises(UserError, match='must be a non-empty dict of overrides'):
+    stages.run(c, str(tmp_path))

@@ -3,8 +3,7 @@ import csv
 import subprocess
 import sys
 
-from tests.conftest import ROOT
-from tests.main_test import FAST
+from tests.conftest import FAST, ROOT
 from tokenformer_jax import sweeps
 
 EXPERIMENT = '''

@@ -9,10 +9,11 @@
   one reduction of width H instead of T, no mask or max recomputed in the backward); the probabilities it
   saves (about half of [B, N, T, T]) are what makes it a CPU choice and not a long-sequence one.
 - 'splash': the Pallas TPU splash-attention kernel (blocked flash attention that skips the fully masked
-  blocks); sequence lengths divisible by 128. Off TPU it runs in Pallas interpret mode: slow, for tests.
-- '' (default): 'cudnn' on GPU when the dtype allows it, 'splash' on TPU when the sequence length allows
-  it, 'softmax_vjp' on CPU, 'xla' otherwise.
-All compute the same function (scale 1/√H, causal mask); the tests check them against each other.
+  blocks); sequence lengths divisible by 128. 'splash_interpret': the same kernel in the Pallas
+  interpreter, which runs anywhere (slowly): how the tests check it on CPU.
+The model config names one of these; '' there is resolved per platform by config.resolve_model (see
+`default_impl`). All compute the same function (scale 1/√H, causal mask); the tests check them against
+each other.
 """
 import functools
 
@@ -21,13 +22,13 @@ import jax.numpy as jnp
 
 from tokenformer_jax import sharding
 
-IMPLEMENTATIONS = ('', 'xla', 'cudnn', 'softmax_vjp', 'splash')
+IMPLEMENTATIONS = ('', 'xla', 'cudnn', 'softmax_vjp', 'splash', 'splash_interpret')
 SPLASH_BLOCK = 128      # the splash kernel's sequence blocks are multiples of this
 
 
-def default_impl(dtype, platform: str | None = None, seq_len: int | None = None) -> str:
-  """The implementation '' resolves to on `platform` (default: this process's backend)."""
-  platform = platform or jax.default_backend()
+def default_impl(dtype, platform: str, seq_len: int | None = None) -> str:
+  """What '' resolves to on `platform`: 'cudnn' on GPU when the dtype allows it, 'splash' on TPU when the
+  sequence length allows it, 'softmax_vjp' on CPU, 'xla' otherwise."""
   if platform in ('gpu', 'cuda', 'rocm') and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
     return 'cudnn'
   if platform == 'tpu' and (seq_len is None or seq_len % SPLASH_BLOCK == 0):
@@ -38,13 +39,12 @@ def default_impl(dtype, platform: str | None = None, seq_len: int | None = None)
 
 
 def causal_attention(q_BxTxNxH: jax.Array, k_BxTxNxH: jax.Array, v_BxTxNxH: jax.Array,
-                     impl: str = '') -> jax.Array:
+                     impl: str) -> jax.Array:
   """softmax(q kᵀ / √H, causal) v → [B, T, N, H] in q's dtype."""
-  impl = impl or default_impl(q_BxTxNxH.dtype)
   if impl == 'softmax_vjp':
     return _softmax_vjp(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH)
-  if impl == 'splash':
-    return _splash(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH)
+  if impl in ('splash', 'splash_interpret'):
+    return _splash(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, interpret=impl == 'splash_interpret')
   if impl not in ('xla', 'cudnn'):
     raise ValueError(f'unknown attention implementation {impl!r}; choose from {IMPLEMENTATIONS}')
   head_dim = q_BxTxNxH.shape[-1]
@@ -134,13 +134,12 @@ def _splash_kernel(T: int, num_heads: int, interpret: bool):
                                     interpret=interpret)
 
 
-def _splash(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH):
+def _splash(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, interpret: bool):
   """The splash kernel per device: under a train step's mesh it runs inside shard_map over the batch
   and head axes' mesh axes (a Pallas kernel cannot be partitioned by XLA), each device on its own
   sequences and heads. The kernel does not scale: q is scaled by 1/√H first, in its own dtype."""
   T = q_BxTxNxH.shape[1]
   active = sharding.active()
-  interpret = sharding.platform() != 'tpu'
 
   def local(q, k, v):
     kernel = _splash_kernel(T, q.shape[2], interpret)

@@ -5,8 +5,11 @@ and renames it when complete, so a save killed midway is never listed as a check
 
 Restore is strict: before reading any array, the saved model config and every saved array's path and
 shape are compared with the target; any difference is a UserError naming the parameter and both shapes.
-Targets are abstract arrays carrying the current mesh's shardings, so Orbax reads each shard straight
-onto its devices (a checkpoint saved on another mesh is resharded on the way in).
+There is one restore, `restore`, onto explicit targets: abstract arrays carrying the current mesh's
+shardings, so Orbax reads each shard straight onto its devices (a checkpoint saved on another mesh is
+resharded on the way in). The targets say what is read: the whole train state, or only {'params'} (for
+inference, from a training checkpoint or an imported one); `grows_tokens` lets token tables be longer than
+saved, and Orbax zero-pads their new rows while reading (growth).
 """
 import os
 import time
@@ -14,14 +17,17 @@ from typing import Any
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
+from tokenformer_jax import config as config_lib
+from tokenformer_jax import model as model_lib
 from tokenformer_jax.errors import UserError
 
-# Config keys that define the function a checkpoint computes (and its tokenizer); they must match.
-MODEL_KEYS = ('kind', 'vocab_size', 'num_layers', 'd_model', 'num_heads', 'n_qkv', 'n_proj', 'n_ffn',
-              'n_ref_qkv', 'n_ref_proj', 'n_ref_ffn', 'mlp_dim', 'rotary_pct', 'rotary_base', 'ln_eps')
+# Data config keys that fix the token ids a checkpoint was trained on; they must match.
 DATA_KEYS = ('corpus', 'tokenizer', 'vocab_size')
+# Model keys growth sets: τ frozen at the count before growth.
+N_REF_KEYS = tuple(f'n_ref_{group}' for group in model_lib.TOKEN_GROUPS)
 
 
 def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
@@ -29,7 +35,7 @@ def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointM
                                          enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                options=options,
-                               item_handlers={'state': ocp.StandardCheckpointHandler(),
+                               item_handlers={'state': ocp.PyTreeCheckpointHandler(),
                                               'data': grain.checkpoint.CheckpointHandler(),
                                               'meta': ocp.JsonCheckpointHandler()})
 
@@ -77,39 +83,57 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     raise _unreadable(mngr, step, e) from e
 
 
-def check_config(saved_meta: dict, cfg, step: int) -> None:
-  """Refuses a checkpoint whose model (or tokenizer) config differs from the current one.
+def adopt_frozen_tau(cfg, saved_meta: dict) -> ml_collections.ConfigDict:
+  """A copy of cfg that takes the checkpoint's frozen-τ counts (n_ref_*) where cfg leaves them at 0.
 
-  τ frozen by growth is a property of the model: a config that leaves n_ref_* at 0 first takes the
-  checkpoint's values (an explicit, different value is still refused)."""
+  τ frozen by growth is a property of the trained model, so the config a grown run was started with
+  (which does not mention it) resumes, samples and evaluates it; an explicit, different value is still
+  refused by check_config."""
   saved_model = saved_meta['config'].get('model', {})
-  for key in ('n_ref_qkv', 'n_ref_proj', 'n_ref_ffn'):
-    if not cfg.model[key] and saved_model.get(key):
-      cfg.model[key] = saved_model[key]
-  saved = saved_meta['config']
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  for key in N_REF_KEYS:
+    if not out.model[key] and saved_model.get(key):
+      out.model[key] = saved_model[key]
+  out.lock()
+  return out
+
+
+def model_differences(saved_model: dict, m, ignore: tuple = ()) -> list[str]:
+  """'model.KEY: checkpoint OLD, config NEW' for every model key that defines the function and
+  differs: all keys but config.RUNTIME_MODEL_KEYS, INIT_MODEL_KEYS and `ignore`. A key the checkpoint's
+  config lacks (saved before the key existed) counts as its base_config default."""
+  defaults = config_lib.base_config().model
+  skip = set(config_lib.RUNTIME_MODEL_KEYS) | set(config_lib.INIT_MODEL_KEYS) | set(ignore)
   diffs = []
-  for section, keys in (('model', MODEL_KEYS), ('data', DATA_KEYS)):
-    for key in keys:
-      old, new = saved.get(section, {}).get(key), cfg[section][key]
-      if old != new:
-        diffs.append(f'{section}.{key}: checkpoint {old!r}, config {new!r}')
+  for key in m.keys():
+    if key in skip:
+      continue
+    old = saved_model.get(key, defaults.get(key))
+    if old != m[key]:
+      diffs.append(f'model.{key}: checkpoint {old!r}, config {m[key]!r}')
+  return diffs
+
+
+def data_differences(saved_data: dict, d) -> list[str]:
+  return [f'data.{key}: checkpoint {saved_data.get(key)!r}, config {d[key]!r}'
+          for key in DATA_KEYS if saved_data.get(key) != d[key]]
+
+
+def check_config(saved_meta: dict, cfg, step: int) -> None:
+  """Refuses a checkpoint whose model (or tokenizer) config differs from cfg (see adopt_frozen_tau for
+  the frozen-τ counts a grown checkpoint carries)."""
+  saved = saved_meta['config']
+  diffs = model_differences(saved.get('model', {}), cfg.model) + data_differences(saved.get('data', {}),
+                                                                                   cfg.data)
   if diffs:
     raise UserError(f'the workdir holds a checkpoint (step {step}) of a different model config; use '
                     f'another --workdir or the same config. Differences: ' + '; '.join(diffs))
 
 
-def key_name(entry) -> str:
-  """One entry of a pytree path as plain text (dict key, attribute name or index)."""
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
-
-
 def path_string(path) -> str:
   """'params/blocks/mlp/key_tokens': dicts and named tuples spell alike (Orbax saves optimizer named
   tuples as dicts)."""
-  return '/'.join(key_name(e) for e in path)
+  return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
 def _paths_and_shapes(tree) -> dict[str, tuple]:
@@ -124,19 +148,20 @@ def saved_shapes(mngr: ocp.CheckpointManager, step: int) -> dict[str, tuple]:
     raise _unreadable(mngr, step, e) from e
 
 
-def check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
-                 params_only: bool = False, grows_tokens: bool = False) -> None:
-  """Every saved array must exist in the target with the same shape, and vice versa (params_only:
-  only the saved 'params/...' arrays are compared). With `grows_tokens`, a parameter-token table (and
-  its optimizer moments) may instead be longer along its token axis (axis 1), and nothing else."""
+def check_shapes(mngr: ocp.CheckpointManager, step: int, targets: Any,
+                 grows_tokens: bool = False) -> None:
+  """Every saved array must exist in the target with the same shape, and vice versa; targets of
+  {'params'} alone are compared with the saved 'params/...' arrays only. With `grows_tokens`, a
+  parameter-token table (and its optimizer moments) may instead be longer along its token axis (axis
+  1), and nothing else."""
   saved = saved_shapes(mngr, step)
-  if params_only:
+  if set(targets) == {'params'}:
     saved = {p: s for p, s in saved.items() if p.startswith('params/')}
   elif set(saved) and all(p.startswith('params/') for p in saved):
     raise UserError(f'checkpoint step {step} holds parameters only (an imported checkpoint, see '
                     f'--mode=convert): it can be sampled (--mode=generate) and evaluated (--mode=eval), '
                     f'not resumed for training')
-  wanted = _paths_and_shapes(abstract_state)
+  wanted = _paths_and_shapes(targets)
   problems = []
   for path in sorted(set(saved) | set(wanted), key=lambda p: (not p.startswith('params'), p)):
     if path not in saved:
@@ -156,61 +181,31 @@ def _longer_token_axis(path: str, old: tuple, new: tuple) -> bool:
           and old[:1] == new[:1] and old[2:] == new[2:])
 
 
-def restore_grown(mngr: ocp.CheckpointManager, step: int, targets: Any, data_iter=None):
-  """Restores a checkpoint into targets whose token tables are longer (see check_shapes): Orbax pads
-  the new rows with zeros while reading, straight into the targets' shardings, so the grown state is
-  the only copy ever held. Padding is allowed here only, after the explicit shape check."""
-  check_shapes(mngr, step, targets, grows_tokens=True)
-  padded = ocp.CheckpointManager(
-      mngr.directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
-      item_handlers={'state': ocp.PyTreeCheckpointHandler(),
-                     'data': grain.checkpoint.CheckpointHandler()})
-  restore_args = jax.tree.map(
-      lambda t: ocp.ArrayRestoreArgs(global_shape=t.shape, dtype=t.dtype, sharding=t.sharding,
-                                     strict=False), targets)
-  items = {'state': ocp.args.PyTreeRestore(item=targets, restore_args=restore_args)}
-  if data_iter is not None:
-    items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
-  try:
-    return padded.restore(step, args=ocp.args.Composite(**items)).state
-  except Exception as e:  # Orbax/TensorStore errors of a damaged checkpoint
-    raise _unreadable(mngr, step, e) from e
-
-
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter, meta: dict,
          force: bool = False) -> None:
   """Saves state, iterator and meta; data_iter=None (an imported checkpoint) saves no iterator."""
-  items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta)}
+  items = {'state': ocp.args.PyTreeSave(state), 'meta': ocp.args.JsonSave(meta)}
   if data_iter is not None:
     items['data'] = grain.checkpoint.CheckpointSave(data_iter)
   mngr.save(step, args=ocp.args.Composite(**items), force=force)
   mngr.wait_until_finished()
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, targets: Any, data_iter=None):
-  """Restores the state onto `targets`' shardings (after check_shapes) and the iterator in place."""
-  check_shapes(mngr, step, targets)
-  items = {'state': ocp.args.StandardRestore(targets)}
+def restore(mngr: ocp.CheckpointManager, step: int, targets: Any, data_iter=None, *,
+            grows_tokens: bool = False):
+  """The checkpoint's arrays, read onto `targets`' shapes and shardings after check_shapes; restores
+  `data_iter` in place when given. Targets are the whole train state or {'params': ...}; with
+  `grows_tokens`, token tables longer than saved get zero rows appended as they are read (padding is
+  allowed here only, after the explicit shape check), so a grown state is the only copy ever held."""
+  check_shapes(mngr, step, targets, grows_tokens=grows_tokens)
+  restore_args = jax.tree.map(
+      lambda t: ocp.ArrayRestoreArgs(global_shape=t.shape, dtype=t.dtype, sharding=t.sharding,
+                                     strict=not grows_tokens), targets)
+  items = {'state': ocp.args.PyTreeRestore(item=targets, restore_args=restore_args,
+                                           partial_restore=set(targets) == {'params'})}
   if data_iter is not None:
     items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
   try:
     return mngr.restore(step, args=ocp.args.Composite(**items)).state
-  except UserError:
-    raise
-  except Exception as e:  # Orbax/TensorStore errors of a damaged checkpoint
-    raise _unreadable(mngr, step, e) from e
-
-
-def restore_params(mngr: ocp.CheckpointManager, step: int, targets_params: Any):
-  """Restores only the parameters onto `targets_params`' shardings, from a full train state or an
-  imported params-only checkpoint (the optimizer state is never read)."""
-  check_shapes(mngr, step, {'params': targets_params}, params_only=True)
-  path = os.path.join(str(mngr.directory), str(step), 'state')
-  target = {'params': targets_params}
-  args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                partial_restore=True)
-  try:
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-      return ckptr.restore(path, args=args)['params']
   except Exception as e:  # Orbax/TensorStore errors of a damaged checkpoint
     raise _unreadable(mngr, step, e) from e

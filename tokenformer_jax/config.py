@@ -1,9 +1,14 @@
-"""The base experiment config and its validation.
+"""The base experiment config, its validation, the experiment loader, and the per-platform choices.
 
 Experiment files under experiments/ start from `base_config()` and change what they need; `main.py` loads
-them with `config_flags` (lock_config=True, so a misspelt override is an error). `validate` checks values
-that a type check cannot (divisibility, positivity) and raises `UserError` naming the key.
+them with `config_flags` (lock_config=True, so a misspelt override is an error), and every other tool with
+`load_experiment`, which follows the same rules. `validate` checks values that a type check cannot
+(divisibility, positivity) and raises `UserError` naming the key. `resolve_model` is the one place where
+a model config's per-platform defaults are filled in.
 """
+import importlib.util
+import os
+
 import ml_collections
 
 from tokenformer_jax import attention
@@ -14,6 +19,14 @@ REMAT_POLICIES = ('none', 'block', 'save_matmuls')
 DTYPES = ('float32', 'bfloat16')
 GROWTH_POLICIES = ('exact', 'paper')
 GROWTH_OPTIMIZER = ('carry', 'reset')
+# Exact GELU as u·Φ(u) with erf (pattention.py's own, with a backward that reuses the forward's output)
+# or jax.nn.gelu's erfc form: the same function, different kernels.
+GELU_IMPLEMENTATIONS = ('erf', 'erfc')
+# Model keys that change how the function is computed, not which function: a checkpoint may be resumed,
+# grown or sampled with other values of these.
+RUNTIME_MODEL_KEYS = ('dtype', 'remat', 'scan_unroll', 'attention_impl', 'gelu_impl')
+# Model keys that only say how fresh parameters are drawn (growth draws its new rows with them too).
+INIT_MODEL_KEYS = ('key_init_std', 'value_init_std', 'embed_init_std')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -42,7 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
   m.dtype = 'float32'            # compute dtype; parameters stay float32
   m.remat = 'none'               # none | block | save_matmuls
   m.scan_unroll = 0              # layers per scan iteration; 0: per platform (all on CPU, 1 elsewhere)
-  m.attention_impl = ''          # '' (per platform), 'xla', 'cudnn', 'softmax_vjp', 'splash' (attention.py)
+  m.attention_impl = ''          # '' per platform, or one of attention.IMPLEMENTATIONS
+  m.gelu_impl = ''               # '' per platform, or one of GELU_IMPLEMENTATIONS (same function)
 
   c.data = d = ml_collections.ConfigDict()
   d.corpus = 'kjv'               # 'kjv' (ships with the install) or comma-separated text files / globs
@@ -61,7 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   t.eval_batches = 8
   t.checkpoint_every = 200
   t.keep_checkpoints = 3
-  t.sample_tokens = 64           # tokens sampled at the end of a run (0: none)
+  t.sample_tokens = 64           # tokens sampled at the end of a run (0: none) ...
+  t.sample_prompt = ''           # ... continuing this text ('': a new document)
+  t.sample_temperature = 0.8
+  t.sample_top_k = 40
 
   c.optimizer = o = ml_collections.ConfigDict()
   o.lr = 1e-3
@@ -81,7 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
   g.freeze_old = False           # train only the new tokens (everything else frozen)
   g.seed = 1                     # for the new tokens' random values
 
-  # Multi-stage schedule: ((n_qkv, n_proj, n_ffn, steps), ...). Empty: a single training run.
+  # Multi-stage schedule: override dicts, one per stage ({'model.n_ffn': 1024, 'train.steps': 600}, ...),
+  # each applied to this config (stages.py). Empty: a single training run.
   c.stages = ()
 
   c.mesh = mesh = ml_collections.ConfigDict()
@@ -141,13 +159,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise UserError(f'model.remat must be one of {REMAT_POLICIES}, got {m.remat!r}')
   if m.dtype not in DTYPES:
     raise UserError(f'model.dtype must be one of {DTYPES}, got {m.dtype!r}')
+  if m.gelu_impl not in ('',) + GELU_IMPLEMENTATIONS:
+    raise UserError(f'model.gelu_impl must be one of {("",) + GELU_IMPLEMENTATIONS}, got {m.gelu_impl!r}')
   if m.attention_impl not in attention.IMPLEMENTATIONS:
     raise UserError(f'model.attention_impl must be one of {attention.IMPLEMENTATIONS}, '
                     f'got {m.attention_impl!r}')
   for name in ('seq_len', 'vocab_size'):
     positive('data', name, d[name])
-  if m.attention_impl == 'splash' and d.seq_len % attention.SPLASH_BLOCK:
-    raise UserError(f'model.attention_impl=splash needs data.seq_len divisible by '
+  if m.attention_impl.startswith('splash') and d.seq_len % attention.SPLASH_BLOCK:
+    raise UserError(f'model.attention_impl={m.attention_impl} needs data.seq_len divisible by '
                     f'{attention.SPLASH_BLOCK}, got {d.seq_len}')
   for name in ('batch_size', 'grad_accum', 'steps', 'log_every', 'eval_every', 'eval_batches',
                'checkpoint_every', 'keep_checkpoints'):
@@ -160,7 +180,90 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.growth.optimizer not in GROWTH_OPTIMIZER:
     raise UserError(f'growth.optimizer must be one of {GROWTH_OPTIMIZER}, got {cfg.growth.optimizer!r}')
   for i, stage in enumerate(cfg.stages):
-    if len(stage) != 4 or any(int(v) <= 0 for v in stage):
-      raise UserError(f'stages[{i}] must be (n_qkv, n_proj, n_ffn, steps), all positive; got {stage}')
+    if not isinstance(stage, dict) or not stage:
+      raise UserError(f'stages[{i}] must be a non-empty dict of overrides '
+                      f'({{"model.n_ffn": 1024, ...}}), got {stage!r}')
+    if 'stages' in stage:
+      raise UserError(f'stages[{i}] may not set stages')
   if not 0.0 <= o.warmup_frac < 1.0:
     raise UserError(f'optimizer.warmup_frac must be in [0, 1), got {o.warmup_frac}')
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """A copy of cfg with {'section.key': value} applied (a sweep point, a stage); an unknown key or a value
+  of the wrong type is a UserError naming it."""
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  out.lock()
+  for key, value in overrides.items():
+    section, _, name = key.rpartition('.')
+    try:
+      parent = out
+      for part in section.split('.') if section else ():
+        parent = parent[part]
+      parent[name] = value
+    except (KeyError, AttributeError) as e:
+      raise UserError(f'override {key}={value!r}: no such config key') from e
+    except (TypeError, ValueError) as e:
+      raise UserError(f'override {key}={value!r}: {e}') from e
+  return out
+
+
+def from_flag(config_flag) -> ml_collections.ConfigDict:
+  """The config of a config_flags --config flag holder; a missing flag or a file that failed to load is
+  a UserError (config_flags defers a load failure to the first access)."""
+  try:
+    cfg = config_flag.value
+    if cfg is None:
+      raise UserError('--config is required (e.g. --config=experiments/tiny.py)')
+    cfg.to_dict()
+  except (OSError, ValueError) as e:
+    raise UserError(f'cannot load --config: {e}') from e
+  return cfg
+
+
+def experiment_module(path: str):
+  """An experiment file as a module, loaded by path as config_flags loads --config."""
+  if not os.path.isfile(path):
+    raise UserError(f'no experiment file {path}')
+  spec = importlib.util.spec_from_file_location(
+      'experiment_' + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_experiment(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """'experiments/tiny.py' or 'experiments/pile.py:150m' (get_config's argument after the colon), with
+  overrides; locked, as main.py's --config. What main.py would train, for tools and tests."""
+  path, _, arg = spec.partition(':')
+  module = experiment_module(path)
+  try:
+    cfg = module.get_config(arg) if arg else module.get_config()
+  except ValueError as e:   # an experiment's unknown argument
+    raise UserError(f'{spec}: {e}') from e
+  cfg.lock()
+  return apply_overrides(cfg, overrides or {})
+
+
+def resolve_model(m: ml_collections.ConfigDict, platform: str,
+                  seq_len: int | None = None) -> ml_collections.ConfigDict:
+  """A copy of the model config with every per-platform default filled in, for the platform the model
+  will run on (the mesh's, which for an AOT compile is not this process's backend):
+  - attention_impl '' → attention.default_impl (which may look at the training seq_len); splash off a
+    TPU runs in the Pallas interpreter (splash_interpret).
+  - gelu_impl '' → erf on CPU, whose kernel is faster there (−3% of config (b)'s step); erfc elsewhere,
+    which the TPU compiler keeps in less memory (the erf form costs progressive 1.4B on v5p-8 20 GiB
+    more per device).
+  - scan_unroll 0 → all layers on CPU (the unrolled loop saves the stacked residual copies there; 6
+    layers of config (b): −6% step time), 1 elsewhere.
+  """
+  m = ml_collections.ConfigDict(m.to_dict())
+  if not m.attention_impl:
+    m.attention_impl = attention.default_impl(m.dtype, platform, seq_len)
+  if m.attention_impl == 'splash' and platform != 'tpu':
+    m.attention_impl = 'splash_interpret'
+  if not m.gelu_impl:
+    m.gelu_impl = 'erf' if platform == 'cpu' else 'erfc'
+  if not m.scan_unroll:
+    m.scan_unroll = m.num_layers if platform == 'cpu' else 1
+  return m

@@ -29,10 +29,10 @@ import numpy as np
 from absl import logging
 
 from tokenformer_jax import checkpoint, config as config_lib, sharding
+from tokenformer_jax import model as model_lib
 from tokenformer_jax import state as state_lib
 from tokenformer_jax.errors import UserError
 
-ATTENTION = ('query', 'key', 'value', 'proj')
 TORCH_FILES = ('.bin', '.pt', '.pth')
 _WRAPPERS = ('module', 'state_dict', 'model')   # keys that trainers nest a state dict under
 _INSTALL = "pip install 'tokenformer_jax[torch]'"
@@ -91,12 +91,14 @@ def expected_names(m, vocab_size: int) -> dict[str, tuple[str, int | None, tuple
   names = {'sequential.0.word_embeddings.weight': ('embedding', None, (vocab_size, d)),
            f'sequential.{L + 3}.norm.weight': ('final_norm_scale', None, (d,)),
            f'sequential.{L + 3}.norm.bias': ('final_norm_bias', None, (d,))}
+  counts = model_lib.token_counts(m)
   for i in range(L):
-    layers = [(f'attention.{a}', a, m.n_qkv if a != 'proj' else m.n_proj) for a in ATTENTION]
-    for prefix, ours, n in layers + [('mlp', 'mlp', m.n_ffn)]:
-      for kind in ('key', 'value'):
-        ours_path = f'blocks/{ours}/{kind}_tokens'
-        names[f'sequential.{i + 2}.{prefix}.{kind}_param_tokens'] = (ours_path, i, (n, d))
+    for group, layers in model_lib.TOKEN_GROUPS.items():
+      for ours in layers:
+        prefix = 'mlp' if ours == 'mlp' else f'attention.{ours}'   # the reference's module names
+        for kind in ('key', 'value'):
+          names[f'sequential.{i + 2}.{prefix}.{kind}_param_tokens'] = (f'blocks/{ours}/{kind}_tokens', i,
+                                                                      (counts[group], d))
   return names
 
 

@@ -92,11 +92,6 @@ def read_documents(corpus: str) -> list[str]:
   return docs
 
 
-def read_corpus_text(corpus: str) -> str:
-  """The whole corpus as one string, documents separated by a blank line."""
-  return '\n\n'.join(read_documents(corpus))
-
-
 def training_sentences(docs: list[str]) -> list[str]:
   """Non-empty lines, cut to a length sentencepiece keeps, capped in number."""
   sentences = []

@@ -132,6 +132,11 @@ def _build_cache(cache_dir: str, fingerprint: str, docs: list[str], model_bytes:
   return model_bytes, meta
 
 
+def cache_dir_for(data_cfg, workdir: str) -> str:
+  """Where a run's tokenizer and token file are cached: data.cache_dir, else WORKDIR/data."""
+  return data_cfg.cache_dir or os.path.join(workdir, 'data')
+
+
 def prepare_corpus(data_cfg, cache_dir: str) -> Corpus:
   """Reads, tokenizes and splits the corpus, reusing `cache_dir` when nothing changed."""
   val_fraction = float(data_cfg.val_fraction)

@@ -4,28 +4,9 @@ Per trained token: 6·N_nonembed (forward + backward of every projection, Patten
 + n·d_out parameters cost 2 FLOPs each forward like a linear layer's) + 6·d·V (tied output head) +
 12·L·d·T (QKᵀ and AV over the full T×T square; causal masking is not discounted, as in PaLM's MFU).
 """
-import time
-
-import jax
-import jax.numpy as jnp
-
 from tokenformer_jax.model import nonembedding_params
 
 
 def train_flops_per_token(m, vocab_size: int, seq_len: int) -> float:
   return (6.0 * nonembedding_params(m) + 6.0 * m.d_model * vocab_size
           + 12.0 * m.num_layers * m.d_model * seq_len)
-
-
-def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
-  """Best achieved FLOP/s of an n×n×n matmul on the default device (the MFU denominator)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  matmul = jax.jit(lambda x, y: x @ y)
-  matmul(a, b).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2.0 * n ** 3 / best

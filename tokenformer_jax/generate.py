@@ -13,13 +13,11 @@ tokenizer's vocabulary (the embedding's padding rows) are never produced. A row 
 than C is an error; a row whose prompt plus new tokens would not fit stops at C + 1 tokens (the last new
 token is predicted from a full window), with a warning.
 
-`generate_without_cache` samples the same way from the training forward pass (`Decoder.__call__` over the
-whole sequence, once per token): the reference that the cached path must match token for token, and the
-baseline of benchmarks/decode.py.
+The cached path must match the training forward pass token for token: tests/generate_test.py checks it
+against a full-forward generator (benchmarks/decode.py's baseline, which shares this module's sampling).
 """
 import collections
 import dataclasses
-import functools
 import os
 import sys
 
@@ -111,7 +109,8 @@ def plan_batch(prompts: list[list[int]], max_new_tokens: int, context: int) -> B
   return Batch(tokens, lengths, budgets, cache_len, _round_up(int(budgets.max())))
 
 
-def _results(out_BxN: np.ndarray, count_B: np.ndarray, eos_id: int) -> list[list[int]]:
+def trim_at_eos(out_BxN: np.ndarray, count_B: np.ndarray, eos_id: int) -> list[list[int]]:
+  """Each row's first count_B ids, cut before its end-of-text."""
   rows = []
   for row, count in zip(out_BxN.tolist(), count_B.tolist()):
     row = row[:count]
@@ -180,47 +179,7 @@ class Generator:
                                    cache_len=batch.cache_len)
     out_BxN, count_B = self._decode(params, cache, first_B, batch.budgets_B, key_loop,
                                     out_len=batch.out_len)
-    return _results(np.asarray(out_BxN), np.asarray(count_B), self.eos_id)
-
-
-@functools.partial(jax.jit, static_argnames=('graphdef', 'sampling', 'vocab_limit'))
-def _full_forward_next_ids(params, buffer_BxW, last_B, key, *, graphdef, sampling, vocab_limit):
-  """The training forward pass over the whole buffer, sampled at each row's last position."""
-  logits_BxWxV = nnx.merge(graphdef, params)(buffer_BxW)
-  logits_BxV = jnp.take_along_axis(logits_BxWxV, last_B[:, None, None], axis=1)[:, 0]
-  return sample_logits(logits_BxV, key, sampling, vocab_limit)
-
-
-def generate_without_cache(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
-                           context: int, vocab_limit: int, eos_id: int | None,
-                           sampling: Sampling = Sampling(), seed: int = 0) -> list[list[int]]:
-  """Like Generator.generate (same budgets, same random keys), but every token runs the training
-  forward pass over the whole buffer and samples at each row's last position."""
-  eos_id = -1 if eos_id is None else eos_id
-  batch = plan_batch(prompts, max_new_tokens, context)
-  B = len(prompts)
-  next_ids = functools.partial(_full_forward_next_ids, graphdef=graphdef, sampling=sampling,
-                               vocab_limit=vocab_limit)
-  buffer_BxW = np.zeros((B, batch.cache_len + 1), np.int32)
-  buffer_BxW[:, :batch.tokens_BxT.shape[1]] = batch.tokens_BxT
-  lengths_B = batch.lengths_B.copy()
-  out_BxN = np.zeros((B, batch.out_len), np.int32)
-  count_B = np.zeros(B, np.int32)
-  done_B = np.zeros(B, bool)
-  key, key_loop = jax.random.split(jax.random.key(seed))
-  for step in range(batch.out_len):
-    if step:
-      key_loop, key = jax.random.split(key_loop)
-    ids_B = np.asarray(next_ids(params, buffer_BxW, lengths_B - 1, key))
-    out_BxN[:, step] = ids_B
-    live = ~done_B
-    count_B += live
-    buffer_BxW[live, lengths_B[live]] = ids_B[live]
-    lengths_B += live
-    done_B |= (ids_B == eos_id) | (count_B >= batch.budgets_B)
-    if done_B.all():
-      break
-  return _results(out_BxN, count_B, eos_id)
+    return trim_at_eos(np.asarray(out_BxN), np.asarray(count_B), self.eos_id)
 
 
 def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:

@@ -10,60 +10,50 @@ A checkpoint of config S becomes a checkpoint of config B that differs only in t
   is then the cumulative total); `reset`: fresh moments and step 0 (a new warmup + cosine over B's steps).
 - freeze_old: the train step zeroes the updates of everything but the new tokens.
 
-The grown state is written into a new workdir. Orbax reads S's arrays straight into B-shaped arrays
-with B's shardings (B's mesh may differ in device count and axis sizes), zero-padding the new rows as
-it reads; the policy's random rows are then written table by table, each shard drawing its own rows on
-its host (counter-based, so the values do not depend on the mesh). So the grown state is the only copy
-ever held (plus one table in flight), no array is gathered whole on one host, and nothing is compiled.
+The grown state is written into a new workdir, in three phases (`grow` runs them; benchmarks/grow.py
+times them one by one): `restore_padded` has Orbax read S's arrays straight into B-shaped arrays with B's
+shardings (B's mesh may differ in device count and axis sizes), zero-padding the new rows as it reads;
+`fill_state` writes the policy's random rows table by table, each shard drawing its own rows on its host
+(counter-based, so the values do not depend on the mesh); `save` commits the checkpoint. So the grown
+state is the only copy ever held (plus one table in flight), no array is gathered whole on one host, and
+nothing is compiled.
 """
+import dataclasses
 import os
-import time
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from tokenformer_jax import checkpoint, data, sharding
+from tokenformer_jax import model as model_lib
 from tokenformer_jax import state as state_lib
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.pattention import wang_std
 
-# token-count group → its config key and the Pattentions that hold that many tokens
-GROUPS = {'qkv': ('query', 'key', 'value'), 'proj': ('proj',), 'ffn': ('mlp',)}
-GROWABLE_KEYS = ('n_qkv', 'n_proj', 'n_ffn', 'n_ref_qkv', 'n_ref_proj', 'n_ref_ffn')
-
-
-def counts(model_cfg) -> dict[str, int]:
-  return {group: int(model_cfg[f'n_{group}']) for group in GROUPS}
-
-
-def _group_of(layer_name: str) -> str | None:
-  for group, names in GROUPS.items():
-    if layer_name in names:
-      return group
-  return None
+GROWABLE_KEYS = tuple(f'n_{group}' for group in model_lib.TOKEN_GROUPS) + checkpoint.N_REF_KEYS
 
 
 def grown_config(cfg_b, model_s: dict) -> ml_collections.ConfigDict:
   """B's config with τ settled by the policy; refuses anything but more tokens (naming it)."""
   m = cfg_b.model
-  diffs = [f'model.{k}: checkpoint {model_s.get(k)!r}, config {m[k]!r}'
-           for k in checkpoint.MODEL_KEYS if k not in GROWABLE_KEYS and model_s.get(k) != m[k]]
+  diffs = checkpoint.model_differences(model_s, m, ignore=GROWABLE_KEYS)
   if diffs:
     raise UserError('growth only adds parameter tokens; the config also changes ' + '; '.join(diffs))
-  for group, names in GROUPS.items():
+  for group, layers in model_lib.TOKEN_GROUPS.items():
     old, new = int(model_s[f'n_{group}']), int(m[f'n_{group}'])
     if new < old:
       raise UserError(
-          f'cannot grow to fewer tokens: params/blocks/{names[0]}/key_tokens: checkpoint '
+          f'cannot grow to fewer tokens: params/blocks/{layers[0]}/key_tokens: checkpoint '
           f'({model_s["num_layers"]}, {old}, {m.d_model}), config ({m.num_layers}, {new}, {m.d_model})')
   grown = ml_collections.ConfigDict(cfg_b.to_dict())
-  for group in GROUPS:
+  for group in model_lib.TOKEN_GROUPS:
     # exact: τ stays at the checkpoint's (its frozen count, else its token count); paper: τ = √n
     old_ref = int(model_s[f'n_ref_{group}']) or int(model_s[f'n_{group}'])
     grown.model[f'n_ref_{group}'] = old_ref if cfg_b.growth.policy == 'exact' else 0
+  grown.lock()
   return grown
 
 
@@ -107,7 +97,7 @@ def _index_key(index) -> tuple:
 
 def fill_state(padded, spec_b, cfg_b, old_counts: dict[str, int], seed: int):
   """The grown state from one whose token tables already hold zeros in the new rows (Orbax pads them
-  while restoring, see checkpoint.restore_grown): writes the policy's random rows (values; keys too
+  while restoring, see restore_padded): writes the policy's random rows (values; keys too
   under `paper`) leaf by leaf, and for `reset` a fresh optimizer state and step 0.
 
   Nothing is compiled for `carry` (the common case), and at most one table is held twice at a time."""
@@ -116,8 +106,8 @@ def fill_state(padded, spec_b, cfg_b, old_counts: dict[str, int], seed: int):
   leaves, treedef = jax.tree_util.tree_flatten_with_path(padded['params'])
   filled = []
   for i, (path, x) in enumerate(leaves):
-    keys = [checkpoint.key_name(e) for e in path]
-    group = _group_of(keys[-2]) if keys[-1].endswith('_tokens') else None
+    keys = tuple(checkpoint.path_string(path).split('/'))
+    group = model_lib.token_group(keys)
     std = 0.0 if group is None else (
         value_std if keys[-1] == 'value_tokens' else (0.0 if policy == 'exact' else m.key_init_std))
     if std and old_counts[group] < x.shape[1]:
@@ -131,48 +121,21 @@ def fill_state(padded, spec_b, cfg_b, old_counts: dict[str, int], seed: int):
           'step': jax.device_put(np.zeros((), np.int32), spec_b.shardings['step'])}
 
 
-def pad_state(state, spec_b):
-  """In-memory counterpart of checkpoint.restore_grown: zero rows appended along each token axis."""
-  def pad(x, target):
-    widths = [(0, t - s) for s, t in zip(x.shape, target.shape)]
-    return jnp.pad(x, widths) if any(w for _, w in widths) else x
-  return jax.jit(lambda s: jax.tree.map(pad, s, spec_b.abstract),
-                 out_shardings=spec_b.shardings)(state)
+@dataclasses.dataclass
+class Plan:
+  """A checked growth of SRC's checkpoint `step` into DST, before any array is read."""
+  src: Any                  # the source workdir's CheckpointManager
+  step: int
+  dst: Any                  # the destination's (empty) CheckpointManager
+  cfg: ml_collections.ConfigDict      # B's config with τ settled (grown_config)
+  old_counts: dict[str, int]
+  spec: state_lib.StateSpec
+  data_iter: Any            # restored with the state: the data position goes on
+  meta: dict                # saved with the grown checkpoint
 
 
-def grow_state(state, spec_b, cfg_b, old_counts: dict[str, int], seed: int):
-  """Grows an in-memory state (used by tests and tools; `grow` works from checkpoints)."""
-  return fill_state(pad_state(state, spec_b), spec_b, cfg_b, old_counts, seed)
-
-
-def freeze_old_updates(updates, old_counts: dict[str, int]):
-  """Zeroes every update except the rows of tokens added after `old_counts`."""
-  def mask(path, u):
-    keys = [checkpoint.key_name(e) for e in path]
-    group = _group_of(keys[-2]) if len(keys) >= 2 and keys[-1].endswith('_tokens') else None
-    if group is None:
-      return jnp.zeros_like(u)
-    new_rows = jnp.arange(u.shape[1]) >= old_counts[group]
-    return u * new_rows.reshape((1, -1) + (1,) * (u.ndim - 2)).astype(u.dtype)
-  return jax.tree_util.tree_map_with_path(mask, updates)
-
-
-def _peak_rss_MiB() -> float | None:
-  """This process's peak resident memory so far (None where the OS does not report it)."""
-  try:
-    import resource
-  except ImportError:
-    return None
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def grow(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None,
-         timings: dict | None = None) -> int:
-  """Grows SRC's checkpoint (latest, or `step`) into a checkpoint of cfg_b in DST; returns its step.
-
-  `timings`, if given, receives the seconds spent restoring, growing and saving, and the peak RSS after
-  each."""
-  timings = {} if timings is None else timings
+def plan(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> Plan:
+  """Every check of a growth (source step, empty destination, same tokenizer, only more tokens)."""
   src = checkpoint.manager(src_workdir, create=False)
   available = src.all_steps()
   if not available:
@@ -185,40 +148,41 @@ def grow(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None,
     raise UserError(f'{dst_workdir} already holds a checkpoint; grow into a new workdir')
   meta_s = checkpoint.read_meta(src, step)
   cfg_s = ml_collections.ConfigDict(meta_s['config'])
-  diffs = [f'data.{k}: checkpoint {cfg_s.data[k]!r}, config {cfg_b.data[k]!r}'
-           for k in checkpoint.DATA_KEYS if cfg_s.data[k] != cfg_b.data[k]]
+  diffs = checkpoint.data_differences(meta_s['config']['data'], cfg_b.data)
   if diffs:
     raise UserError('growth keeps the tokenizer; the config changes ' + '; '.join(diffs))
   grown_cfg = grown_config(cfg_b, meta_s['config']['model'])
   vocab = meta_s['vocab_size']
-
   spec_b = state_lib.make_spec(grown_cfg, vocab, sharding.make_mesh(cfg_b.mesh))
-
-  cache_dir = cfg_b.data.cache_dir or os.path.join(src_workdir, 'data')
-  corpus = data.prepare_corpus(cfg_b.data, cache_dir)
+  corpus = data.prepare_corpus(cfg_b.data, data.cache_dir_for(cfg_b.data, src_workdir))
   n_proc, proc = jax.process_count(), jax.process_index()
   data_iter = data.train_iterator(corpus.train_tokens, cfg_b.data.seq_len,
                                   cfg_b.train.batch_size // n_proc, cfg_b.seed, proc, n_proc)
-  clock = time.perf_counter()
-  padded = checkpoint.restore_grown(src, step, state_lib.abstract_targets(spec_b), data_iter)
-  jax.block_until_ready(padded)
-  timings['restore_s'] = time.perf_counter() - clock
-  timings['peak_rss_after_restore_MiB'] = _peak_rss_MiB()
-  clock = time.perf_counter()
-  state_b = fill_state(padded, spec_b, grown_cfg, counts(cfg_s.model), cfg_b.growth.seed)
-  jax.block_until_ready(state_b)
-  timings['grow_s'] = time.perf_counter() - clock
-  timings['peak_rss_after_grow_MiB'] = _peak_rss_MiB()
-  clock = time.perf_counter()
-  new_step = int(state_b['step'])
+  old_counts = model_lib.token_counts(cfg_s.model)
   meta = checkpoint.run_meta(grown_cfg, vocab)
-  meta['grown_from'] = {'workdir': os.path.abspath(src_workdir), 'step': step,
-                        'counts': counts(cfg_s.model), 'policy': cfg_b.growth.policy,
-                        'optimizer': cfg_b.growth.optimizer}
-  checkpoint.save(dst, new_step, state_b, data_iter, meta)
-  timings['save_s'] = time.perf_counter() - clock
-  timings['peak_rss_after_save_MiB'] = _peak_rss_MiB()
-  logging.info('grew %s step %d (%s) into %s step %d (%s), policy %s, optimizer %s', src_workdir,
-               step, counts(cfg_s.model), dst_workdir, new_step, counts(grown_cfg.model),
-               cfg_b.growth.policy, cfg_b.growth.optimizer)
+  meta['grown_from'] = {'workdir': os.path.abspath(src_workdir), 'step': step, 'counts': old_counts,
+                        'policy': cfg_b.growth.policy, 'optimizer': cfg_b.growth.optimizer}
+  return Plan(src, step, dst, grown_cfg, old_counts, spec_b, data_iter, meta)
+
+
+def restore_padded(p: Plan):
+  """The source state in B's shapes and shardings, the new token rows zero (Orbax pads while reading)."""
+  return checkpoint.restore(p.src, p.step, state_lib.abstract_targets(p.spec), p.data_iter,
+                            grows_tokens=True)
+
+
+def save(p: Plan, state_b) -> int:
+  """Commits the grown state (and the data position) as DST's first checkpoint; returns its step."""
+  new_step = int(state_b['step'])
+  checkpoint.save(p.dst, new_step, state_b, p.data_iter, p.meta)
+  logging.info('grew %s step %d (%s) into %s step %d (%s), policy %s, optimizer %s', p.src.directory,
+               p.step, p.old_counts, p.dst.directory, new_step, model_lib.token_counts(p.cfg.model),
+               p.cfg.growth.policy, p.cfg.growth.optimizer)
   return new_step
+
+
+def grow(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> int:
+  """Grows SRC's checkpoint (latest, or `step`) into a checkpoint of cfg_b in DST; returns its step."""
+  p = plan(cfg_b, src_workdir, dst_workdir, step)
+  state_b = fill_state(restore_padded(p), p.spec, p.cfg, p.old_counts, cfg_b.growth.seed)
+  return save(p, state_b)

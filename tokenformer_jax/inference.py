@@ -2,8 +2,8 @@
 
 Generation and evaluation read only the parameters (never the optimizer state), from a training
 checkpoint or an imported one (convert.py), saved on any mesh: Orbax reads each shard straight onto this
-mesh's devices. The config must describe the same model as the checkpoint (checkpoint.check_config); a
-config that leaves the frozen-τ counts n_ref_* at 0 takes the checkpoint's, as training does, so a grown
+mesh's devices. The config must describe the same model as the checkpoint (checkpoint.check_config),
+after taking the checkpoint's frozen-τ counts as training does (checkpoint.adopt_frozen_tau), so a grown
 checkpoint is sampled with its growth config or its base config alike.
 """
 import dataclasses
@@ -41,9 +41,11 @@ def load(cfg, workdir: str, step: int | None = None) -> Restored:
     raise UserError(f'no checkpoint in {workdir}: train one there first (--mode=train) or import '
                     f'one (--mode=convert)')
   meta = checkpoint.read_meta(mngr, step)
+  cfg = checkpoint.adopt_frozen_tau(cfg, meta)
   checkpoint.check_config(meta, cfg, step)
   spec = state_lib.make_spec(cfg, meta['vocab_size'], sharding.make_mesh(cfg.mesh))
-  params = checkpoint.restore_params(mngr, step, state_lib.abstract_targets(spec)['params'])
+  targets = {'params': state_lib.abstract_targets(spec)['params']}
+  params = checkpoint.restore(mngr, step, targets)['params']
   return Restored(spec, params, step, meta)
 
 

@@ -5,13 +5,12 @@ unknown key is an error. Bad input ends with one line on stderr naming the probl
 """
 import logging as std_logging
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tokenformer_jax import host_memory
-from tokenformer_jax.errors import UserError
+from tokenformer_jax import platforms
+from tokenformer_jax.errors import UserError, fail, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the data cache go.')
@@ -63,33 +62,14 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or not noisy
 
 
-def fail(message: str) -> None:
-  print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def parse_flags(argv):
-  """absl flag parsing; config_flags raises plain KeyError/AttributeError for unknown keys."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    fail(f'{lines[0]} {lines[-1]}' if len(lines) > 1 and 'Traceback' in str(e) else str(e))
-  except (KeyError, AttributeError, TypeError, ValueError) as e:
-    detail = str(e).replace('\\n', ' ').replace('\\', '').replace('"', '').replace("'", '')
-    fail(f'bad config override: unknown key {detail}')
-
-
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  from tokenformer_jax import config as config_lib
   try:
-    cfg = _CONFIG.value
-    if cfg is None:
-      fail('--config is required (e.g. --config=experiments/tiny.py)')
-    cfg.to_dict()  # a config file that failed to load raises here
-  except (OSError, ValueError) as e:
-    fail(f'cannot load --config: {e}')
+    cfg = config_lib.from_flag(_CONFIG)
+  except UserError as e:
+    fail(e)
   if _MODE.value == 'compile':  # no workdir, data or runtime: compiles for TPUs this machine lacks
     from tokenformer_jax import aot
     try:
@@ -131,7 +111,7 @@ def main(argv):
 
 
 def run():
-  host_memory.reexec()
+  platforms.choose()
   app.run(main, flags_parser=parse_flags)
 
 

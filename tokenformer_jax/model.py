@@ -29,6 +29,25 @@ from tokenformer_jax.pattention import EMBED_AXIS, Pattention, gelu, logical_par
 # The residual stream [B, T, D]: batch split over the data axes, the rest whole on each device.
 ACTIVATION_AXES = ('batch', None, None)
 
+# The parameter-token tables, by the config key that sets their token count (model.n_<group>): group →
+# the Block attributes holding a Pattention of that many tokens. Growth, freezing and import find the
+# tables through this (`token_group`), nowhere else.
+TOKEN_GROUPS = {'qkv': ('query', 'key', 'value'), 'proj': ('proj',), 'ffn': ('mlp',)}
+TOKEN_TABLES = ('key_tokens', 'value_tokens')     # each Pattention's two tables, [L, n, d] when stacked
+
+
+def token_group(path: tuple[str, ...]) -> str | None:
+  """The group of the token table at this params path (('blocks', 'mlp', 'key_tokens') → 'ffn'), or
+  None for any other parameter."""
+  if len(path) < 2 or path[-1] not in TOKEN_TABLES:
+    return None
+  return next((group for group, layers in TOKEN_GROUPS.items() if path[-2] in layers), None)
+
+
+def token_counts(m) -> dict[str, int]:
+  """{'qkv': n_qkv, 'proj': n_proj, 'ffn': n_ffn} of a model config."""
+  return {group: int(m[f'n_{group}']) for group in TOKEN_GROUPS}
+
 REMAT = {
     'none': None,
     'block': jax.checkpoint_policies.nothing_saveable,
@@ -110,7 +129,7 @@ def _projection(m, num_tokens, n_ref, std, axes, *, rngs):
   dtype = jnp.dtype(m.dtype)
   if m.kind == 'tokenformer':
     return Pattention(m.d_model, m.d_model, num_tokens, key_std=m.key_init_std, value_std=_value_std(m),
-                      n_ref=n_ref or None, dtype=dtype, rngs=rngs)
+                      n_ref=n_ref or None, dtype=dtype, gelu_impl=m.gelu_impl, rngs=rngs)
   return Linear(m.d_model, m.d_model, std, axes, dtype=dtype, rngs=rngs)
 
 
@@ -120,11 +139,12 @@ class DenseMLP(nnx.Module):
   def __init__(self, m, *, rngs: nnx.Rngs):
     width = m.mlp_dim or 4 * m.d_model
     dtype = jnp.dtype(m.dtype)
+    self.gelu_impl = m.gelu_impl
     self.up = Linear(m.d_model, width, m.key_init_std, (EMBED_AXIS, 'mlp'), dtype=dtype, rngs=rngs)
     self.down = Linear(width, m.d_model, _value_std(m), ('mlp', EMBED_AXIS), dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    return self.down(gelu(self.up(x)))
+    return self.down(gelu(self.up(x), self.gelu_impl))
 
 
 class Block(nnx.Module):
@@ -144,7 +164,8 @@ class Block(nnx.Module):
     self.proj = _projection(m, m.n_proj, m.n_ref_proj, out_std, proj_axes, rngs=rngs)
     if m.kind == 'tokenformer':
       self.mlp = Pattention(m.d_model, m.d_model, m.n_ffn, key_std=m.key_init_std, value_std=out_std,
-                            n_ref=m.n_ref_ffn or None, dtype=self.dtype, rngs=rngs)
+                            n_ref=m.n_ref_ffn or None, dtype=self.dtype, gelu_impl=m.gelu_impl,
+                            rngs=rngs)
     else:
       self.mlp = DenseMLP(m, rngs=rngs)
 
@@ -288,22 +309,9 @@ class Decoder(nnx.Module):
     return logits_BxV, KVCache(k_cache, v_cache, cache.lengths_B + num_new_B.astype(jnp.int32))
 
 
-def for_platform(m: ml_collections.ConfigDict, platform: str,
-                 seq_len: int | None = None) -> ml_collections.ConfigDict:
-  """A copy of the model config with the per-platform defaults filled in, for the platform the model
-  will run on (the mesh's, which for an AOT compile is not this process's backend):
-  attention_impl '' → attention.default_impl (which may look at the training seq_len); scan_unroll 0 → all layers on CPU (the unrolled loop
-  saves the stacked residual copies there; 6 layers of config (b): −6% step time), 1 elsewhere."""
-  m = ml_collections.ConfigDict(m.to_dict())
-  if not m.attention_impl:
-    m.attention_impl = attention.default_impl(m.dtype, platform, seq_len)
-  if not m.scan_unroll:
-    m.scan_unroll = m.num_layers if platform == 'cpu' else 1
-  return m
-
-
 def build(m: ml_collections.ConfigDict, vocab_size: int, seed: int) -> Decoder:
-  """Builds a model; logical axis names are metadata only (placement is done by sharding.py)."""
+  """Builds a model from a resolved model config (config.resolve_model); logical axis names are
+  metadata only (placement is done by sharding.py)."""
   with nnx.use_eager_sharding(False):
     return Decoder(m, vocab_size, rngs=nnx.Rngs(params=seed))
 
@@ -312,12 +320,6 @@ def abstract_model(m: ml_collections.ConfigDict, vocab_size: int) -> Decoder:
   """The model with ShapeDtypeStruct leaves: shapes and axis names, nothing allocated."""
   with nnx.use_eager_sharding(False):
     return nnx.eval_shape(lambda: Decoder(m, vocab_size, rngs=nnx.Rngs(params=0)))
-
-
-def count_params(m: ml_collections.ConfigDict, vocab_size: int) -> int:
-  """Number of parameters from abstract shapes."""
-  _, params = nnx.split(abstract_model(m, vocab_size), nnx.Param)
-  return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
 def nonembedding_params(m: ml_collections.ConfigDict) -> int:
@@ -331,6 +333,10 @@ def nonembedding_params(m: ml_collections.ConfigDict) -> int:
   return per_layer * L + 2 * d
 
 
-def expected_params(m: ml_collections.ConfigDict, vocab_size: int) -> int:
-  """Closed-form total parameter count (tied embedding counted once)."""
-  return nonembedding_params(m) + vocab_size * m.d_model
+def dense_mlp_dim_matching(m: ml_collections.ConfigDict) -> int:
+  """The dense baseline's mlp_dim with TokenFormer m's non-embedding parameters:
+  4·d² + 2·d·mlp = 2·d·(3·n_qkv + n_proj + n_ffn)."""
+  width = 3 * m.n_qkv + m.n_proj + m.n_ffn - 2 * m.d_model
+  if width <= 0:
+    raise ValueError(f'too few parameter tokens for a dense model of equal size (mlp_dim {width})')
+  return width

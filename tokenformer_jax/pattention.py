@@ -11,7 +11,8 @@ Equivalently a d_in → n → d_out MLP whose hidden pre-activations pass throug
 is given a fixed `n_ref`: growth that must preserve the function freezes τ at the pre-growth count.
 
 The norm is taken in float32 even for bf16 activations. Over a token axis sharded across devices the sum of
-squares is a cross-device reduction that XLA inserts, so the result stays exact.
+squares is a cross-device reduction that XLA inserts, so the result stays exact. GELU is exact in either of
+two forms (`gelu_impl`, resolved per platform by config.resolve_model).
 """
 import functools
 import math
@@ -21,15 +22,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tokenformer_jax import sharding
-
 # Logical axis names of the parameter tables; `sharding.py` maps them to mesh axes via config rules.
 TOKENS_AXIS = 'param_tokens'
 EMBED_AXIS = 'embed'
 
 
 def pattention(x: jax.Array, key_tokens: jax.Array, value_tokens: jax.Array,
-               n_ref: Optional[int] = None) -> jax.Array:
+               n_ref: Optional[int] = None, gelu_impl: str = 'erf') -> jax.Array:
   """Pure Pattention: x [..., d_in], key_tokens [n, d_in], value_tokens [n, d_out] → [..., d_out].
 
   Computes in x's dtype (tables are cast to it); the norm and GELU run in at least float32. A row whose scores are
@@ -42,7 +41,7 @@ def pattention(x: jax.Array, key_tokens: jax.Array, value_tokens: jax.Array,
   tau = float(n if n_ref is None else n_ref) ** 0.5
   # Tokens flattened to one axis: the weight gradients then contract one axis, not (batch, seq).
   x_MxI = x.reshape(-1, x.shape[-1])
-  y_MxO = _pattention_2d(x_MxI, key_tokens.astype(x.dtype), value_tokens.astype(x.dtype), tau)
+  y_MxO = _pattention_2d(x_MxI, key_tokens.astype(x.dtype), value_tokens.astype(x.dtype), tau, gelu_impl)
   return y_MxO.reshape(*x.shape[:-1], value_tokens.shape[1])
 
 
@@ -58,25 +57,25 @@ def _inverse_norm(scores_MxN: jax.Array) -> jax.Array:
   return jnp.where(nonzero, jax.lax.rsqrt(jnp.where(nonzero, sumsq, 1.0)), 0.0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _pattention_2d(x_MxI, keys_NxI, values_NxO, tau):
-  return _forward(x_MxI, keys_NxI, values_NxO, tau)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _pattention_2d(x_MxI, keys_NxI, values_NxO, tau, gelu_impl):
+  return _forward(x_MxI, keys_NxI, values_NxO, tau, gelu_impl)[0]
 
 
-def _forward(x_MxI, keys_NxI, values_NxO, tau):
+def _forward(x_MxI, keys_NxI, values_NxO, tau, gelu_impl):
   """The forward pass. Saves the scores (in the compute dtype, as the matmul produced them), the inverse
   norms [M, 1] and, when they are stored in at least float32, the GELU outputs the second matmul read:
   the backward recomputes u from the scores and takes Φ(u) from those outputs (see `gelu_grad`)."""
   scores_MxN = x_MxI @ keys_NxI.T
   inv_norm_Mx1 = _inverse_norm(scores_MxN)
   u_MxN = scores_MxN.astype(inv_norm_Mx1.dtype) * (tau * inv_norm_Mx1)
-  weights_MxN = gelu(u_MxN).astype(x_MxI.dtype)
+  weights_MxN = gelu(u_MxN, gelu_impl).astype(x_MxI.dtype)
   y_MxO = weights_MxN @ values_NxO
   saved_weights = weights_MxN if _keeps_cdf(weights_MxN.dtype) else None
   return y_MxO, (x_MxI, keys_NxI, values_NxO, scores_MxN, inv_norm_Mx1, saved_weights)
 
 
-def _backward(tau, saved, dy_MxO):
+def _backward(tau, gelu_impl, saved, dy_MxO):
   """Hand-written backward of y = GELU(τ·S/‖S‖) V with S = x Kᵀ (u = τ·S/‖S‖, r = 1/‖S‖):
 
     dG = dy Vᵀ;  du = dG · GELU'(u);  dS = τ·r·(du − r²·S·⟨du, S⟩);  dx = dS K;  dK = dSᵀ x;  dV = Gᵀ dy
@@ -86,7 +85,9 @@ def _backward(tau, saved, dy_MxO):
   The reduction is taken against the saved scores S rather than u (⟨du, u⟩ = τ·r·⟨du, S⟩): XLA:CPU
   then feeds it the matmul's output instead of writing u out as one more [M, n] array (−14% of the
   tiny config's temporaries; its step 8-30% and config (b)'s 1-4% faster, one process per variant).
+  The backward is the same for either GELU form.
   """
+  del gelu_impl
   x_MxI, keys_NxI, values_NxO, scores_MxN, inv_norm_Mx1, saved_weights_MxN = saved
   dtype = x_MxI.dtype
   s_MxN = scores_MxN.astype(inv_norm_Mx1.dtype)
@@ -108,15 +109,15 @@ def _backward(tau, saved, dy_MxO):
   return dx_MxI, dkeys_NxI, dvalues_NxO
 
 
-def gelu(u):
-  """Exact GELU. On CPU as u·Φ(u) with erf, whose kernel is faster there (−3% of config (b)'s step),
-  differentiated by `gelu_grad` from its own output; elsewhere jax.nn.gelu's erfc form, which the TPU
-  compiler keeps in less memory (the erf form costs progressive 1.4B on v5p-8 20 GiB more per device).
-  The platform is the traced step's mesh's. The dense baseline's MLP uses it too, so the two kinds are
-  compared on the same GELU."""
-  if sharding.platform() == 'cpu':
+def gelu(u, impl: str):
+  """Exact GELU: 'erf' as u·Φ(u) with erf, differentiated by `gelu_grad` from its own output; 'erfc' as
+  jax.nn.gelu. Which is faster where is config.resolve_model's choice. The dense baseline's MLP uses it
+  too, so the two kinds are compared on the same GELU."""
+  if impl == 'erf':
     return _gelu_erf(u)
-  return jax.nn.gelu(u, approximate=False)
+  if impl == 'erfc':
+    return jax.nn.gelu(u, approximate=False)
+  raise ValueError(f'unknown GELU implementation {impl!r}')
 
 
 def _erf_gelu(u):
@@ -183,21 +184,23 @@ class Pattention(nnx.Module):
   """Pattention layer holding its key and value parameter tokens.
 
   Both tables are [n, d] with logical axes (param_tokens, embed), so the token axis can be sharded.
-  `n_ref` freezes τ = √n_ref (None: τ = √n of the current table).
+  `n_ref` freezes τ = √n_ref (None: τ = √n of the current table). Parameters are float32.
   """
 
   def __init__(self, d_in: int, d_out: int, num_tokens: int, *, key_std: float, value_std: float,
-               n_ref: Optional[int] = None, dtype=jnp.float32, param_dtype=jnp.float32,
+               n_ref: Optional[int] = None, dtype=jnp.float32, gelu_impl: str = 'erf',
                rngs: nnx.Rngs):
     if num_tokens <= 0:
       raise ValueError(f'num_tokens must be positive, got {num_tokens}')
     self.n_ref = n_ref
     self.dtype = dtype
+    self.gelu_impl = gelu_impl
     axes = (TOKENS_AXIS, EMBED_AXIS)
     self.key_tokens = logical_param(
-        key_std * jax.random.normal(rngs.params(), (num_tokens, d_in), param_dtype), axes)
+        key_std * jax.random.normal(rngs.params(), (num_tokens, d_in), jnp.float32), axes)
     self.value_tokens = logical_param(
-        value_std * jax.random.normal(rngs.params(), (num_tokens, d_out), param_dtype), axes)
+        value_std * jax.random.normal(rngs.params(), (num_tokens, d_out), jnp.float32), axes)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return pattention(x.astype(self.dtype), self.key_tokens[...], self.value_tokens[...], self.n_ref)
+    return pattention(x.astype(self.dtype), self.key_tokens[...], self.value_tokens[...], self.n_ref,
+                      self.gelu_impl)

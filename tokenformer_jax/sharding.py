@@ -111,13 +111,6 @@ def active():
   return getattr(_ACTIVE, 'value', None)
 
 
-def platform() -> str:
-  """The platform the code being traced will run on: the active mesh's (for an AOT compile not this
-  process's backend), else this process's default backend."""
-  current = active()
-  return current[0].devices.flat[0].platform if current else jax.default_backend()
-
-
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Pins x's sharding to its logical axis names under the active mesh and rules (else a no-op).
   Without it XLA may shard activations along the model dimension and replicate the batch."""

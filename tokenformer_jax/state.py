@@ -10,10 +10,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from tokenformer_jax import config as config_lib
 from tokenformer_jax import model as model_lib
 from tokenformer_jax import optimizer, sharding
 
@@ -22,7 +24,7 @@ from tokenformer_jax import optimizer, sharding
 class StateSpec:
   """What is static about a train state: model graph, optimizer, shapes and shardings."""
   graphdef: Any
-  model_cfg: Any       # cfg.model with the platform defaults resolved (model.for_platform)
+  model_cfg: Any       # cfg.model with the platform defaults resolved (config.resolve_model)
   tx: optax.GradientTransformation
   abstract: Any        # ShapeDtypeStruct tree of the state
   shardings: Any       # NamedSharding tree of the state
@@ -30,14 +32,29 @@ class StateSpec:
   vocab_size: int
 
 
-def make_spec(cfg, vocab_size: int, mesh: Mesh) -> StateSpec:
-  model_cfg = model_lib.for_platform(cfg.model, mesh.devices.flat[0].platform, cfg.data.seq_len)
+def new_token_multipliers(abstract_params, old_counts: dict[str, int]):
+  """optimizer.frozen_rows multipliers that train only the token rows past `old_counts` (growth's
+  freeze_old): 1 for those rows of every token table, 0 for everything else."""
+  def multiplier(path, leaf):
+    group = model_lib.token_group(tuple(jax.tree_util.keystr(path, simple=True, separator='/').split('/')))
+    if group is None:
+      return np.zeros((), np.float32)
+    new_rows = (np.arange(leaf.shape[1]) >= old_counts[group]).astype(np.float32)
+    return new_rows.reshape((1, -1) + (1,) * (leaf.ndim - 2))
+  return jax.tree_util.tree_map_with_path(multiplier, abstract_params)
+
+
+def make_spec(cfg, vocab_size: int, mesh: Mesh, frozen_counts: dict[str, int] | None = None) -> StateSpec:
+  """The spec of cfg's train state on `mesh`; with frozen_counts ({'qkv': n, 'proj': n, 'ffn': n}) the
+  optimizer updates only the tokens past those counts."""
+  model_cfg = config_lib.resolve_model(cfg.model, mesh.devices.flat[0].platform, cfg.data.seq_len)
   abstract_model = model_lib.abstract_model(model_cfg, vocab_size)
   graphdef, param_state = nnx.split(abstract_model, nnx.Param)
   logical = nnx.to_pure_dict(nnx.get_partition_spec(param_state))
   abstract_params = nnx.to_pure_dict(param_state)
   params_sh = sharding.param_shardings(logical, abstract_params, mesh, cfg.sharding_rules)
-  tx = optimizer.make_optimizer(cfg.optimizer, cfg.train.steps)
+  multipliers = None if frozen_counts is None else new_token_multipliers(abstract_params, frozen_counts)
+  tx = optimizer.make_optimizer(cfg.optimizer, cfg.train.steps, multipliers)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   rep = sharding.replicated(mesh)
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, params_sh,

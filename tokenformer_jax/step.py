@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tokenformer_jax import growth, optimizer, sharding
+from tokenformer_jax import optimizer, sharding
 from tokenformer_jax import state as state_lib
 
 
@@ -13,11 +13,9 @@ def token_losses(spec, params, tokens_BxT1):
   return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, tokens_BxT1[:, 1:])
 
 
-def make_train_step(spec, cfg, frozen_counts: dict | None = None):
-  """(state, tokens [B, T+1]) → (state, metrics); gradients averaged over cfg.train.grad_accum.
-
-  frozen_counts ({'qkv': n, 'proj': n, 'ffn': n}): only tokens past these counts are updated.
-  """
+def make_train_step(spec, cfg):
+  """(state, tokens [B, T+1]) → (state, metrics); gradients averaged over cfg.train.grad_accum, the
+  update made by spec.tx (which may freeze some parameters: state.make_spec)."""
   accum = cfg.train.grad_accum
   lr_schedule = optimizer.schedule(cfg.optimizer, cfg.train.steps)
 
@@ -47,8 +45,6 @@ def make_train_step(spec, cfg, frozen_counts: dict | None = None):
       (loss, grads), _ = jax.lax.scan(one, (jnp.zeros((), jnp.float32), zeros), micro)
       loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
     updates, opt_state = spec.tx.update(grads, state['opt_state'], params)
-    if frozen_counts is not None:
-      updates = growth.freeze_old_updates(updates, frozen_counts)
     new_state = {'params': optax.apply_updates(params, updates), 'opt_state': opt_state,
                  'step': state['step'] + 1}
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'lr': lr_schedule(state['step'])}

@@ -87,5 +87,5 @@ def for_run(cfg, workdir: str, need_corpus: bool = False):
     return load_file(name), None
   if name and not need_corpus:
     return load_file(name), None
-  corpus = data.prepare_corpus(cfg.data, cfg.data.cache_dir or os.path.join(workdir, 'data'))
+  corpus = data.prepare_corpus(cfg.data, data.cache_dir_for(cfg.data, workdir))
   return SentencePieceTokenizer(corpus.tokenizer), corpus

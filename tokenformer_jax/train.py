@@ -6,7 +6,6 @@ A workdir holding a checkpoint of a different model is refused before anything i
 """
 import dataclasses
 import math
-import os
 import signal
 import sys
 import time
@@ -30,6 +29,7 @@ class RunResult:
   step: int
   train_losses: dict          # step → loss of that step
   val_losses: dict            # step → validation loss
+  cfg: Any = None             # the config the run trained with (the checkpoint's frozen τ adopted)
   sample: str = ''
   preempted: bool = False
 
@@ -60,6 +60,7 @@ class _Preemption:
 @dataclasses.dataclass
 class Prepared:
   """Everything a run needs before its first step."""
+  cfg: Any                  # the run's config, with the checkpoint's frozen τ adopted
   mngr: Any
   step: int | None          # the checkpoint to restore (None: start fresh)
   saved_meta: dict | None   # that checkpoint's metadata
@@ -75,10 +76,12 @@ def prepare(cfg, workdir: str, restore_step: int | None = None) -> Prepared:
   saved_meta = None
   if step is not None:  # refuse a different model before the data cache can be rebuilt
     saved_meta = checkpoint.read_meta(mngr, step)
+    cfg = checkpoint.adopt_frozen_tau(cfg, saved_meta)
     checkpoint.check_config(saved_meta, cfg, step)
-  if cfg.growth.freeze_old and not (saved_meta or {}).get('grown_from'):
+  grown_from = (saved_meta or {}).get('grown_from')
+  if cfg.growth.freeze_old and not grown_from:
     raise UserError('growth.freeze_old needs a grown checkpoint in the workdir (see --mode=grow)')
-  cache_dir = cfg.data.cache_dir or os.path.join(workdir, 'data')
+  cache_dir = data.cache_dir_for(cfg.data, workdir)
   # Process 0 builds the data cache first; the others then find it (or build their own on hosts
   # that do not share the filesystem).
   if jax.process_index() == 0:
@@ -89,8 +92,9 @@ def prepare(cfg, workdir: str, restore_step: int | None = None) -> Prepared:
     corpus = data.prepare_corpus(cfg.data, cache_dir)
   vocab = config_lib.padded_vocab(cfg.model, corpus.vocab_size)
   mesh = sharding.make_mesh(cfg.mesh)
-  spec = state_lib.make_spec(cfg, vocab, mesh)
-  return Prepared(mngr, step, saved_meta, corpus, spec)
+  frozen = grown_from['counts'] if cfg.growth.freeze_old else None
+  spec = state_lib.make_spec(cfg, vocab, mesh, frozen_counts=frozen)
+  return Prepared(cfg, mngr, step, saved_meta, corpus, spec)
 
 
 def evaluate(eval_step, spec, cfg, params, batches) -> float:
@@ -105,9 +109,9 @@ def train(cfg, workdir: str, stop_at_step: int | None = None,
           restore_step: int | None = None) -> RunResult:
   """Trains to cfg.train.steps (or stop_at_step), resuming from the workdir's latest checkpoint
   (or from `restore_step`: later checkpoints are then set aside, never deleted)."""
-  t = cfg.train
   prep = prepare(cfg, workdir, restore_step)
-  mngr, latest, corpus, spec = prep.mngr, prep.step, prep.corpus, prep.spec
+  cfg, mngr, latest, corpus, spec = prep.cfg, prep.mngr, prep.step, prep.corpus, prep.spec
+  t = cfg.train
   n_proc, proc = jax.process_count(), jax.process_index()
   if t.batch_size % n_proc:
     raise UserError(f'train.batch_size={t.batch_size} is not divisible by {n_proc} processes')
@@ -138,11 +142,10 @@ def train(cfg, workdir: str, stop_at_step: int | None = None,
     logging.info('%s model: %.2fM parameters, %.3f GFLOP per step, mesh %s', cfg.model.kind,
                  n_params / 1e6, step_flops / 1e9, dict(spec.mesh.shape))
 
-  frozen = grown_from['counts'] if cfg.growth.freeze_old else None
-  train_step = step_lib.make_train_step(spec, cfg, frozen_counts=frozen)
+  train_step = step_lib.make_train_step(spec, cfg)
   eval_step = step_lib.make_eval_step(spec, cfg)
   writer = metrics.MetricsWriter(workdir)
-  result = RunResult(state=state, step=start, train_losses={}, val_losses={})
+  result = RunResult(state=state, step=start, train_losses={}, val_losses={}, cfg=cfg)
   tokens_per_step = t.batch_size * seq_len
 
   # ---- steps ----
@@ -189,11 +192,14 @@ def train(cfg, workdir: str, stop_at_step: int | None = None,
   return result
 
 
-def sample_text(spec, cfg, params, corpus, prompt: str = 'And God said') -> str:
-  """A few lines continuing `prompt` (KV-cached sampling, temperature 0.8, top-k 40: see generate.py)."""
+def sample_text(spec, cfg, params, corpus) -> str:
+  """train.sample_tokens tokens continuing train.sample_prompt (KV-cached, with the train.sample_*
+  sampling settings: see generate.py); an empty prompt starts a new document."""
+  t = cfg.train
   generator = generate.Generator(spec.graphdef, context=cfg.data.seq_len, vocab_limit=corpus.vocab_size,
                                  eos_id=corpus.eos_id,
-                                 sampling=generate.Sampling(temperature=0.8, top_k=40))
-  ids = generator.generate(params, [corpus.tokenizer.encode(prompt)], cfg.train.sample_tokens,
-                           seed=cfg.seed)[0]
-  return prompt + corpus.tokenizer.decode(ids)
+                                 sampling=generate.Sampling(temperature=t.sample_temperature,
+                                                            top_k=t.sample_top_k))
+  prompt_ids = corpus.tokenizer.encode(t.sample_prompt) or [corpus.eos_id]
+  ids = generator.generate(params, [prompt_ids], t.sample_tokens, seed=cfg.seed)[0]
+  return t.sample_prompt + corpus.tokenizer.decode(ids)
