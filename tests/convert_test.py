@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from tests import reference_numpy as ref
-from tests.conftest import small_config
+from tests.conftest import small_config, write_hf_tokenizer
 from tokenformer_jax import convert, evaluate, generate, inference
 from tokenformer_jax.errors import UserError
 
@@ -164,8 +164,6 @@ def test_bad_files(tmp_path):
 
 def test_imported_checkpoint_generates_and_evaluates_with_a_hf_tokenizer(tmp_path):
   safetensors_numpy = pytest.importorskip('safetensors.numpy')
-  pytest.importorskip('tokenizers')
-  from tests.tokenizer_test import write_hf_tokenizer
   cfg = _config()
   cfg.data.tokenizer = write_hf_tokenizer(tmp_path / 'tokenizer.json', vocab_size=300)
   safetensors_numpy.save_file(reference_state_dict(cfg.model), str(tmp_path / 'model.safetensors'))

@@ -4,26 +4,14 @@ import pytest
 from tokenformer_jax import tokenizer as tokenizer_lib
 from tokenformer_jax.errors import UserError
 
+from tests.conftest import write_hf_tokenizer
+
 TEXT = ('In the beginning God created the heaven and the earth.\n'
         'And the earth was without form, and void; and darkness was upon the face of the deep.\n'
         'And the Spirit of God moved upon the face of the waters.\n')
 
 
-def write_hf_tokenizer(path, vocab_size: int = 300) -> str:
-  """A small byte-level BPE with <|endoftext|>, saved as tokenizer.json (the GPT-NeoX-20B format)."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<|endoftext|>'],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-  tok.train_from_iterator(TEXT.splitlines() * 4, trainer)
-  tok.save(str(path))
-  return str(path)
-
-
 def test_hugging_face_tokenizer_round_trips(tmp_path):
-  pytest.importorskip('tokenizers')
   tok = tokenizer_lib.load_file(write_hf_tokenizer(tmp_path / 'tokenizer.json'))
   assert isinstance(tok, tokenizer_lib.HuggingFaceTokenizer)
   assert tok.eos_id == 0 and tok.vocab_size == 300
@@ -34,7 +22,6 @@ def test_hugging_face_tokenizer_round_trips(tmp_path):
 
 
 def test_tokenizer_without_end_of_text_is_refused(tmp_path):
-  pytest.importorskip('tokenizers')
   from tokenizers import Tokenizer, models
   path = tmp_path / 'tokenizer.json'
   Tokenizer(models.BPE()).save(str(path))
@@ -46,9 +33,8 @@ def test_bad_tokenizer_files(tmp_path):
   with pytest.raises(UserError, match='tokenizer file not found'):
     tokenizer_lib.load_file(str(tmp_path / 'missing.json'))
   (tmp_path / 'bad.json').write_text('{"not": "a tokenizer"}')
-  if pytest.importorskip('tokenizers'):
-    with pytest.raises(UserError, match='not a Hugging Face tokenizer.json'):
-      tokenizer_lib.load_file(str(tmp_path / 'bad.json'))
+  with pytest.raises(UserError, match='not a Hugging Face tokenizer.json'):
+    tokenizer_lib.load_file(str(tmp_path / 'bad.json'))
   (tmp_path / 'bad.model').write_bytes(b'junk')
   with pytest.raises(UserError, match='not a sentencepiece model'):
     tokenizer_lib.load_file(str(tmp_path / 'bad.model'))

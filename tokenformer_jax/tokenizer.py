@@ -1,7 +1,7 @@
 """Tokenizers for generation and evaluation: sentencepiece (ours) or a Hugging Face `tokenizer.json`.
 
 Training always uses sentencepiece (data.py). Inference also accepts a `tokenizer.json` (the `tokenizers`
-package, the optional extra `hf_tokenizer`), because the released reference checkpoints use the
+package), because the released reference checkpoints use the
 GPT-NeoX-20B tokenizer, which ships only in that format. Both are wrapped to the same small interface:
 encode(text) → ids, decode(ids) → text, vocab_size, eos_id.
 
@@ -11,6 +11,7 @@ sentencepiece model), otherwise the one the training run built into the workdir'
 import os
 
 import sentencepiece
+import tokenizers
 
 from tokenformer_jax import corpus as corpus_lib
 from tokenformer_jax import data
@@ -39,11 +40,6 @@ class HuggingFaceTokenizer:
   """A `tokenizer.json` read with the `tokenizers` package; special tokens are dropped on decode."""
 
   def __init__(self, path: str):
-    try:
-      import tokenizers  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise UserError(f'{path} is a Hugging Face tokenizer; reading it needs the `tokenizers` package '
-                      "(pip install 'tokenformer_jax[hf_tokenizer]')") from e
     try:
       self.tokenizer = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # pylint: disable=broad-exception-caught
