@@ -16,6 +16,7 @@ setup(
         'optax>=0.2.5,<0.3',
         'orbax-checkpoint>=0.12,<0.13',
         'grain>=0.2.12,<0.3',
+        'array-record>=0.5,<1',          # the prepared datasets' shard format (grain's random-access files)
         'sentencepiece>=0.2,<0.3',
         'ml_collections>=1.0,<2',
         'absl-py>=2.0,<3',
@@ -27,9 +28,13 @@ setup(
     ],
     extras_require={
         # libtpu (213 MB; Linux x86_64 wheels only) lets tests/aot_test.py compile for TPU topologies
-        # matplotlib: the study's figure (tests/progressive_study_test.py); safetensors: import tests
+        # matplotlib: the study's figure (tests/progressive_study_test.py); safetensors: import tests;
+        # the prepare extra: tests/data_*_test.py
         'test': ['pytest>=8', 'matplotlib>=3.8', 'safetensors>=0.4',
-                 'libtpu==0.0.42.*; platform_system == "Linux" and platform_machine == "x86_64"'],
+                 'libtpu==0.0.42.*; platform_system == "Linux" and platform_machine == "x86_64"',
+                 'apache-beam>=2.60,<3', 'zstandard>=0.22', 'pyarrow>=15'],
+        # python -m tokenformer_jax.prepare: the Beam pipeline, .zst inputs, Parquet inputs
+        'prepare': ['apache-beam>=2.60,<3', 'zstandard>=0.22', 'pyarrow>=15'],
         'tpu': ['libtpu==0.0.42.*'],     # the TPU runtime and compiler matching jax 0.10.2 (--mode=compile)
         'plots': ['matplotlib>=3.8'],
         # --mode=convert: read the released PyTorch checkpoints (.bin/.pt via torch, or .safetensors)

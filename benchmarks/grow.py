@@ -39,7 +39,8 @@ def config(big: bool, cache: str, devices: int):
 def phase(name: str, workdir: str, devices: int) -> dict:
   """One measured phase, in this (fresh) process."""
   import jax
-  from tokenformer_jax import checkpoint, data, growth, sharding
+  from tokenformer_jax import checkpoint, growth, sharding
+  from tokenformer_jax.data import pipeline
   from tokenformer_jax import state as state_lib
   cache = os.path.join(workdir, 'cache')
   src, dst = os.path.join(workdir, 'src'), os.path.join(workdir, 'dst')
@@ -47,11 +48,9 @@ def phase(name: str, workdir: str, devices: int) -> dict:
   start = time.perf_counter()
   if name == 'make_source':
     c = config(False, cache, devices)
-    corpus = data.prepare_corpus(c.data, cache)
     spec = state_lib.make_spec(c, 512, sharding.make_mesh(c.mesh))
     state = state_lib.init_state(spec, c)
-    it = data.train_iterator(corpus.train_tokens, c.data.seq_len, c.train.batch_size, 0)
-    checkpoint.save(checkpoint.manager(src), 0, state, it, checkpoint.run_meta(c, 512))
+    checkpoint.save(checkpoint.manager(src), 0, state, pipeline.Position(), checkpoint.run_meta(c, 512))
     out['params_M'] = state_lib.num_params(spec) / 1e6
     out['state_MiB'] = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
   elif name == 'grow':   # growth's three phases, timed one by one, with the peak RSS after each

@@ -1,8 +1,10 @@
 """The reference TokenFormer Pile models (paper Table 1): --config=experiments/pile.py:150m.
 
 Sizes: 150m, 450m, 900m, 1.5b. Global batch 1024 × 2048 tokens, 143k steps, and the rest of the paper's
-Pile setup (experiments/common.py). Point --config.data.corpus at the training text and
---config.data.tokenizer at a sentencepiece model with that vocabulary.
+Pile setup (experiments/common.py). Prepare the Pile once with the released models' tokenizer,
+  python -m tokenformer_jax.prepare --input='pile/train/*.jsonl.zst' --output=DIR \
+      --tokenizer=20B_tokenizer.json --validation_fraction=0.0005 [-- BEAM_OPTIONS]
+and train with --config.data.prepared=DIR.
 """
 from experiments import common
 from tokenformer_jax.config import base_config

@@ -166,3 +166,19 @@ def test_pattention_cost_reads_the_tpu_cost_model(tmp_path):
 def test_pattention_cost_bad_input(args, message):
   proc = _run([sys.executable, 'benchmarks/pattention_cost.py', *args])
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_data_benchmark_measures_prepare_and_pipeline(tmp_path):
+  out = tmp_path / 'data.json'
+  proc = _run([sys.executable, 'benchmarks/data.py', '--sizes_mb=0.2,0.4', '--pipeline_seconds=0.5',
+               '--seq_len=64', '--batch_size=4', f'--root={tmp_path / "scratch"}', f'--json={out}'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(out.read_text())
+  rows = results['prepare']
+  assert {(r['corpus_MB'], r['tokenizer'], r['workers']) for r in rows} == {
+      (0.2, 'sentencepiece', 1), (0.2, 'tokenizer.json', 1), (0.4, 'sentencepiece', 1),
+      (0.4, 'sentencepiece', 2), (0.4, 'tokenizer.json', 1), (0.4, 'tokenizer.json', 2)}
+  assert all(r['tokens'] > 1000 and r['tokens_per_s'] > 0 and r['peak_rss_MiB'] > 0 for r in rows)
+  assert [r['corpus_MB'] for r in results['pipeline']] == [0.2, 0.4]
+  assert all(r['tokens_per_s'] > 0 and r['batches'] > 0 for r in results['pipeline'])
+  assert results['prepare_rss_ratio'] > 0 and results['pipeline_rss_ratio'] > 0

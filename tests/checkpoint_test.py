@@ -1,19 +1,18 @@
 """Strict restore: any difference of paths or shapes is refused before a byte is read."""
-import grain
 import jax
 import numpy as np
 import pytest
 
 from tests.conftest import small_config
 from tokenformer_jax import checkpoint, sharding
+from tokenformer_jax.data import pipeline
 from tokenformer_jax import state as state_lib
 from tokenformer_jax.errors import UserError
 
 
 def _iterator(skip: int = 0):
-  it = iter(grain.MapDataset.range(1000).batch(4).to_iter_dataset())
-  for _ in range(skip):
-    next(it)
+  it = pipeline.Position()
+  it.set_state({'global_batches': skip})
   return it
 
 
@@ -38,7 +37,7 @@ def test_roundtrip_restores_state_and_iterator(saved):
   c, spec = _spec()
   it = _iterator()
   restored = checkpoint.restore(mngr, 5, state_lib.abstract_targets(spec), it)
-  np.testing.assert_array_equal(next(it), next(_iterator(skip=7)))
+  assert it.state() == {'global_batches': 7}
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import small_config
-from tokenformer_jax import data, evaluate, sharding, train
+from tokenformer_jax import evaluate, sharding, train
+from tokenformer_jax.data import pipeline, shards
 from tokenformer_jax import state as state_lib
 from tokenformer_jax import step as step_lib
 from tokenformer_jax.errors import UserError
@@ -75,11 +76,16 @@ def test_text_loss_equals_direct_cross_entropy(setup):
   assert result.loss == pytest.approx(nats / (len(tokens) - 1), rel=1e-5)
 
 
-def test_validation_split_equals_training_eval(setup):
+def test_validation_split_equals_training_eval(setup, tmp_path):
   cfg, spec, params = setup
-  val_tokens = np.random.default_rng(0).integers(1, 200, size=1000).astype(np.uint16)
-  result = evaluate.evaluate_split(spec, cfg, params, CharTokenizer(), val_tokens)
-  batches = data.eval_batches(val_tokens, cfg.data.seq_len, cfg.train.batch_size, cfg.train.eval_batches)
+  val_tokens = np.random.default_rng(0).integers(1, 200, size=1000)
+  writer = shards.Writer(str(tmp_path / 'validation.array_record'), np.dtype('<u2'))
+  writer.add(val_tokens)
+  entry = writer.close()
+  m = {'dtype': '<u2', 'record_tokens': shards.RECORD_TOKENS, 'splits': {'validation': {'shards': [entry]}}}
+  validation = pipeline.Windows(str(tmp_path), m, 'validation', cfg.data.seq_len)
+  result = evaluate.evaluate_split(spec, cfg, params, CharTokenizer(), validation)
+  batches = pipeline.eval_batches(validation, cfg.train.batch_size, cfg.train.eval_batches)
   expected = train.evaluate(step_lib.make_eval_step(spec, cfg), spec, cfg, params, batches)
   assert result.loss == pytest.approx(expected, rel=1e-6)
   targets = np.concatenate([b[:, 1:].reshape(-1) for b in batches]).tolist()

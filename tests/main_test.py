@@ -42,7 +42,7 @@ def test_empty_corpus(tmp_path):
   empty = tmp_path / 'empty.txt'
   empty.write_text('  \n')
   code, _, err = run_main(*FAST, f'--config.data.corpus={empty}', workdir=tmp_path / 'w')
-  assert code != 0 and 'empty' in error_line(err).lower(), err
+  assert code == 2 and 'the input has no text' in error_line(err), err
 
 
 def test_tokenizer_that_is_not_sentencepiece(tmp_path):
@@ -60,7 +60,8 @@ def test_refuses_workdir_of_a_different_model(trained_workdir, args):
   code, _, err = run_main(*FAST, *args, workdir=trained_workdir)
   assert code != 0
   line = error_line(err)
-  assert 'different model config' in line and args[0].split('=')[0][len('--config.'):] in line, err
+  assert code == 2 and args[0].split('=')[0][len('--config.'):] in line, err
+  assert ('different model config' if 'model' in args[0] else 'was prepared from other data') in line
   assert tree_digest(trained_workdir) == before
 
 
@@ -97,3 +98,34 @@ def test_inference_modes_refuse_bad_input(tmp_path, args, message):
   code, _, err = run_main(*FAST, *args, workdir=tmp_path / 'w')
   assert code == 2 and message in error_line(err), err
   assert not (tmp_path / 'w' / 'checkpoints').exists()
+
+
+def test_pile_config_trains_on_a_dataset_prepared_with_a_tokenizer_json(tmp_path):
+  """The released models' tokenizer format end to end: prepare → train → generate → eval, one tokenizer."""
+  from tests.conftest import write_hf_tokenizer
+  from tokenformer_jax.data import sources
+  chapters = [c for d in list(sources.documents(sources.KJV))[:3] for c in d.split('\n\n')]
+  (tmp_path / 'corpus.jsonl').write_text(''.join(json.dumps({'text': c}) + '\n' for c in chapters))
+  tok = write_hf_tokenizer(tmp_path / 'tokenizer.json', vocab_size=400)
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.prepare', f'--input={tmp_path}/corpus.jsonl',
+                         f'--output={tmp_path}/pile', f'--tokenizer={tok}', '--validation_fraction=0.1'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  small = [a for a in FAST if 'vocab_size' not in a and 'sample_tokens' not in a] + [
+      '--config.model.dtype=float32', '--config.model.remat=none', f'--config.data.prepared={tmp_path}/pile',
+      '--config.train.sample_tokens=8', '--config.train.log_every=1']
+  pile = f'{ROOT}/experiments/pile.py:150m'
+  workdir = tmp_path / 'w'
+  code, out, err = run_main(*small, workdir=workdir, config=pile)
+  assert code == 0, err
+  assert '--- sample ---' in out and not (workdir / 'data').exists()
+  code, out, err = run_main(*small, '--mode=generate', '--prompt=In the beginning', '--max_new_tokens=4',
+                            workdir=workdir, config=pile)
+  assert code == 0 and 'In the beginning' in out, err
+  code, out, err = run_main(*small, '--mode=eval', workdir=workdir, config=pile)
+  assert code == 0 and 'on the validation split' in out, err
+  other = write_hf_tokenizer(tmp_path / 'other.json', vocab_size=280)
+  no_dataset = [a for a in small if 'data.prepared' not in a]
+  code, _, err = run_main(*no_dataset, '--mode=generate', '--prompt=In', f'--config.data.tokenizer={other}',
+                          workdir=workdir, config=pile)
+  assert code == 2 and 'was trained with tokenizer sha256' in error_line(err), err

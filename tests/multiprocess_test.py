@@ -27,7 +27,7 @@ def losses(workdir):
       r['step']: r['val_loss'] for r in records if 'val_loss' in r}
 
 
-def test_two_processes_match_one_process(tmp_path):
+def test_two_processes_match_one_process_and_resume_its_checkpoint(tmp_path):
   cache = f'--config.data.cache_dir={tmp_path / "cache"}'
   multi = tmp_path / 'multi'
   proc = subprocess.run(
@@ -49,6 +49,22 @@ def test_two_processes_match_one_process(tmp_path):
     assert abs(val_multi[step] - loss) <= 1e-5 * abs(loss)
   # only process 0 writes metrics and prints the sample
   assert (multi / 'logs' / 'process_1.log').read_text().count('--- sample ---') == 0
+
+  # saved by one process, resumed by two: the same global data order goes on, nothing repeated or skipped
+  moved = tmp_path / 'moved'
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}',
+                         f'--workdir={moved}', cache, *FAST, *STEPS, '--stop_at_step=3'], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = subprocess.run(
+      ['bash', 'launch/local_multiprocess.sh', '--num_processes=2', '--devices_per_process=2',
+       f'--port={free_port()}', '--', f'--config={TINY}', f'--workdir={moved}', cache, *FAST,
+       *STEPS], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  train_moved, _ = losses(moved)
+  assert sorted(train_moved) == list(range(1, 7))
+  for step, loss in train_single.items():
+    assert abs(train_moved[step] - loss) <= 1e-5 * abs(loss), (step, train_moved[step], loss)
 
 
 def test_peer_death_ends_the_survivor_in_bounded_time(tmp_path):

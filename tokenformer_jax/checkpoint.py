@@ -15,7 +15,6 @@ import os
 import time
 from typing import Any
 
-import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -24,8 +23,6 @@ from tokenformer_jax import config as config_lib
 from tokenformer_jax import model as model_lib
 from tokenformer_jax.errors import UserError
 
-# Data config keys that fix the token ids a checkpoint was trained on; they must match.
-DATA_KEYS = ('corpus', 'tokenizer', 'vocab_size')
 # Model keys growth sets: τ frozen at the count before growth.
 N_REF_KEYS = tuple(f'n_ref_{group}' for group in model_lib.TOKEN_GROUPS)
 
@@ -36,13 +33,25 @@ def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointM
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                options=options,
                                item_handlers={'state': ocp.PyTreeCheckpointHandler(),
-                                              'data': grain.checkpoint.CheckpointHandler(),
+                                              'data': ocp.JsonCheckpointHandler(),
                                               'meta': ocp.JsonCheckpointHandler()})
 
 
-def run_meta(cfg, vocab_size: int) -> dict:
-  """What is saved beside the arrays: the config (as JSON) and the model's padded vocab size."""
-  return {'config': cfg.to_dict(), 'vocab_size': vocab_size}
+def run_meta(cfg, vocab_size: int, tokenizer=None) -> dict:
+  """What is saved beside the arrays: the config (as JSON), the model's padded vocab size and the
+  sha256 of the tokenizer whose ids it was trained on."""
+  meta = {'config': cfg.to_dict(), 'vocab_size': vocab_size}
+  if tokenizer is not None:
+    meta['tokenizer_sha256'] = tokenizer.sha256
+  return meta
+
+
+def check_tokenizer(saved_meta: dict, tokenizer, step: int) -> None:
+  """Refuses a tokenizer other than the checkpoint's (when the checkpoint names one)."""
+  saved = saved_meta.get('tokenizer_sha256')
+  if saved and saved != tokenizer.sha256:
+    raise UserError(f'checkpoint step {step} was trained with tokenizer sha256 {saved}, but this run\'s '
+                    f'tokenizer is sha256 {tokenizer.sha256}: its ids mean other pieces')
 
 
 def _unreadable(mngr: ocp.CheckpointManager, step: int, error: Exception) -> UserError:
@@ -114,17 +123,11 @@ def model_differences(saved_model: dict, m, ignore: tuple = ()) -> list[str]:
   return diffs
 
 
-def data_differences(saved_data: dict, d) -> list[str]:
-  return [f'data.{key}: checkpoint {saved_data.get(key)!r}, config {d[key]!r}'
-          for key in DATA_KEYS if saved_data.get(key) != d[key]]
-
-
 def check_config(saved_meta: dict, cfg, step: int) -> None:
-  """Refuses a checkpoint whose model (or tokenizer) config differs from cfg (see adopt_frozen_tau for
-  the frozen-τ counts a grown checkpoint carries)."""
+  """Refuses a checkpoint whose model config differs from cfg (see adopt_frozen_tau for the frozen-τ
+  counts a grown checkpoint carries; the tokenizer is checked by its sha256, check_tokenizer)."""
   saved = saved_meta['config']
-  diffs = model_differences(saved.get('model', {}), cfg.model) + data_differences(saved.get('data', {}),
-                                                                                   cfg.data)
+  diffs = model_differences(saved.get('model', {}), cfg.model)
   if diffs:
     raise UserError(f'the workdir holds a checkpoint (step {step}) of a different model config; use '
                     f'another --workdir or the same config. Differences: ' + '; '.join(diffs))
@@ -183,10 +186,12 @@ def _longer_token_axis(path: str, old: tuple, new: tuple) -> bool:
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter, meta: dict,
          force: bool = False) -> None:
-  """Saves state, iterator and meta; data_iter=None (an imported checkpoint) saves no iterator."""
+  """Saves state, the data position and meta; data_iter=None (an imported checkpoint) saves no position.
+  The position (data_iter.state()) is global, the same on every process, so any process count can
+  resume it."""
   items = {'state': ocp.args.PyTreeSave(state), 'meta': ocp.args.JsonSave(meta)}
   if data_iter is not None:
-    items['data'] = grain.checkpoint.CheckpointSave(data_iter)
+    items['data'] = ocp.args.JsonSave(data_iter.state())
   mngr.save(step, args=ocp.args.Composite(**items), force=force)
   mngr.wait_until_finished()
 
@@ -204,8 +209,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, targets: Any, data_iter=None
   items = {'state': ocp.args.PyTreeRestore(item=targets, restore_args=restore_args,
                                            partial_restore=set(targets) == {'params'})}
   if data_iter is not None:
-    items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+    items['data'] = ocp.args.JsonRestore()
   try:
-    return mngr.restore(step, args=ocp.args.Composite(**items)).state
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    if data_iter is not None:
+      data_iter.set_state(restored.data)
+    return restored.state
   except Exception as e:  # Orbax/TensorStore errors of a damaged checkpoint
     raise _unreadable(mngr, step, e) from e

@@ -59,12 +59,17 @@ def base_config() -> ml_collections.ConfigDict:
   m.gelu_impl = ''               # '' per platform, or one of GELU_IMPLEMENTATIONS (same function)
 
   c.data = d = ml_collections.ConfigDict()
-  d.corpus = 'kjv'               # 'kjv' (ships with the install) or comma-separated text files / globs
-  d.tokenizer = ''               # '' trains a sentencepiece BPE; else a .model path
-  d.vocab_size = 2048
-  d.val_fraction = 0.05
-  d.seq_len = 128
+  d.prepared = ''                # a dataset made by `python -m tokenformer_jax.prepare` (then corpus,
+                                 # tokenizer, vocab_size, val_fraction, text_key are its own)
+  d.mixture = ''                 # or several: 'DIR1:WEIGHT,DIR2:WEIGHT' (validation: DIR1's)
+  # Raw text instead, prepared in-process into cache_dir on first use (the same format):
+  d.corpus = 'kjv'               # 'kjv' (ships with the install) or comma-separated files / globs
+  d.tokenizer = ''               # a sentencepiece .model or a tokenizer.json; '' trains a BPE
+  d.vocab_size = 2048            # the BPE's size when training one
+  d.val_fraction = 0.05          # documents held out for validation
+  d.text_key = 'text'            # the text field of JSON Lines / Parquet inputs
   d.cache_dir = ''               # '' → WORKDIR/data
+  d.seq_len = 128
 
   c.train = t = ml_collections.ConfigDict()
   t.batch_size = 16              # global, per optimizer step

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokenformer_jax import data, inference, sharding
+from tokenformer_jax import inference, sharding
 from tokenformer_jax import step as step_lib
-from tokenformer_jax import tokenizer as tokenizer_lib
+from tokenformer_jax.data import dataset as dataset_lib, pipeline
 from tokenformer_jax.errors import UserError
 
 
@@ -85,10 +85,10 @@ def evaluate_text(spec, cfg, params, tokenizer, text: str) -> EvalResult:
   return _result(nats, int(mask_RxT.sum()), len(text.encode('utf-8')))
 
 
-def evaluate_split(spec, cfg, params, tokenizer, val_tokens: np.ndarray) -> EvalResult:
+def evaluate_split(spec, cfg, params, tokenizer, validation: pipeline.Windows) -> EvalResult:
   """The validation windows training evaluates."""
-  rows_RxW = np.concatenate(data.eval_batches(val_tokens, cfg.data.seq_len, cfg.train.batch_size,
-                                              cfg.train.eval_batches))
+  rows_RxW = np.concatenate(pipeline.eval_batches(validation, cfg.train.batch_size,
+                                                  cfg.train.eval_batches))
   mask_RxT = np.ones((rows_RxW.shape[0], cfg.data.seq_len), np.float32)
   nats = total_nats(spec, cfg, params, rows_RxW, mask_RxT)
   text = tokenizer.decode(rows_RxW[:, 1:].reshape(-1).tolist())
@@ -110,12 +110,15 @@ def run(cfg, workdir: str, eval_file: str | None = None, step: int | None = None
   """Evaluates the workdir's latest (or given) checkpoint on `eval_file`, or the validation split."""
   text = read_text(eval_file) if eval_file else None
   restored = inference.load(cfg, workdir, step)
-  tokenizer, corpus = tokenizer_lib.for_run(cfg, workdir, need_corpus=eval_file is None)
-  inference.check_tokenizer(tokenizer, restored)
   if text is not None:
+    tokenizer = dataset_lib.tokenizer_for_inference(cfg.data, workdir)
+    inference.check_tokenizer(tokenizer, restored)
     result = evaluate_text(restored.spec, cfg, restored.params, tokenizer, text)
   else:
-    result = evaluate_split(restored.spec, cfg, restored.params, tokenizer, corpus.val_tokens)
+    run_data = dataset_lib.open_run_data(cfg.data, workdir, create=False)
+    inference.check_tokenizer(run_data.tokenizer, restored)
+    result = evaluate_split(restored.spec, cfg, restored.params, run_data.tokenizer,
+                            run_data.validation(cfg.data.seq_len))
   if jax.process_index() == 0:
     what = eval_file or 'the validation split'
     print(f'eval of step {restored.step} on {what}: {result.line()}', file=out, flush=True)

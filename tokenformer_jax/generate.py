@@ -27,7 +27,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from tokenformer_jax import inference, tokenizer as tokenizer_lib
+from tokenformer_jax import inference
+from tokenformer_jax.data import dataset as dataset_lib
 from tokenformer_jax.errors import UserError
 
 BUCKET = 64          # shapes are rounded up to multiples of this (compilations are reused)
@@ -201,7 +202,7 @@ def run(cfg, workdir: str, prompts: list[str], max_new_tokens: int, sampling: Sa
         step: int | None = None, out=sys.stdout) -> list[str]:
   """Samples continuations of `prompts` from the workdir's latest (or given) checkpoint; prints them."""
   restored = inference.load(cfg, workdir, step)
-  tokenizer, _ = tokenizer_lib.for_run(cfg, workdir)
+  tokenizer = dataset_lib.tokenizer_for_inference(cfg.data, workdir)
   inference.check_tokenizer(tokenizer, restored)
   generator = Generator(restored.graphdef, context=cfg.data.seq_len, vocab_limit=tokenizer.vocab_size,
                         eos_id=tokenizer.eos_id, sampling=sampling)

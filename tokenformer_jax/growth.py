@@ -27,7 +27,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tokenformer_jax import checkpoint, data, sharding
+from tokenformer_jax import checkpoint, sharding
+from tokenformer_jax.data import pipeline
 from tokenformer_jax import model as model_lib
 from tokenformer_jax import state as state_lib
 from tokenformer_jax.errors import UserError
@@ -148,21 +149,17 @@ def plan(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> 
     raise UserError(f'{dst_workdir} already holds a checkpoint; grow into a new workdir')
   meta_s = checkpoint.read_meta(src, step)
   cfg_s = ml_collections.ConfigDict(meta_s['config'])
-  diffs = checkpoint.data_differences(meta_s['config']['data'], cfg_b.data)
-  if diffs:
-    raise UserError('growth keeps the tokenizer; the config changes ' + '; '.join(diffs))
   grown_cfg = grown_config(cfg_b, meta_s['config']['model'])
   vocab = meta_s['vocab_size']
   spec_b = state_lib.make_spec(grown_cfg, vocab, sharding.make_mesh(cfg_b.mesh))
-  corpus = data.prepare_corpus(cfg_b.data, data.cache_dir_for(cfg_b.data, src_workdir))
-  n_proc, proc = jax.process_count(), jax.process_index()
-  data_iter = data.train_iterator(corpus.train_tokens, cfg_b.data.seq_len,
-                                  cfg_b.train.batch_size // n_proc, cfg_b.seed, proc, n_proc)
+  data_position = pipeline.Position()  # the source's, read with its state; no data is opened
   old_counts = model_lib.token_counts(cfg_s.model)
   meta = checkpoint.run_meta(grown_cfg, vocab)
+  if 'tokenizer_sha256' in meta_s:
+    meta['tokenizer_sha256'] = meta_s['tokenizer_sha256']
   meta['grown_from'] = {'workdir': os.path.abspath(src_workdir), 'step': step, 'counts': old_counts,
                         'policy': cfg_b.growth.policy, 'optimizer': cfg_b.growth.optimizer}
-  return Plan(src, step, dst, grown_cfg, old_counts, spec_b, data_iter, meta)
+  return Plan(src, step, dst, grown_cfg, old_counts, spec_b, data_position, meta)
 
 
 def restore_padded(p: Plan):

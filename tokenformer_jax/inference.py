@@ -50,7 +50,8 @@ def load(cfg, workdir: str, step: int | None = None) -> Restored:
 
 
 def check_tokenizer(tokenizer, restored: Restored) -> None:
-  """The tokenizer's ids must all be rows of the model's embedding."""
+  """The checkpoint's tokenizer (when it names one), and its ids all rows of the model's embedding."""
+  checkpoint.check_tokenizer(restored.meta, tokenizer, restored.step)
   if tokenizer.vocab_size > restored.vocab_size:
     raise UserError(f'the tokenizer has {tokenizer.vocab_size} ids but the model only '
                     f'{restored.vocab_size} embedding rows: a different tokenizer?')

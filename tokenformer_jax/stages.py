@@ -10,14 +10,15 @@ counts from 0), and growth.freeze_old or train.sample_tokens apply to the stages
 Stage i lives in WORKDIR/stage_<i>. Stage 0 trains from scratch; stage i > 0 first grows the last
 checkpoint of stage i − 1 (config.growth says how), then trains. Rerunning the command skips finished
 stages, resumes an interrupted one, and redoes a growth that was cut short (a grow writes its checkpoint
-atomically, so it either exists or it doesn't). All stages share one data cache (WORKDIR/data unless
+atomically, so it either exists or it doesn't). All stages share one prepared copy of a raw corpus (WORKDIR/data unless
 data.cache_dir says otherwise).
 """
 import os
 
 import ml_collections
 
-from tokenformer_jax import checkpoint, config as config_lib, data, growth, train
+from tokenformer_jax import checkpoint, config as config_lib, growth, train
+from tokenformer_jax.data import dataset as dataset_lib
 
 
 def stage_dir(workdir: str, index: int) -> str:
@@ -27,7 +28,7 @@ def stage_dir(workdir: str, index: int) -> str:
 def stage_config(cfg, workdir: str, index: int) -> ml_collections.ConfigDict:
   """The plain (single-run) config of stage `index`."""
   c = config_lib.apply_overrides(cfg, {**cfg.stages[index], 'stages': (),
-                                       'data.cache_dir': data.cache_dir_for(cfg.data, workdir)})
+                                       'data.cache_dir': dataset_lib.cache_dir_for(cfg.data, workdir)})
   config_lib.validate(c)
   return c
 

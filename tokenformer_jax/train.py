@@ -13,10 +13,10 @@ from typing import Any
 
 import jax
 from absl import logging
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from tokenformer_jax import checkpoint, config as config_lib, data, flops, generate, metrics, sharding
+from tokenformer_jax import checkpoint, config as config_lib, flops, generate, metrics, sharding
+from tokenformer_jax.data import dataset as dataset_lib, pipeline
 from tokenformer_jax import state as state_lib
 from tokenformer_jax import step as step_lib
 from tokenformer_jax.errors import UserError
@@ -64,7 +64,7 @@ class Prepared:
   mngr: Any
   step: int | None          # the checkpoint to restore (None: start fresh)
   saved_meta: dict | None   # that checkpoint's metadata
-  corpus: data.Corpus
+  data: dataset_lib.RunData
   spec: state_lib.StateSpec
 
 
@@ -81,20 +81,13 @@ def prepare(cfg, workdir: str, restore_step: int | None = None) -> Prepared:
   grown_from = (saved_meta or {}).get('grown_from')
   if cfg.growth.freeze_old and not grown_from:
     raise UserError('growth.freeze_old needs a grown checkpoint in the workdir (see --mode=grow)')
-  cache_dir = data.cache_dir_for(cfg.data, workdir)
-  # Process 0 builds the data cache first; the others then find it (or build their own on hosts
-  # that do not share the filesystem).
-  if jax.process_index() == 0:
-    corpus = data.prepare_corpus(cfg.data, cache_dir)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('data cache ready')
-  if jax.process_index() != 0:
-    corpus = data.prepare_corpus(cfg.data, cache_dir)
-  vocab = config_lib.padded_vocab(cfg.model, corpus.vocab_size)
+  run_data = dataset_lib.open_run_data(cfg.data, workdir,
+                                       tokenizer_sha256=(saved_meta or {}).get('tokenizer_sha256'))
+  vocab = config_lib.padded_vocab(cfg.model, run_data.vocab_size)
   mesh = sharding.make_mesh(cfg.mesh)
   frozen = grown_from['counts'] if cfg.growth.freeze_old else None
   spec = state_lib.make_spec(cfg, vocab, mesh, frozen_counts=frozen)
-  return Prepared(cfg, mngr, step, saved_meta, corpus, spec)
+  return Prepared(cfg, mngr, step, saved_meta, run_data, spec)
 
 
 def evaluate(eval_step, spec, cfg, params, batches) -> float:
@@ -110,18 +103,19 @@ def train(cfg, workdir: str, stop_at_step: int | None = None,
   """Trains to cfg.train.steps (or stop_at_step), resuming from the workdir's latest checkpoint
   (or from `restore_step`: later checkpoints are then set aside, never deleted)."""
   prep = prepare(cfg, workdir, restore_step)
-  cfg, mngr, latest, corpus, spec = prep.cfg, prep.mngr, prep.step, prep.corpus, prep.spec
+  cfg, mngr, latest, run_data, spec = prep.cfg, prep.mngr, prep.step, prep.data, prep.spec
   t = cfg.train
   n_proc, proc = jax.process_count(), jax.process_index()
   if t.batch_size % n_proc:
     raise UserError(f'train.batch_size={t.batch_size} is not divisible by {n_proc} processes')
   local_batch = t.batch_size // n_proc
   seq_len = cfg.data.seq_len
-  train_iter = data.train_iterator(corpus.train_tokens, seq_len, local_batch, cfg.seed, proc, n_proc)
+  train_iter = pipeline.BatchIterator(run_data.train_stream(seq_len, cfg.seed, t.batch_size),
+                                      t.batch_size, proc, n_proc)
   # Validation rows are split over processes so each global batch holds every row once.
-  val_rows = data.eval_batches(corpus.val_tokens, seq_len, t.batch_size, t.eval_batches)
+  val_rows = pipeline.eval_batches(run_data.validation(seq_len), t.batch_size, t.eval_batches)
   val_batches = [b[proc * local_batch:(proc + 1) * local_batch] for b in val_rows]
-  meta = checkpoint.run_meta(cfg, spec.vocab_size)
+  meta = checkpoint.run_meta(cfg, spec.vocab_size, run_data.tokenizer)
   grown_from = (prep.saved_meta or {}).get('grown_from')
   if grown_from:
     meta['grown_from'] = grown_from
@@ -186,20 +180,20 @@ def train(cfg, workdir: str, stop_at_step: int | None = None,
 
   # ---- a taste of the model ----
   if t.sample_tokens and result.step == t.steps and not result.preempted:
-    result.sample = sample_text(spec, cfg, state['params'], corpus)
+    result.sample = sample_text(spec, cfg, state['params'], run_data.tokenizer)
     if proc == 0:
       print('--- sample ---\n' + result.sample + '\n--------------', flush=True)
   return result
 
 
-def sample_text(spec, cfg, params, corpus) -> str:
+def sample_text(spec, cfg, params, tokenizer) -> str:
   """train.sample_tokens tokens continuing train.sample_prompt (KV-cached, with the train.sample_*
   sampling settings: see generate.py); an empty prompt starts a new document."""
   t = cfg.train
-  generator = generate.Generator(spec.graphdef, context=cfg.data.seq_len, vocab_limit=corpus.vocab_size,
-                                 eos_id=corpus.eos_id,
+  generator = generate.Generator(spec.graphdef, context=cfg.data.seq_len, vocab_limit=tokenizer.vocab_size,
+                                 eos_id=tokenizer.eos_id,
                                  sampling=generate.Sampling(temperature=t.sample_temperature,
                                                             top_k=t.sample_top_k))
-  prompt_ids = corpus.tokenizer.encode(t.sample_prompt) or [corpus.eos_id]
+  prompt_ids = tokenizer.encode(t.sample_prompt) or [tokenizer.eos_id]
   ids = generator.generate(params, [prompt_ids], t.sample_tokens, seed=cfg.seed)[0]
-  return t.sample_prompt + corpus.tokenizer.decode(ids)
+  return t.sample_prompt + tokenizer.decode(ids)

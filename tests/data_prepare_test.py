@@ -1,0 +1,153 @@
+"""Preparing corpora: the manifest, held-out documents, reruns, a killed prepare, and Beam runners."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, error_line, tree_digest, write_hf_tokenizer
+from tokenformer_jax.data import manifest as manifest_lib
+from tokenformer_jax.data import pipeline, prepare, sources
+from tokenformer_jax.data import tokenizer as tokenizer_lib
+from tokenformer_jax.errors import UserError
+
+KJV_DOCS = list(sources.documents(sources.KJV))
+
+
+@pytest.fixture(scope='module')
+def kjv(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp('kjv'))
+  return out, prepare.run(prepare.Options(inputs='kjv', output=out, train_vocab=256,
+                                          validation_fraction=0.05), log=lambda _: None)
+
+
+def _documents(dataset_dir, m, split):
+  """A split's documents, decoded (end-of-text separates them)."""
+  tok = tokenizer_lib.load_file(os.path.join(dataset_dir, m['tokenizer']['file']))
+  ids = np.concatenate([pipeline.shards.Reader(os.path.join(dataset_dir, e['file']), e['tokens'],
+                                               m['dtype'], m['record_tokens']).read(0, e['tokens'])
+                        for e in m['splits'][split]['shards']])
+  ends = np.flatnonzero(ids == tok.eos_id)
+  assert ends[-1] == len(ids) - 1
+  return [tok.decode(ids[a + 1:b]) for a, b in zip(np.r_[-1, ends[:-1]], ends)]
+
+
+@pytest.fixture
+def jsonl_files(tmp_path):
+  """Four JSON Lines files of KJV chapters."""
+  chapters = [c for d in KJV_DOCS[:8] for c in d.split('\n\n')]
+  paths = []
+  for k in range(4):
+    path = tmp_path / 'in' / f'part{k}.jsonl'
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(''.join(json.dumps({'text': c}) + '\n' for c in chapters[k::4]))
+    paths.append(str(path))
+  return paths
+
+
+def test_kjv_manifest_and_held_out_books(kjv):
+  out, m = kjv
+  assert m == manifest_lib.read(out)
+  assert m['tokenizer']['kind'] == 'sentencepiece' and m['tokenizer']['vocab_size'] == 256
+  assert m['dtype'] == '<u2' and m['request']['validation_fraction'] == 0.05
+  train, val = m['splits']['train'], m['splits']['validation']
+  assert train['documents'] + val['documents'] == 66 and 1 <= val['documents'] <= 8
+  held_out = [prepare.is_validation(f'kjv:{i}', 0.05) for i in range(66)]
+  docs_train, docs_val = _documents(out, m, 'train'), _documents(out, m, 'validation')
+  assert docs_train == [d for d, v in zip(KJV_DOCS, held_out) if not v]
+  assert docs_val == [d for d, v in zip(KJV_DOCS, held_out) if v]
+  assert train['tokens'] == sum(e['tokens'] for e in train['shards'])
+
+
+def test_rerun_keeps_the_dataset_and_other_options_are_refused(kjv):
+  out, m = kjv
+  before = tree_digest(out)
+  assert prepare.run(prepare.Options(inputs='kjv', output=out, train_vocab=256,
+                                     validation_fraction=0.05), log=lambda _: None) == m
+  with pytest.raises(UserError, match='already holds a dataset prepared from other inputs or options'):
+    prepare.run(prepare.Options(inputs='kjv', output=out, train_vocab=512, validation_fraction=0.05))
+  assert tree_digest(out) == before
+
+
+def test_killed_prepare_never_looks_complete_and_reuses_finished_shards(jsonl_files, tmp_path, monkeypatch):
+  out = str(tmp_path / 'out')
+  tok = write_hf_tokenizer(tmp_path / 'tokenizer.json')
+  opts = prepare.Options(inputs=','.join(jsonl_files), output=out, tokenizer=tok, num_shards=4,
+                         validation_fraction=0.1)
+  real = prepare._write_batch  # pylint: disable=protected-access
+  calls = []
+
+  def dies_in_the_third_shard(batch, tokenizer, writers):
+    calls.append(writers)
+    if len({id(w) for w in calls}) == 3:
+      raise KeyboardInterrupt
+    real(batch, tokenizer, writers)
+
+  monkeypatch.setattr(prepare, '_write_batch', dies_in_the_third_shard)
+  with pytest.raises(KeyboardInterrupt):
+    prepare.run(opts)
+  assert not os.path.exists(manifest_lib.path(out))
+  with pytest.raises(UserError, match='no prepared dataset in .*manifest.json is missing'):
+    manifest_lib.read(out)
+  done = sorted(os.listdir(os.path.join(out, '.prepare')))
+  assert len(done) == 2 and not [f for f in os.listdir(out) if f.endswith('.tmp')]
+  times = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out) if '-of-' in f}
+  monkeypatch.setattr(prepare, '_write_batch', real)
+  m = prepare.run(opts)
+  reused = [f for f, t in times.items() if os.stat(os.path.join(out, f)).st_mtime_ns == t]
+  assert len(reused) == 4  # train and validation shards of the two finished tasks
+  assert m['splits']['train']['documents'] + m['splits']['validation']['documents'] == sum(
+      1 for p in jsonl_files for _ in open(p))
+
+
+def test_beam_runners_write_the_in_process_shards(jsonl_files, tmp_path):
+  tok = write_hf_tokenizer(tmp_path / 'tokenizer.json')
+  outputs = {}
+  for name, beam_args in [('in_process', None), ('beam', []),
+                          ('beam_2', ['--direct_num_workers=2', '--direct_running_mode=multi_processing'])]:
+    out = str(tmp_path / name)
+    m = prepare.run(prepare.Options(inputs=f'{tmp_path}/in/*.jsonl', output=out, tokenizer=tok,
+                                    validation_fraction=0.2), beam_args=beam_args)
+    outputs[name] = {e['file']: open(os.path.join(out, e['file']), 'rb').read()
+                     for s in m['splits'].values() for e in s['shards']}
+    assert m['tokenizer']['kind'] == 'huggingface' and m['tokenizer']['eos_id'] == 0
+  assert len(outputs['in_process']) == 8
+  assert outputs['beam'] == outputs['in_process'] == outputs['beam_2']
+
+
+def _prepare_cli(*args):
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.prepare', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_cli_prepares_and_reports(jsonl_files, tmp_path):
+  code, out, err = _prepare_cli(f'--input={tmp_path}/in/*.jsonl', f'--output={tmp_path}/d',
+                                '--train_tokenizer=300', '--validation_fraction=0.1', '--',
+                                '--direct_num_workers=2')
+  assert code == 0, err
+  assert 'train: ' in out and '4 shards' in out and 'sentencepiece, 300 ids' in out
+  assert manifest_lib.read(str(tmp_path / 'd'))['splits']['train']['tokens'] > 10_000
+
+
+@pytest.mark.parametrize('content, args, match', [
+    ('{"text": "fine"}\nnot json\n', [], r'error: .*bad\.jsonl:2: not a JSON object'),
+    ('{"body": "x"}\n', [], r'error: .*bad\.jsonl:1: no "text" field'),
+    ('', [], 'error: the input has no text'),
+    ('{"text": "fine"}\n', ['--tokenizer=/a.model', '--train_tokenizer=300'],
+     'error: give one of --tokenizer=FILE and --train_tokenizer'),
+    ('{"text": "fine"}\n', ['--train_tokenizer=300'], 'error: sentencepiece training failed: Vocabulary size'),
+    ('{"text": "fine"}\n', ['--tokenizer=/nonexistent.model', '--train_tokenizer=0'],
+     'error: tokenizer file not found: /nonexistent.model'),
+])
+def test_cli_bad_input(tmp_path, content, args, match):
+  (tmp_path / 'bad.jsonl').write_text(content)
+  tok = args or [f'--tokenizer={write_hf_tokenizer(tmp_path / "tokenizer.json")}']
+  code, _, err = _prepare_cli(f'--input={tmp_path}/bad.jsonl', f'--output={tmp_path}/d', *tok)
+  assert code == 2 and error_line(err).startswith('error: ')
+  assert len([l for l in err.splitlines() if l.startswith('error: ')]) == 1
+  assert re.search(match, error_line(err)), error_line(err)
+  assert not os.path.exists(tmp_path / 'd' / 'manifest.json')
