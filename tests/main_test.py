@@ -30,6 +30,9 @@ def test_train_then_rerun_is_a_no_op_resume(trained_workdir):
     (['--config.model.n_ffn=0'], 'model.n_ffn must be positive'),
     (['--config.model.n_qkv=-4'], 'model.n_qkv must be positive'),
     (['--config.data.corpus=/nonexistent/corpus.txt'], '/nonexistent/corpus.txt'),
+    (['--config.model.vocab_size=256'], 'model.vocab_size=256 is smaller than the tokenizer vocab (512)'),
+    (['--config.data.prepared=/nonexistent'], 'no prepared dataset in /nonexistent'),
+    (['--config.data.mixture=/a:x'], 'data.mixture wants DIR:WEIGHT'),
 ])
 def test_bad_config(tmp_path, args, message):
   code, _, err = run_main(*FAST, *args, workdir=tmp_path / 'w')
