@@ -118,6 +118,11 @@ def test_damaged_datasets_are_named(two_datasets, tmp_path):
     f.write('{"version": 1, ')
   with pytest.raises(UserError, match='manifest.json is corrupt'):
     dataset.open_run_data(_cfg(prepared=d), str(tmp_path / 'w'))
+  with open(os.path.join(d, 'manifest.json'), 'w') as f:
+    f.write('{"version": 1, "dtype": "<u2", "tokenizer": {"file": "tokenizer.json"}}')
+  with pytest.raises(UserError, match=r'manifest.json is corrupt \(missing record_tokens, splits, '
+                                      r'tokenizer.sha256, splits.train, splits.validation\)'):
+    dataset.open_run_data(_cfg(prepared=d), str(tmp_path / 'w'))
 
 
 def test_checkpoint_refuses_another_tokenizer(two_datasets, tmp_path):

