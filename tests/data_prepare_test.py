@@ -151,3 +151,11 @@ def test_cli_bad_input(tmp_path, content, args, match):
   assert len([l for l in err.splitlines() if l.startswith('error: ')]) == 1
   assert re.search(match, error_line(err)), error_line(err)
   assert not os.path.exists(tmp_path / 'd' / 'manifest.json')
+
+
+def test_without_beam_installed_nothing_is_written(tmp_path, monkeypatch):
+  from tokenformer_jax.data import beam_pipeline
+  monkeypatch.setattr(beam_pipeline.importlib.util, 'find_spec', lambda name: None)
+  with pytest.raises(UserError, match=r"runs on Apache Beam: pip install 'tokenformer_jax\[prepare\]'"):
+    prepare.run(prepare.Options(inputs='kjv', output=str(tmp_path / 'd'), train_vocab=256), beam_args=[])
+  assert not (tmp_path / 'd').exists()

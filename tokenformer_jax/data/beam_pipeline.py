@@ -7,6 +7,7 @@ their options; the workers need this package installed (e.g. `--setup_file` or a
 A shard's bad input (a line that is not JSON, undecodable bytes, ...) is not retried: the worker
 records it beside the output and the driver reports it as a one-line error after the pipeline ends.
 """
+import importlib.util
 import os
 
 from tokenformer_jax.data import manifest as manifest_lib
@@ -20,8 +21,14 @@ def _error_path(task) -> str:
   return os.path.join(task.output, _ERRORS_DIR, f'{task.index:05d}.json')
 
 
+def check_installed() -> None:
+  if importlib.util.find_spec('apache_beam') is None:
+    raise UserError("the prepare pipeline runs on Apache Beam: pip install 'tokenformer_jax[prepare]'")
+
+
 def run(tasks: list, tokenizer_bytes: bytes, beam_args: list[str]) -> None:
   """Runs prepare.process for every task on Beam; raises the first recorded bad-input error."""
+  check_installed()
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
 

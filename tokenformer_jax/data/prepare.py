@@ -174,6 +174,9 @@ def run(opts: Options, beam_args: list[str] | None = None, log=print) -> dict:
     raise UserError(f'validation fraction must be in [0, 1), got {opts.validation_fraction}')
   if opts.num_shards < 0 or opts.record_tokens < 1:
     raise UserError('--num_shards must be at least 0 and the record size at least 1')
+  if beam_args is not None:
+    from tokenformer_jax.data import beam_pipeline  # pylint: disable=import-outside-toplevel
+    beam_pipeline.check_installed()
   files = sources.expand(opts.inputs)
   req = request(opts, files)
   existing = manifest_lib.read_json(manifest_lib.path(opts.output))
