@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import small_config
+from tests.conftest import small_config, tree_digest
 from tokenformer_jax import checkpoint, growth, sharding, train
 from tokenformer_jax import model as model_lib
 from tokenformer_jax import state as state_lib
@@ -159,9 +159,18 @@ def test_grown_checkpoint_trains_on(source, data_cache, tmp_path):
   b.model.n_ffn = 512
   b.train.steps = 8
   dst = str(tmp_path / 'dst')
+  before = tree_digest(source)
   assert growth.grow(b, source, dst) == 4  # carry: the step goes on
+  assert tree_digest(source) == before  # growth only reads the source
   meta = checkpoint.read_meta(checkpoint.manager(dst), 4)
   assert meta['config']['model']['n_ref_ffn'] == 256 and meta['grown_from']['counts']['ffn'] == 256
+  source_meta = checkpoint.read_meta(checkpoint.manager(source), 4)
+  assert meta['tokenizer_sha256'] == source_meta['tokenizer_sha256']
+  other = b.copy_and_resolve_references()
+  other.data.vocab_size, other.data.cache_dir = 300, str(tmp_path / 'other_data')
+  with pytest.raises(UserError, match='trained with tokenizer sha256 .* but the data in .*other_data'):
+    train.train(other, dst)
+  assert not (tmp_path / 'other_data').exists()  # the data prepared for the refused run is gone again
   result = train.train(b, dst)  # the config leaves n_ref at 0: τ is taken from the checkpoint
   assert result.step == 8 and result.cfg.model.n_ref_ffn == 256 and b.model.n_ref_ffn == 0
   assert sorted(result.train_losses) == [5, 8]
