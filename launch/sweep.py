@@ -6,17 +6,23 @@
       --launcher='sbatch launch/slurm_gpu.sbatch --'                                   # submit each
   python launch/sweep.py ... -- --config.train.steps=100     # flags after -- go to every run
 
-Local runs go one after another. Rerunning a sweep skips finished runs (ROOT/<run>/sweep_done.json)
-and resumes interrupted ones (main.py resumes from a workdir's latest checkpoint). Each finished run's
-final metrics go into ROOT/results.csv. A failed run is reported and the sweep goes on; the exit
-status is non-zero if any run failed.
+A launcher is a command prefix that takes main.py's flags (as launch/slurm_gpu.sbatch, tpu_pod.sh and
+local_multiprocess.sh do after their `--`); without one, each run is `python -m tokenformer_jax.main`.
+A run's workdir is ROOT/<overrides>-<hash>: the hash covers every override and the flags after --, so
+two runs never share a workdir. Local runs go one after another. Rerunning a sweep skips finished
+runs (ROOT/<run>/sweep_done.json, written only for a run that exited 0) and resumes interrupted or
+preempted ones (main.py resumes from a workdir's latest checkpoint). ROOT/results.csv holds one row
+per run, merged across invocations. A failed run is reported and the sweep goes on; the exit status
+is non-zero if any run failed or was preempted.
 """
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -25,12 +31,14 @@ from absl import app, flags  # noqa: E402
 
 from tokenformer_jax import config as config_lib  # noqa: E402
 from tokenformer_jax import sweeps  # noqa: E402
+from tokenformer_jax.train import EXIT_PREEMPTED  # noqa: E402
 from tokenformer_jax.errors import UserError, fail  # noqa: E402
 
 _CONFIG = flags.DEFINE_string('config', None, 'Experiment file, optionally with :arg.')
 _ROOT = flags.DEFINE_string('root', None, 'Folder holding one workdir per run.')
 _PRINT_ONLY = flags.DEFINE_bool('print_only', False, 'Print the commands instead of running them.')
-_LAUNCHER = flags.DEFINE_string('launcher', '', 'Prefix that submits a command (e.g. an sbatch line).')
+_LAUNCHER = flags.DEFINE_string('launcher', '', "Prefix that takes main.py's flags and starts the run "
+                                'itself (e.g. an sbatch line ending in --).')
 
 
 def load_sweep(config_arg: str) -> list[dict]:
@@ -50,8 +58,8 @@ def load_sweep(config_arg: str) -> list[dict]:
 def final_metrics(workdir: str) -> dict:
   """Last train loss and last validation loss/perplexity of a run (its last stage for schedules)."""
   out = {}
-  paths = sorted(os.path.join(d, 'metrics.jsonl') for d, _, files in os.walk(workdir)
-                 if 'metrics.jsonl' in files)
+  paths = sorted((os.path.join(d, 'metrics.jsonl') for d, _, files in os.walk(workdir)
+                  if 'metrics.jsonl' in files), key=_numeric_order)
   for path in paths:
     with open(path, encoding='utf-8') as f:
       for line in f:
@@ -63,14 +71,31 @@ def final_metrics(workdir: str) -> dict:
   return out
 
 
+def _numeric_order(path: str) -> list:
+  """'stage_10' after 'stage_9': digit runs compare as numbers."""
+  return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', path)]
+
+
 def write_csv(root: str, rows: list[dict]) -> None:
-  keys = sorted({k for row in rows for k in row}, key=lambda k: (k != 'run', k))
-  tmp = os.path.join(root, 'results.csv.tmp')
-  with open(tmp, 'w', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(tmp, os.path.join(root, 'results.csv'))
+  """Merges rows into ROOT/results.csv by run name (this invocation's rows win), atomically: a unique
+  temporary file renamed over the old one, so concurrent sweeps never write into each other's."""
+  path = os.path.join(root, 'results.csv')
+  merged = {}
+  if os.path.exists(path):
+    with open(path, newline='', encoding='utf-8') as f:
+      merged = {row['run']: row for row in csv.DictReader(f)}
+  merged.update((row['run'], row) for row in rows)
+  keys = sorted({k for row in merged.values() for k in row}, key=lambda k: (k not in ('run', 'status'), k))
+  fd, tmp = tempfile.mkstemp(dir=root, prefix='.results.csv.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'w', newline='', encoding='utf-8') as f:
+      writer = csv.DictWriter(f, fieldnames=keys)
+      writer.writeheader()
+      writer.writerows(merged.values())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
 
 
 def main(argv):
@@ -82,12 +107,13 @@ def main(argv):
   os.makedirs(root, exist_ok=True)
   rows, failed = [], []
   for overrides in runs:
-    name = sweeps.run_name(overrides)
+    name = sweeps.run_name(overrides, [_CONFIG.value, *extra])
     workdir = os.path.join(root, name)
-    command = [sys.executable, '-m', 'tokenformer_jax.main', f'--config={_CONFIG.value}',
-               f'--workdir={workdir}', *sweeps.to_flags(overrides), *extra]
-    if _LAUNCHER.value:
-      command = shlex.split(_LAUNCHER.value) + command[1:]
+    main_flags = [f'--config={_CONFIG.value}', f'--workdir={workdir}', *sweeps.to_flags(overrides), *extra]
+    if _LAUNCHER.value:  # the launcher starts main.py itself, with these flags
+      command = shlex.split(_LAUNCHER.value) + main_flags
+    else:
+      command = [sys.executable, '-m', 'tokenformer_jax.main', *main_flags]
     if _PRINT_ONLY.value:
       print(shlex.join(command))
       continue
@@ -96,11 +122,14 @@ def main(argv):
       print(f'[sweep] {name}: finished before, skipped', flush=True)
     else:
       print(f'[sweep] {name}: {shlex.join(command)}', flush=True)
-      if subprocess.run(command, cwd=ROOT).returncode != 0:
+      code = subprocess.run(command, cwd=ROOT).returncode
+      if code != 0:  # a preempted run (status 143) is not done either: the next invocation resumes it
         failed.append(name)
-        rows.append({'run': name, 'status': 'failed', **overrides})
+        rows.append({'run': name, 'status': 'preempted' if code == EXIT_PREEMPTED else 'failed',
+                     **overrides})
         continue
-      if _LAUNCHER.value:  # submitted, not finished: nothing to collect yet
+      if _LAUNCHER.value:  # submitted (or run by the launcher): its metrics come on a later invocation
+        rows.append({'run': name, 'status': 'submitted', **overrides})
         continue
       with open(done, 'w', encoding='utf-8') as f:
         json.dump(final_metrics(workdir), f)
@@ -110,7 +139,8 @@ def main(argv):
     write_csv(root, rows)
     print(f'[sweep] results: {os.path.join(root, "results.csv")}')
   if failed:
-    fail(f'{len(failed)} run(s) failed: {", ".join(failed)}')
+    fail(f'{len(failed)} run(s) failed or were preempted (rerun the sweep to resume them): '
+         f'{", ".join(failed)}')
 
 
 if __name__ == '__main__':

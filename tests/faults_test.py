@@ -81,7 +81,7 @@ def test_sigterm_saves_then_resumes(reference, tmp_path):
   # no periodic checkpoints: the one found afterwards can only come from the SIGTERM handler
   code, stderr = start_and_interrupt(tmp_path / 'w', cache, signal.SIGTERM, 6,
                                      '--config.train.checkpoint_every=1000')
-  assert code == 0, stderr[-2000:]
+  assert code == 143, stderr[-2000:]  # preempted, resumable: never 0
   assert 'SIGTERM: saved step' in stderr
   saved = int(stderr.split('SIGTERM: saved step')[1].split()[0].strip(','))
   assert os.listdir(tmp_path / 'w' / 'checkpoints') == [str(saved)] and 6 <= saved < 24
@@ -105,3 +105,27 @@ def test_truncated_checkpoint_is_named_and_an_older_one_can_be_chosen(reference,
   assert '--restore_step (available: [4])' in line
   rerun_matches(workdir, cache, whole, '--restore_step=4')
   assert any(p.name.startswith('8.set-aside-') for p in (workdir / 'checkpoints').iterdir())
+
+
+def test_an_async_save_cut_short_leaves_the_previous_checkpoint_and_an_exact_rerun(reference, tmp_path):
+  """What kill -9 during a background write leaves: Orbax's temporary folder of the step, half
+  written and never renamed. The rerun resumes from the step before, removes it, and is exact."""
+  cache, whole = reference
+  workdir = tmp_path / 'w'
+  first = command(workdir, cache, '--stop_at_step=8')
+  assert subprocess.run(first, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
+  checkpoints = workdir / 'checkpoints'
+  partial = checkpoints / '8.orbax-checkpoint-tmp-1700000000000000'
+  os.rename(checkpoints / '8', partial)
+  for path in sorted((p for p in partial.rglob('*') if p.is_file()), key=str)[::2]:
+    path.unlink()
+  proc = subprocess.run(command(workdir, cache), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'resumed from step 4' in proc.stderr
+  assert final_losses(workdir) == whole
+  assert not partial.exists()
+
+
+def test_a_sync_run_matches_an_async_one(reference, tmp_path):
+  cache, whole = reference
+  rerun_matches(tmp_path / 'w', cache, whole, '--config.train.async_checkpointing=false')

@@ -1,5 +1,6 @@
 """The command line: every bad input ends with one clear line, a non-zero exit, and an untouched workdir."""
 import json
+import os
 import subprocess
 import sys
 
@@ -132,3 +133,22 @@ def test_pile_config_trains_on_a_dataset_prepared_with_a_tokenizer_json(tmp_path
   code, _, err = run_main(*no_dataset, '--mode=generate', '--prompt=In', f'--config.data.tokenizer={other}',
                           workdir=workdir, config=pile)
   assert code == 2 and 'was trained with tokenizer sha256' in error_line(err), err
+
+
+@pytest.mark.parametrize('args,rows', [(['--config.train.batch_size=6'], '6 rows'),
+                                       (['--config.train.batch_size=8', '--config.train.grad_accum=4'],
+                                        '2 rows')])
+def test_a_batch_the_mesh_cannot_split_is_refused_before_anything_is_written(tmp_path, args, rows):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}',
+                         f'--workdir={tmp_path / "w"}', *FAST, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  line = error_line(proc.stderr)
+  assert proc.returncode == 2 and rows in line and 'not divisible by the 4 batch shards' in line, line
+  assert not (tmp_path / 'w').exists()
+
+
+def test_stop_at_step_must_be_positive(tmp_path):
+  code, _, err = run_main(*FAST, '--stop_at_step=0', workdir=tmp_path / 'w')
+  assert code == 2 and '--stop_at_step must be positive' in error_line(err), err
+  assert not (tmp_path / 'w').exists()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import FAST, ROOT, TINY
+from tests.conftest import FAST, ROOT, TINY, error_line
 
 STEPS = ['--config.train.steps=6', '--config.train.log_every=1', '--config.train.eval_every=3',
          '--config.train.checkpoint_every=3', '--config.train.batch_size=8']
@@ -95,3 +95,75 @@ def test_peer_death_ends_the_survivor_in_bounded_time(tmp_path):
   assert procs[0].returncode != 0
   assert elapsed <= timeout_s + 30, elapsed
   assert 'another task died' in stderr or 'stopped sending heartbeats' in stderr, stderr[-2000:]
+
+
+def test_sigterm_to_one_process_saves_one_agreed_step_on_both(tmp_path):
+  """A maintenance event signals one host: both save the same step and exit 143; the rerun is exact."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  steps = ['--config.train.steps=100000', '--config.train.log_every=1', '--config.train.eval_every=1000',
+           '--config.train.checkpoint_every=1000', '--config.train.sample_tokens=0',
+           f'--config.data.cache_dir={tmp_path / "cache"}', '--distributed_timeout_s=60']
+
+  def start(workdir, *extra):
+    port = free_port()
+    common = [sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}', f'--workdir={workdir}',
+              *FAST, *steps, *extra, f'--coordinator_address=localhost:{port}', '--num_processes=2']
+    return [subprocess.Popen(common + [f'--process_id={i}'], cwd=ROOT, env=env, text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+
+  def finish(procs):
+    try:
+      return [p.communicate(timeout=600)[1] for p in procs]
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+
+  workdir = tmp_path / 'w'
+  procs = start(workdir)
+  metrics = workdir / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while not (metrics.exists() and metrics.read_text().count('\n') >= 5):
+    assert time.time() < deadline and procs[0].poll() is None, 'training never started'
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  signalled = time.time()
+  stderr = finish(procs)
+  assert time.time() - signalled < 60
+  assert [p.returncode for p in procs] == [143, 143], stderr[0][-2000:]
+  saved = os.listdir(workdir / 'checkpoints')
+  assert len(saved) == 1 and int(saved[0]) >= 5
+  for text in stderr:
+    assert f'SIGTERM: saved step {saved[0]}' in text
+  stop = f'--stop_at_step={int(saved[0]) + 3}'
+  reference = tmp_path / 'reference'
+  for w in (workdir, reference):  # the rerun resumes; the reference runs uninterrupted to the same step
+    procs = start(w, stop)
+    finish(procs)
+    assert [p.returncode for p in procs] == [0, 0]
+  resumed, whole = losses(workdir)[0], losses(reference)[0]
+  assert sorted(resumed) == sorted(whole) == list(range(1, int(saved[0]) + 4))
+  assert resumed == whole
+
+
+def test_processes_started_with_different_settings_all_stop_naming_the_keys(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  port = free_port()
+  common = [sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}',
+            f'--workdir={tmp_path / "w"}', *FAST, f'--coordinator_address=localhost:{port}',
+            '--num_processes=2', '--distributed_timeout_s=60']
+  procs = [subprocess.Popen(common + [f'--process_id={i}', f'--config.seed={i}'] + extra, cwd=ROOT,
+                            env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+           for i, extra in enumerate([[], ['--stop_at_step=5']])]
+  try:
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, stderr in zip(procs, errors):
+    line = error_line(stderr)
+    assert p.returncode == 2, stderr[-2000:]
+    assert line.startswith('error: the processes of this run were started with different settings'), line
+    assert 'config.seed: 0 on process 0, 1 on process 1' in line and 'flags.stop_at_step' in line, line
+  assert not (tmp_path / 'w').exists()

@@ -1,5 +1,6 @@
 """launch/sweep.py: override dicts → runs in their own workdirs, results.csv, skip/resume on rerun."""
 import csv
+import os
 import subprocess
 import sys
 
@@ -26,7 +27,15 @@ def test_helpers():
                   {'a': 2, 'b': 3, 'c': 'x'}, {'a': 2, 'b': 4, 'c': 'y'}]
   assert sweeps.to_flags({'stages': ((1, 2, 3, 4),), 'optimizer.lr': 0.001}) == [
       '--config.stages=((1, 2, 3, 4),)', '--config.optimizer.lr=0.001']
-  assert sweeps.run_name({'data.corpus': '/a b/*.txt'}) == 'data.corpus=_a_b__.txt'
+  name = sweeps.run_name({'data.corpus': '/a b/*.txt'})
+  assert name.startswith('data.corpus=_a_b__.txt-') and len(name) == len('data.corpus=_a_b__.txt-') + 8
+  # names that read alike, long keys cut to one prefix, other base flags: all different workdirs
+  long_a, long_b = {'x' * 100: 1}, {'x' * 100: 2}
+  names = {sweeps.run_name({'data.corpus': '/d/a b.txt'}), sweeps.run_name({'data.corpus': '/d/a_b.txt'}),
+           sweeps.run_name(long_a), sweeps.run_name(long_b),
+           sweeps.run_name(long_a, ['--config.train.steps=5']), sweeps.run_name(long_a, ['--config.seed=1'])}
+  assert len(names) == 6 and all(len(n) <= 89 for n in names)
+  assert sweeps.run_name({'a': 1}, ['x']) == sweeps.run_name({'a': 1}, ['x'])  # stable across invocations
 
 
 def run_sweep(experiment, root, cache, *args):
@@ -47,12 +56,14 @@ def test_sweep_runs_collects_and_skips(tmp_path):
   assert [r['optimizer.lr'] for r in rows] == ['0.001', '0.003']
   assert all(r['status'] == 'done' and r['step'] == '2' and float(r['val_loss']) > 0 for r in rows)
 
-  (root / 'optimizer.lr=0.003,model.n_ffn=64' / 'sweep_done.json').unlink()  # "interrupted"
+  second = next(root.glob('optimizer.lr=0.003,model.n_ffn=64-*'))
+  (second / 'sweep_done.json').unlink()  # "interrupted"
   proc = run_sweep(experiment, root, cache)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.count('finished before, skipped') == 1
   with open(root / 'results.csv') as f:
     assert len(list(csv.DictReader(f))) == 2
+  assert [p.name for p in root.iterdir() if p.name.startswith('.results')] == []  # no temp file left
 
   printed = run_sweep(experiment, tmp_path / 'other', cache, '--print_only')
   assert printed.returncode == 0 and printed.stdout.count('tokenformer_jax.main') == 2
@@ -64,3 +75,55 @@ def test_no_get_sweep(tmp_path):
   experiment.write_text('def get_config():\n  return None\n')
   proc = run_sweep(experiment, tmp_path / 'root', tmp_path / 'cache')
   assert proc.returncode == 2 and 'defines no get_sweep()' in proc.stderr
+
+
+def test_results_merge_across_invocations_and_stages_sort_numerically(tmp_path):
+  sweep = _load_sweep_module()
+  root = tmp_path / 'root'
+  root.mkdir()
+  sweep.write_csv(str(root), [{'run': 'a', 'status': 'failed'}, {'run': 'b', 'status': 'done', 'x': '1'}])
+  sweep.write_csv(str(root), [{'run': 'a', 'status': 'done', 'val_loss': 2.5}, {'run': 'c', 'status': 'done'}])
+  with open(root / 'results.csv') as f:
+    rows = {r['run']: r for r in csv.DictReader(f)}
+  assert sorted(rows) == ['a', 'b', 'c'] and rows['a']['status'] == 'done' and rows['b']['x'] == '1'
+  for index, loss in ((9, 9.0), (10, 10.0)):
+    stage = tmp_path / 'w' / f'stage_{index}'
+    stage.mkdir(parents=True)
+    (stage / 'metrics.jsonl').write_text(f'{{"step": {index}, "loss": {loss}}}\n')
+  assert sweep.final_metrics(str(tmp_path / 'w'))['train_loss'] == 10.0  # the last stage's
+
+
+def _load_sweep_module():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('sweep_script', f'{ROOT}/launch/sweep.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_the_slurm_recipe_runs_main_once_per_run(tmp_path):
+  """The README's recipe, --launcher='sbatch launch/slurm_gpu.sbatch --', composed end to end: a
+  stand-in `sbatch` runs the script and a stand-in `srun` runs its command, so each run trains."""
+  experiment = tmp_path / 'exp.py'
+  experiment.write_text(EXPERIMENT)
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'sbatch').write_text('#!/usr/bin/env bash\nexec bash "$@"\n')
+  # srun's own options, then the command
+  (bin_dir / 'srun').write_text('#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
+                                'echo "srun: $*" >> "$(dirname "$0")/srun.log"\nexec "$@"\n')
+  for tool in ('sbatch', 'srun'):
+    (bin_dir / tool).chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable)
+  root = tmp_path / 'root'
+  proc = subprocess.run([sys.executable, 'launch/sweep.py', f'--config={experiment}', f'--root={root}',
+                         "--launcher=sbatch launch/slurm_gpu.sbatch --", '--', *FAST,
+                         f'--config.data.cache_dir={tmp_path / "cache"}', '--config.train.sample_tokens=0'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  calls = (bin_dir / 'srun.log').read_text().splitlines()
+  assert len(calls) == 2 and all(c.count('-m tokenformer_jax.main') == 1 for c in calls), calls
+  for run in root.glob('optimizer.lr=*'):
+    assert (run / 'checkpoints' / '2').is_dir()  # trained
+  with open(root / 'results.csv') as f:
+    assert [r['status'] for r in csv.DictReader(f)] == ['submitted', 'submitted']

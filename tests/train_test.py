@@ -5,6 +5,7 @@ import pytest
 
 from tests.conftest import small_config
 from tokenformer_jax import checkpoint, train
+from tokenformer_jax.errors import UserError
 
 
 def test_training_lowers_validation_loss(data_cache, tmp_path):
@@ -47,3 +48,27 @@ def test_gradient_accumulation_matches_one_big_batch(data_cache, tmp_path):
     assert accumulated.train_losses[step] == pytest.approx(loss, rel=1e-5)
   for a, b in zip(jax.tree.leaves(single.state['params']), jax.tree.leaves(accumulated.state['params'])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
+
+
+def test_a_diverged_run_stops_before_saving_and_keeps_the_good_checkpoints(data_cache, tmp_path):
+  c = small_config(data_cache)
+  c.train.steps = 4
+  train.train(c, str(tmp_path))
+  mngr = checkpoint.manager(str(tmp_path))
+  c.train.steps, c.train.checkpoint_every, c.train.log_every = 30, 1, 1000
+  c.train.keep_checkpoints = 2
+  c.optimizer.lr = 1e30
+  with pytest.raises(UserError, match=r'not finite at step (\d+); stopped before saving \(the last '
+                                      r'checkpoint, step \d+, is kept\)') as err:
+    train.train(c, str(tmp_path))
+  bad = int(str(err.value).split('at step ')[1].split(';')[0])
+  kept = checkpoint.manager(str(tmp_path)).all_steps()
+  assert 4 < bad <= 30 and max(kept) == bad - 1 and len(kept) == 2  # nothing saved from step `bad` on
+  restored = checkpoint.restore(mngr, max(kept), *_targets(c, mngr, max(kept)))
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored))  # a finite state
+
+
+def _targets(c, mngr, step):
+  from tokenformer_jax import sharding, state as state_lib
+  meta = checkpoint.read_meta(mngr, step)
+  return (state_lib.abstract_targets(state_lib.make_spec(c, meta['vocab_size'], sharding.make_mesh(c.mesh))),)

@@ -1,7 +1,12 @@
 """Orbax checkpoints: train state, data-iterator state and run metadata; strict restore onto any mesh.
 
 Layout: WORKDIR/checkpoints/<step>/{state, data, meta}. Orbax writes each step into a temporary folder
-and renames it when complete, so a save killed midway is never listed as a checkpoint.
+and renames it when complete, so a save killed midway is never listed as a checkpoint (and its folder
+is removed when a training run next opens the workdir).
+
+Training saves asynchronously: `save(..., wait=False)` returns once the arrays are copied to host
+memory (so the train step may donate their buffers), and Orbax writes and commits them in the
+background while training goes on; the next save, and `finish`, wait for that commit first.
 
 Restore is strict: before reading any array, the saved model config and every saved array's path and
 shape are compared with the target; any difference is a UserError naming the parameter and both shapes.
@@ -16,6 +21,7 @@ import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -27,9 +33,14 @@ from tokenformer_jax.errors import UserError
 N_REF_KEYS = tuple(f'n_ref_{group}' for group in model_lib.TOKEN_GROUPS)
 
 
-def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
+def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool = False,
+            cleanup: bool = False) -> ocp.CheckpointManager:
+  """A manager of WORKDIR/checkpoints. `async_save`: saves return before the write (see `save`);
+  `cleanup` (a training run, holding the workdir's lock): removes the temporary folders of saves a
+  crash cut short."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                         enable_async_checkpointing=False)
+                                         enable_async_checkpointing=async_save,
+                                         cleanup_tmp_directories=cleanup)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                options=options,
                                item_handlers={'state': ocp.PyTreeCheckpointHandler(),
@@ -78,11 +89,16 @@ def set_aside_later(mngr: ocp.CheckpointManager, step: int) -> None:
   """Renames checkpoints newer than `step` (e.g. a corrupt one the user skipped) so training from
   `step` can save those step numbers again; nothing is deleted."""
   later = [s for s in mngr.all_steps() if s > step]
-  for s in later:
-    path = os.path.join(str(mngr.directory), str(s))
-    os.rename(path, f'{path}.set-aside-{int(time.time())}')
-  if later:
-    mngr.reload()
+  if not later:
+    return
+  if jax.process_index() == 0:  # one process renames (the workdir is shared); the others wait for it
+    stamp = int(time.time())
+    for s in later:
+      path = os.path.join(str(mngr.directory), str(s))
+      os.rename(path, f'{path}.set-aside-{stamp}')
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('tokenformer_jax.set_aside_later')
+  mngr.reload()
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
@@ -185,15 +201,17 @@ def _longer_token_axis(path: str, old: tuple, new: tuple) -> bool:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter, meta: dict,
-         force: bool = False) -> None:
+         force: bool = False, wait: bool = True) -> None:
   """Saves state, the data position and meta; data_iter=None (an imported checkpoint) saves no position.
   The position (data_iter.state()) is global, the same on every process, so any process count can
-  resume it."""
+  resume it. wait=False (an async manager): returns once the arrays are on the host; the step is
+  listed only after its background commit."""
   items = {'state': ocp.args.PyTreeSave(state), 'meta': ocp.args.JsonSave(meta)}
   if data_iter is not None:
     items['data'] = ocp.args.JsonSave(data_iter.state())
   mngr.save(step, args=ocp.args.Composite(**items), force=force)
-  mngr.wait_until_finished()
+  if wait:
+    mngr.wait_until_finished()
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, targets: Any, data_iter=None, *,

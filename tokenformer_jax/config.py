@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.eval_batches = 8
   t.checkpoint_every = 200
   t.keep_checkpoints = 3
+  t.async_checkpointing = True   # arrays written in the background while training goes on
   t.sample_tokens = 64           # tokens sampled at the end of a run (0: none) ...
   t.sample_prompt = ''           # ... continuing this text ('': a new document)
   t.sample_temperature = 0.8

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from tokenformer_jax import checkpoint, config as config_lib, sharding
+from tokenformer_jax import checkpoint, config as config_lib, sharding, workdir_lock
 from tokenformer_jax import model as model_lib
 from tokenformer_jax import state as state_lib
 from tokenformer_jax.errors import UserError
@@ -165,6 +165,11 @@ def convert(cfg, workdir: str, checkpoint_file: str) -> str:
                     f'{cfg.model.kind!r}')
   if not checkpoint_file:
     raise UserError('--mode=convert needs --checkpoint_file (a .safetensors, .bin or .pt file)')
+  with workdir_lock.hold(workdir):  # no training run or other import writes here meanwhile
+    return _write(cfg, workdir, checkpoint_file)
+
+
+def _write(cfg, workdir: str, checkpoint_file: str) -> str:
   existing = checkpoint.manager(workdir, create=False).all_steps()
   if existing:
     raise UserError(f'{workdir} already holds checkpoints (steps {sorted(existing)}); import into an '

@@ -2,24 +2,32 @@
 
 - explicit: --coordinator_address=host:port --num_processes=N --process_id=i (any cluster, or N
   processes on one machine, as launch/local_multiprocess.sh does);
-- automatic: on a TPU pod slice or under SLURM with more than one task, JAX finds the coordinator,
-  the process count and this process's id itself;
+- automatic: on a TPU pod slice, or in a SLURM job step (srun) of more than one task, JAX finds the
+  coordinator, the process count and this process's id itself;
 - otherwise a single process and nothing to do.
 
 `timeout_s` bounds both the wait for peers at start-up and the heartbeat: a process whose peers stop
 answering is told by the coordination service and exits with an error, instead of hanging for ever.
 On CPU the collectives between processes go over gloo.
+
+`agree` then makes sure every process was started with the same settings: a process with another seed
+would train divergent "replicated" parameters, and one with another batch size would hang a collective.
 """
+import json
 import os
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from tokenformer_jax.errors import UserError
 
 
 def _cluster_detected() -> bool:
-  slurm_tasks = int(os.environ.get('SLURM_NTASKS', os.environ.get('SLURM_NPROCS', '1')) or 1)
+  # Under SLURM, the tasks of this job step (srun sets SLURM_STEP_NUM_TASKS), not of the allocation:
+  # a plain `python -m ...` inside `salloc --ntasks=8` is one process and starts alone.
+  slurm_tasks = int(os.environ.get('SLURM_STEP_NUM_TASKS', '1') or 1)
   tpu_hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
   return slurm_tasks > 1 or ',' in tpu_hosts or 'MEGASCALE_COORDINATOR_ADDRESS' in os.environ
 
@@ -40,3 +48,39 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def _flatten(tree, prefix: str = '') -> dict:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flatten(value, f'{prefix}.{key}' if prefix else str(key)))
+  return out
+
+
+def _gather_texts(text: str) -> list[str]:
+  """Every process's `text`, in process order (two all-gathers: the lengths, then the padded bytes)."""
+  local = np.frombuffer(text.encode(), np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.array([local.size], np.int32))).ravel()
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:local.size] = local
+  rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+  return [bytes(row[:n]).decode() for row, n in zip(rows, lengths)]
+
+
+def agree(settings: dict) -> None:
+  """Compares every process's settings (the resolved config and flags) with process 0's; a difference
+  is a UserError naming the keys, raised on every process alike (all of them see all settings)."""
+  if jax.process_count() < 2:
+    return
+  texts = _gather_texts(json.dumps(settings, sort_keys=True, default=repr))
+  first = _flatten(json.loads(texts[0]))
+  problems = []
+  for index, text in enumerate(texts[1:], start=1):
+    other = _flatten(json.loads(text))
+    keys = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+    problems += [f'{k}: {first.get(k)!r} on process 0, {other.get(k)!r} on process {index}' for k in keys]
+  if problems:
+    shown = '; '.join(problems[:6]) + (f'; and {len(problems) - 6} more' if len(problems) > 6 else '')
+    raise UserError(f'the processes of this run were started with different settings: {shown}')

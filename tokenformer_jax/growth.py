@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tokenformer_jax import checkpoint, sharding
+from tokenformer_jax import checkpoint, sharding, workdir_lock
 from tokenformer_jax.data import pipeline
 from tokenformer_jax import model as model_lib
 from tokenformer_jax import state as state_lib
@@ -180,6 +180,7 @@ def save(p: Plan, state_b) -> int:
 
 def grow(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> int:
   """Grows SRC's checkpoint (latest, or `step`) into a checkpoint of cfg_b in DST; returns its step."""
-  p = plan(cfg_b, src_workdir, dst_workdir, step)
-  state_b = fill_state(restore_padded(p), p.spec, p.cfg, p.old_counts, cfg_b.growth.seed)
-  return save(p, state_b)
+  with workdir_lock.hold(dst_workdir):
+    p = plan(cfg_b, src_workdir, dst_workdir, step)
+    state_b = fill_state(restore_padded(p), p.spec, p.cfg, p.old_counts, cfg_b.growth.seed)
+    return save(p, state_b)

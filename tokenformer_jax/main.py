@@ -2,9 +2,12 @@
 
 Config overrides use ml_collections flags (--config.model.num_layers=4); the config is locked, so an
 unknown key is an error. Bad input ends with one line on stderr naming the problem and exit status 2.
+A training run stopped by SIGTERM (on any of its processes) saves one agreed step and exits with status
+143; rerunning resumes it.
 """
 import logging as std_logging
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -33,6 +36,9 @@ _STOP_AT = flags.DEFINE_integer('stop_at_step', None,
                                 'Exit (after saving) at this step, before train.steps.')
 _RESTORE_STEP = flags.DEFINE_integer(
     'restore_step', None, 'Restore this checkpoint instead of the latest (e.g. skip a corrupt one).')
+_ACCEPT_DATA = flags.DEFINE_bool(
+    'accept_data_change', False, 'Resume although seq_len, batch size, seed or data changed; the data '
+    'iterator then starts again (see resume.py).')
 
 # --- generate (from the latest checkpoint, or --restore_step) ---
 _PROMPT = flags.DEFINE_string('prompt', None, 'Text to continue.')
@@ -62,6 +68,12 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or not noisy
 
 
+def _run_flags() -> dict:
+  """This module's flags that every process of a run must share (all but --process_id)."""
+  holders = [v for v in globals().values() if isinstance(v, flags.FlagHolder)]
+  return {h.name: h.value for h in holders if h.name not in ('process_id', 'config', 'workdir')}
+
+
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -87,10 +99,15 @@ def main(argv):
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            _DIST_TIMEOUT.value)
+    distributed.agree({'config': cfg.to_dict(), 'workdir': workdir, 'flags': _run_flags()})
     if _MODE.value == 'train' and cfg.stages:
-      stages.run(cfg, workdir)
+      if stages.run(cfg, workdir, accept_data_change=_ACCEPT_DATA.value)[-1].preempted:
+        sys.exit(train.EXIT_PREEMPTED)
     elif _MODE.value == 'train':
-      train.train(cfg, workdir, stop_at_step=_STOP_AT.value, restore_step=_RESTORE_STEP.value)
+      result = train.train(cfg, workdir, stop_at_step=_STOP_AT.value, restore_step=_RESTORE_STEP.value,
+                           accept_data_change=_ACCEPT_DATA.value)
+      if result.preempted:
+        sys.exit(train.EXIT_PREEMPTED)
     elif _MODE.value == 'grow':
       if not _GROW_FROM.value:
         fail('--mode=grow needs --grow_from=SOURCE_WORKDIR')

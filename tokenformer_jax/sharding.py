@@ -85,6 +85,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def check_batch(mesh: Mesh, rules, batch_size: int, grad_accum: int) -> None:
+  """Each micro-batch (batch_size / grad_accum rows) must split evenly over the batch's mesh axes."""
+  axes = logical_to_spec(('batch',), rules)[0]
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  shards = int(np.prod([mesh.shape[a] for a in axes]))
+  micro = batch_size // grad_accum
+  if micro % shards:
+    what = f'train.batch_size={batch_size}' + (f' / train.grad_accum={grad_accum}' if grad_accum > 1 else '')
+    raise UserError(f'{what} = {micro} rows per step is not divisible by the {shards} batch shards of '
+                    f'the mesh (axes {axes} of {dict(mesh.shape)}): pick a multiple of {shards}')
+
+
 def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
   """Batch arrays: leading axis over the 'batch' rule's mesh axes, the rest replicated."""
   return NamedSharding(mesh, logical_to_spec(('batch',) + (None,) * (ndim - 1), rules))

@@ -33,15 +33,17 @@ def stage_config(cfg, workdir: str, index: int) -> ml_collections.ConfigDict:
   return c
 
 
-def run(cfg, workdir: str) -> list[train.RunResult]:
+def run(cfg, workdir: str, accept_data_change: bool = False) -> list[train.RunResult]:
   config_lib.validate(cfg)
   configs = [stage_config(cfg, workdir, index) for index in range(len(cfg.stages))]
+  for c in configs:  # every stage's batch fits the mesh, before the first stage writes anything
+    train.check_batch(c)
   results = []
   for index, c in enumerate(configs):
     here = stage_dir(workdir, index)
     if index > 0 and checkpoint.manager(here, create=False).latest_step() is None:
       growth.grow(c, stage_dir(workdir, index - 1), here)
-    result = train.train(c, here)
+    result = train.train(c, here, accept_data_change=accept_data_change)
     results.append(result)
     if result.preempted:
       break

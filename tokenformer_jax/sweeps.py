@@ -8,7 +8,9 @@ apply `--config.x=` overrides from a --flagfile).
     return product(product(('optimizer.lr', [1e-3, 3e-3])), zipped(('model.n_qkv', [64, 128]),
                                                                   ('model.n_ffn', [256, 512])))
 """
+import hashlib
 import itertools
+import json
 import re
 
 
@@ -42,7 +44,11 @@ def to_flags(overrides: dict) -> list[str]:
   return [f'--config.{key}={flag_value(value)}' for key, value in overrides.items()]
 
 
-def run_name(overrides: dict) -> str:
-  """A readable, filesystem-safe name: 'optimizer.lr=0.003,model.n_ffn=512'."""
+def run_name(overrides: dict, base_flags=()) -> str:
+  """A readable, filesystem-safe name that no other run of the sweep can share: the overrides
+  ('optimizer.lr=0.003,model.n_ffn=512', cut to 80 characters) and a hash of everything that makes
+  the run (all overrides and the flags every run gets), e.g. 'optimizer.lr=0.003,model.n_ffn=512-1f3a9c2e'."""
   text = ','.join(f'{key}={flag_value(value)}' for key, value in overrides.items()) or 'base'
-  return re.sub(r'[^A-Za-z0-9_.,=+-]', '_', text)[:200]
+  identity = json.dumps([[key, flag_value(value)] for key, value in overrides.items()] + list(base_flags))
+  digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
+  return f"{re.sub(r'[^A-Za-z0-9_.,=+-]', '_', text)[:80]}-{digest}"

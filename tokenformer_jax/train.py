@@ -6,12 +6,12 @@ A workdir holding a checkpoint of a different model is refused before anything i
 """
 import dataclasses
 import math
-import signal
 import sys
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 from tqdm import tqdm
 
@@ -19,7 +19,13 @@ from tokenformer_jax import checkpoint, config as config_lib, flops, generate, m
 from tokenformer_jax.data import dataset as dataset_lib, pipeline
 from tokenformer_jax import state as state_lib
 from tokenformer_jax import step as step_lib
+from tokenformer_jax import preemption as preemption_lib, resume, workdir_lock
 from tokenformer_jax.errors import UserError
+
+
+# The exit status of a run stopped by SIGTERM after saving (128 + SIGTERM, as a shell reports a process
+# that SIGTERM ended): not 0, so sweeps and schedulers never take it for a finished run.
+EXIT_PREEMPTED = 143
 
 
 @dataclasses.dataclass
@@ -34,29 +40,6 @@ class RunResult:
   preempted: bool = False
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (then it saves and exits cleanly)."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, no flag
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 @dataclasses.dataclass
 class Prepared:
   """Everything a run needs before its first step."""
@@ -66,18 +49,22 @@ class Prepared:
   saved_meta: dict | None   # that checkpoint's metadata
   data: dataset_lib.RunData
   spec: state_lib.StateSpec
+  restart_data: bool = False  # an accepted change of data settings: the iterator starts again
 
 
-def prepare(cfg, workdir: str, restore_step: int | None = None) -> Prepared:
+def prepare(cfg, workdir: str, restore_step: int | None = None,
+            accept_data_change: bool = False) -> Prepared:
   """Validates, checks the workdir's checkpoint against cfg, builds corpus, mesh and state spec."""
   config_lib.validate(cfg)
-  mngr = checkpoint.manager(workdir, keep=cfg.train.keep_checkpoints, create=False)
+  mngr = checkpoint.manager(workdir, keep=cfg.train.keep_checkpoints, create=False,
+                            async_save=cfg.train.async_checkpointing, cleanup=True)
   step = checkpoint.choose_step(mngr, restore_step)
-  saved_meta = None
+  saved_meta, restart_data = None, False
   if step is not None:  # refuse a different model before the data cache can be rebuilt
     saved_meta = checkpoint.read_meta(mngr, step)
     cfg = checkpoint.adopt_frozen_tau(cfg, saved_meta)
     checkpoint.check_config(saved_meta, cfg, step)
+    restart_data = resume.check(saved_meta, cfg, step, accept_data_change)
   grown_from = (saved_meta or {}).get('grown_from')
   if cfg.growth.freeze_old and not grown_from:
     raise UserError('growth.freeze_old needs a grown checkpoint in the workdir (see --mode=grow)')
@@ -87,7 +74,7 @@ def prepare(cfg, workdir: str, restore_step: int | None = None) -> Prepared:
   mesh = sharding.make_mesh(cfg.mesh)
   frozen = grown_from['counts'] if cfg.growth.freeze_old else None
   spec = state_lib.make_spec(cfg, vocab, mesh, frozen_counts=frozen)
-  return Prepared(cfg, mngr, step, saved_meta, run_data, spec)
+  return Prepared(cfg, mngr, step, saved_meta, run_data, spec, restart_data)
 
 
 def evaluate(eval_step, spec, cfg, params, batches) -> float:
@@ -98,16 +85,34 @@ def evaluate(eval_step, spec, cfg, params, batches) -> float:
   return total / count
 
 
-def train(cfg, workdir: str, stop_at_step: int | None = None,
-          restore_step: int | None = None) -> RunResult:
+def train(cfg, workdir: str, stop_at_step: int | None = None, restore_step: int | None = None,
+          accept_data_change: bool = False) -> RunResult:
   """Trains to cfg.train.steps (or stop_at_step), resuming from the workdir's latest checkpoint
-  (or from `restore_step`: later checkpoints are then set aside, never deleted)."""
-  prep = prepare(cfg, workdir, restore_step)
+  (or from `restore_step`: later checkpoints are then set aside, never deleted). A resume with other
+  data settings is refused unless `accept_data_change` (resume.py). One run per workdir: a second one
+  is refused while this one holds the lock."""
+  if stop_at_step is not None and stop_at_step < 1:
+    raise UserError(f'--stop_at_step must be positive, got {stop_at_step}')
+  config_lib.validate(cfg)
+  check_batch(cfg)  # before the lock: a refused run writes nothing
+  with workdir_lock.hold(workdir):
+    return _train(cfg, workdir, stop_at_step, restore_step, accept_data_change)
+
+
+def check_batch(cfg) -> None:
+  """The global batch splits evenly over processes and over the mesh's batch axes."""
+  t, n_proc = cfg.train, jax.process_count()
+  if t.batch_size % n_proc:
+    raise UserError(f'train.batch_size={t.batch_size} is not divisible by {n_proc} processes')
+  sharding.check_batch(sharding.make_mesh(cfg.mesh), cfg.sharding_rules, t.batch_size, t.grad_accum)
+
+
+def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None,
+           accept_data_change: bool) -> RunResult:
+  prep = prepare(cfg, workdir, restore_step, accept_data_change)
   cfg, mngr, latest, run_data, spec = prep.cfg, prep.mngr, prep.step, prep.data, prep.spec
   t = cfg.train
   n_proc, proc = jax.process_count(), jax.process_index()
-  if t.batch_size % n_proc:
-    raise UserError(f'train.batch_size={t.batch_size} is not divisible by {n_proc} processes')
   local_batch = t.batch_size // n_proc
   seq_len = cfg.data.seq_len
   train_iter = pipeline.BatchIterator(run_data.train_stream(seq_len, cfg.seed, t.batch_size),
@@ -122,7 +127,8 @@ def train(cfg, workdir: str, stop_at_step: int | None = None,
 
   # ---- state: restore or init ----
   if latest is not None:
-    state = checkpoint.restore(mngr, latest, state_lib.abstract_targets(spec), train_iter)
+    state = checkpoint.restore(mngr, latest, state_lib.abstract_targets(spec),
+                               None if prep.restart_data else train_iter)
     checkpoint.set_aside_later(mngr, latest)
     logging.info('resumed from step %d in %s', latest, workdir)
   else:
@@ -143,37 +149,54 @@ def train(cfg, workdir: str, stop_at_step: int | None = None,
   tokens_per_step = t.batch_size * seq_len
 
   # ---- steps ----
+  # The first step whose loss or gradient norm is not finite, tracked on the device (no sync per step)
+  # and read before every save and log: a diverged state is never saved, so rotation keeps a good one.
+  first_bad = jax.jit(lambda: jnp.int32(-1), out_shardings=sharding.replicated(spec.mesh))()
+  track_bad = jax.jit(lambda first, m, step: jnp.where(
+      (first < 0) & ~(jnp.isfinite(m['loss']) & jnp.isfinite(m['grad_norm'])), step, first))
   bar = tqdm(total=end, initial=start, desc='train', unit='step', disable=proc != 0 or start >= end,
              dynamic_ncols=True, file=sys.stderr)
   window_start, window_steps = time.perf_counter(), 0
-  with _Preemption() as preemption:
-    for step in range(start, end):
-      batch = step_lib.global_batch(spec, cfg, next(train_iter))
-      state, step_metrics = train_step(state, batch)
-      window_steps += 1
-      done = step + 1
-      if done % t.log_every == 0 or done == end:
-        scalars = {k: float(v) for k, v in step_metrics.items()}
-        elapsed = time.perf_counter() - window_start
-        scalars['tokens_per_s'] = window_steps * tokens_per_step / elapsed
-        scalars['gflops_per_s'] = window_steps * step_flops / elapsed / 1e9
-        window_start, window_steps = time.perf_counter(), 0
-        result.train_losses[done] = scalars['loss']
-        writer.write(done, scalars)
-        bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_s']:.0f}")
-      bar.update(1)
-      if done % t.eval_every == 0 or done == end:
-        val = evaluate(eval_step, spec, cfg, state['params'], val_batches)
-        result.val_losses[done] = val
-        writer.write(done, {'val_loss': val, 'val_ppl': math.exp(min(val, 50.0))})
-        if proc == 0:
-          bar.write(f'step {done}: val loss {val:.4f}, ppl {math.exp(min(val, 50.0)):.2f}')
-      if done % t.checkpoint_every == 0 or done == end or preemption.requested:
-        checkpoint.save(mngr, done, state, train_iter, meta)
-      if preemption.requested:
-        logging.warning('SIGTERM: saved step %d, exiting', done)
-        result.preempted = True
-        break
+  # try/finally: whatever ends the loop, a save still being written commits (or the last one stays).
+  try:
+    with preemption_lib.Preemption(mngr) as preemption:
+      for step in range(start, end):
+        batch = step_lib.global_batch(spec, cfg, next(train_iter))
+        state, step_metrics = train_step(state, batch)
+        window_steps += 1
+        done = step + 1
+        first_bad = track_bad(first_bad, step_metrics, done)
+        preempted = preemption.reached(done)
+        saving = done % t.checkpoint_every == 0 or done == end or preempted
+        if saving or done % t.log_every == 0:
+          _stop_if_diverged(int(first_bad), mngr)
+        if done % t.log_every == 0 or done == end:
+          scalars = {k: float(v) for k, v in step_metrics.items()}
+          elapsed = time.perf_counter() - window_start
+          scalars['tokens_per_s'] = window_steps * tokens_per_step / elapsed
+          scalars['gflops_per_s'] = window_steps * step_flops / elapsed / 1e9
+          window_start, window_steps = time.perf_counter(), 0
+          result.train_losses[done] = scalars['loss']
+          writer.write(done, scalars)
+          bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_s']:.0f}")
+        bar.update(1)
+        if done % t.eval_every == 0 or done == end:
+          val = evaluate(eval_step, spec, cfg, state['params'], val_batches)
+          result.val_losses[done] = val
+          writer.write(done, {'val_loss': val, 'val_ppl': math.exp(min(val, 50.0))})
+          if proc == 0:
+            bar.write(f'step {done}: val loss {val:.4f}, ppl {math.exp(min(val, 50.0)):.2f}')
+        if saving:
+          # async: returns once the arrays are on the host; waited for at the end or when preempted
+          checkpoint.save(mngr, done, state, train_iter, meta,
+                          wait=preempted or done == end or not t.async_checkpointing)
+        if preempted:
+          logging.warning('SIGTERM: saved step %d, exiting (status %d: rerun to resume)', done,
+                          EXIT_PREEMPTED)
+          result.preempted = True
+          break
+  finally:
+    mngr.wait_until_finished()
   bar.close()
   writer.close()
   result.state, result.step = state, int(state['step'])
@@ -184,6 +207,15 @@ def train(cfg, workdir: str, stop_at_step: int | None = None,
     if proc == 0:
       print('--- sample ---\n' + result.sample + '\n--------------', flush=True)
   return result
+
+
+def _stop_if_diverged(first_bad: int, mngr) -> None:
+  if first_bad >= 0:
+    mngr.wait_until_finished()  # the last save (of a finite state) commits before it is named
+    kept = mngr.latest_step()
+    where = f'the last checkpoint, step {kept}, is kept' if kept is not None else 'nothing was saved'
+    raise UserError(f'the loss or gradient norm is not finite at step {first_bad}; stopped before saving '
+                    f'({where}): lower optimizer.lr or raise optimizer.warmup_frac and rerun')
 
 
 def sample_text(spec, cfg, params, tokenizer) -> str:
