@@ -26,10 +26,13 @@ MODEL = dict(num_layers=8, d_model=768, num_heads=12, n_qkv=1024, n_proj=1024, n
 VOCAB = 512
 
 
-def build(batch_size: int, seq_len: int):
+def build(batch_size: int, seq_len: int, num_layers: int = MODEL['num_layers'],
+          d_model: int = MODEL['d_model']):
   from tokenformer_jax import config as config_lib, sharding, state as state_lib, step as step_lib
   c = config_lib.base_config()
-  c.model.update(MODEL)
+  scale = d_model / MODEL['d_model']
+  c.model.update({**MODEL, 'num_layers': num_layers, 'd_model': d_model, 'num_heads': max(1, d_model // 64),
+                  **{k: int(MODEL[k] * scale) for k in ('n_qkv', 'n_proj', 'n_ffn')}})
   c.data.seq_len, c.train.batch_size = seq_len, batch_size
   c.lock()
   spec = state_lib.make_spec(c, VOCAB, sharding.make_mesh(c.mesh))
@@ -42,6 +45,9 @@ def main():
   parser.add_argument('--batch_size', type=int, default=2)
   parser.add_argument('--seq_len', type=int, default=128)
   parser.add_argument('--workdir', default='/tmp/checkpoint_stall')
+  parser.add_argument('--num_layers', type=int, default=MODEL['num_layers'])
+  parser.add_argument('--d_model', type=int, default=MODEL['d_model'], help='token counts scale with it')
+  parser.add_argument('--compression', action='store_true', help='zstd on the arrays (Orbax default)')
   parser.add_argument('--json', default='')
   args = parser.parse_args()
 
@@ -53,13 +59,13 @@ def main():
   from tokenformer_jax.data import pipeline
 
   shutil.rmtree(args.workdir, ignore_errors=True)
-  c, spec, state, train_step = build(args.batch_size, args.seq_len)
+  c, spec, state, train_step = build(args.batch_size, args.seq_len, args.num_layers, args.d_model)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, VOCAB, (args.batch_size, args.seq_len + 1), dtype=np.int32)
   batch = step_lib.global_batch(spec, c, tokens)
   meta = checkpoint.run_meta(c, VOCAB)
-  managers = {mode: checkpoint.manager(os.path.join(args.workdir, mode), keep=1,
-                                       async_save=mode == 'async') for mode in ('sync', 'async')}
+  managers = {mode: checkpoint.manager(os.path.join(args.workdir, mode), keep=1, async_save=mode == 'async',
+                                       compress=args.compression) for mode in ('sync', 'async')}
 
   def step(state):
     state, metrics = train_step(state, batch)
@@ -107,6 +113,7 @@ def main():
   result = {
       'params_M': state_lib.num_params(spec) / 1e6, 'state_GiB': state_bytes / 2**30,
       'devices': jax.device_count(), 'cpu_count': os.cpu_count(), 'rounds': args.rounds,
+      'compression': args.compression,
       'sync_stall_s': median('sync', 'stall_s'),
       'async_call_s': median('async', 'call_s'),
       'async_contention_s': median('async', 'contention_s'),

@@ -87,7 +87,7 @@ def main():
   parser.add_argument('--kill_trials', type=int, default=20)
   parser.add_argument('--sigterm_trials', type=int, default=5)
   parser.add_argument('--steps', type=int, default=40)
-  parser.add_argument('--checkpoint_every', type=int, default=5)
+  parser.add_argument('--checkpoint_every', type=int, default=2)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--root', default='/tmp/fault_trials')
   parser.add_argument('--json', default='')
@@ -97,19 +97,26 @@ def main():
   os.makedirs(args.root)
   runs = Runs(args.root, args.steps, args.checkpoint_every)
 
-  # ---- references: one process, then two processes ----
-  start = time.perf_counter()
-  [(err, code)] = finish([runs.single(os.path.join(args.root, 'reference'))])
-  assert code == 0, err[-2000:]
-  ref_seconds = time.perf_counter() - start
+  # ---- references: one process (twice: the first prepares the shared data), then two processes ----
+  for name in ('prepare', 'reference'):
+    start = time.perf_counter()
+    [(err, code)] = finish([runs.single(os.path.join(args.root, name))])
+    assert code == 0, err[-2000:]
+    ref_seconds = time.perf_counter() - start  # the second: what a trial's run takes
   reference = losses(os.path.join(args.root, 'reference'))
+  assert reference == losses(os.path.join(args.root, 'prepare'))
   pair_start = time.perf_counter()
-  results = finish(runs.pair(os.path.join(args.root, 'reference_pair')))
+  procs = runs.pair(os.path.join(args.root, 'reference_pair'))
+  while not losses(os.path.join(args.root, 'reference_pair')) and procs[0].poll() is None:
+    time.sleep(0.05)
+  first_step = time.perf_counter()
+  results = finish(procs)
   assert all(code == 0 for _, code in results), results[0][0][-2000:]
   pair_seconds = time.perf_counter() - pair_start
+  pair_steps_seconds = time.perf_counter() - first_step   # from the first logged step to the exit
   reference_pair = losses(os.path.join(args.root, 'reference_pair'))
-  print(f'reference: {len(reference)} steps in {ref_seconds:.1f} s; two processes {pair_seconds:.1f} s',
-        flush=True)
+  print(f'reference: {len(reference)} steps in {ref_seconds:.1f} s; two processes {pair_seconds:.1f} s '
+        f'({pair_steps_seconds:.1f} s from the first step)', flush=True)
 
   # ---- kill -9 ----
   kill_trials = []
@@ -141,15 +148,17 @@ def main():
     deadline = time.time() + 600
     while not losses(workdir) and time.time() < deadline and procs[0].poll() is None:
       time.sleep(0.05)
-    delay = rng.uniform(0.0, 0.5 * pair_seconds)
+    delay = rng.uniform(0.0, 0.8 * pair_steps_seconds)   # while it trains
     time.sleep(delay)
     target = rng.randrange(2)
+    alive = all(p.poll() is None for p in procs)
     procs[target].send_signal(signal.SIGTERM)
     signalled = time.perf_counter()
     first = finish(procs)
     exit_s = time.perf_counter() - signalled
     rerun = finish(runs.pair(workdir))
     record = {'trial': trial, 'signalled_process': target, 'delay_after_first_step_s': round(delay, 2),
+              'alive_at_signal': alive,
               'statuses': [code for _, code in first], 'exit_within_s': round(exit_s, 1),
               'rerun_statuses': [code for _, code in rerun],
               'exact': all(code == 0 for _, code in rerun) and losses(workdir) == reference_pair}

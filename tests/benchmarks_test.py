@@ -182,3 +182,14 @@ def test_data_benchmark_measures_prepare_and_pipeline(tmp_path):
   assert [r['corpus_MB'] for r in results['pipeline']] == [0.2, 0.4]
   assert all(r['tokens_per_s'] > 0 and r['batches'] > 0 for r in results['pipeline'])
   assert results['prepare_rss_ratio'] > 0 and results['pipeline_rss_ratio'] > 0
+
+
+def test_checkpoint_stall_benchmark_times_sync_and_async_saves(tmp_path):
+  out = tmp_path / 'stall.json'
+  proc = _run([sys.executable, 'benchmarks/checkpoint_stall.py', '--rounds=2', '--num_layers=1',
+               '--d_model=64', '--seq_len=16', f'--workdir={tmp_path / "w"}', f'--json={out}'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  assert len(result['per_round']) == 2 and result['sync_stall_s'] > 0 and result['async_call_s'] > 0
+  assert result['async_stall_s'] >= result['async_call_s']
+  assert not (tmp_path / 'w').exists()

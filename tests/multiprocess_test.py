@@ -167,3 +167,29 @@ def test_processes_started_with_different_settings_all_stop_naming_the_keys(tmp_
     assert line.startswith('error: the processes of this run were started with different settings'), line
     assert 'config.seed: 0 on process 0, 1 on process 1' in line and 'flags.stop_at_step' in line, line
   assert not (tmp_path / 'w').exists()
+
+
+def test_two_processes_export_the_same_file_as_one(tmp_path):
+  """Each table gathered across processes one at a time; process 0 alone writes."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  base = [sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}', f'--workdir={tmp_path / "w"}',
+          *FAST, f'--config.data.cache_dir={tmp_path / "cache"}', '--config.train.sample_tokens=0']
+  assert subprocess.run(base, cwd=ROOT, env=env, capture_output=True, timeout=600).returncode == 0
+  one = subprocess.run(base + ['--mode=export', f'--checkpoint_file={tmp_path / "one.safetensors"}'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert one.returncode == 0, one.stderr[-2000:]
+  port = free_port()
+  # --config.mesh.tensor=2: the token tables are split over the two processes
+  two = [base + ['--mode=export', f'--checkpoint_file={tmp_path / "two.safetensors"}',
+                 '--config.mesh.tensor=2', f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                 f'--process_id={i}'] for i in range(2)]
+  procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE) for cmd in two]
+  try:
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:]
+  assert (tmp_path / 'one.safetensors').read_bytes() == (tmp_path / 'two.safetensors').read_bytes()

@@ -34,16 +34,16 @@ N_REF_KEYS = tuple(f'n_ref_{group}' for group in model_lib.TOKEN_GROUPS)
 
 
 def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool = False,
-            cleanup: bool = False) -> ocp.CheckpointManager:
+            cleanup: bool = False, compress: bool = True) -> ocp.CheckpointManager:
   """A manager of WORKDIR/checkpoints. `async_save`: saves return before the write (see `save`);
   `cleanup` (a training run, holding the workdir's lock): removes the temporary folders of saves a
-  crash cut short."""
+  crash cut short; `compress`: zstd on the arrays (reading takes either)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                          enable_async_checkpointing=async_save,
                                          cleanup_tmp_directories=cleanup)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                options=options,
-                               item_handlers={'state': ocp.PyTreeCheckpointHandler(),
+                               item_handlers={'state': ocp.PyTreeCheckpointHandler(use_compression=compress),
                                               'data': ocp.JsonCheckpointHandler(),
                                               'meta': ocp.JsonCheckpointHandler()})
 

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tokenformer_jax import checkpoint, sharding, workdir_lock
+from tokenformer_jax import checkpoint, sharding, weights, workdir_lock
 from tokenformer_jax.data import pipeline
 from tokenformer_jax import model as model_lib
 from tokenformer_jax import state as state_lib
@@ -125,7 +125,7 @@ def fill_state(padded, spec_b, cfg_b, old_counts: dict[str, int], seed: int):
 @dataclasses.dataclass
 class Plan:
   """A checked growth of SRC's checkpoint `step` into DST, before any array is read."""
-  src: Any                  # the source workdir's CheckpointManager
+  src: Any                  # the source workdir's CheckpointManager (None: a released file)
   step: int
   dst: Any                  # the destination's (empty) CheckpointManager
   cfg: ml_collections.ConfigDict      # B's config with τ settled (grown_config)
@@ -133,10 +133,14 @@ class Plan:
   spec: state_lib.StateSpec
   data_iter: Any            # restored with the state: the data position goes on
   meta: dict                # saved with the grown checkpoint
+  source: Any = None        # weights.Source when only parameters are read (an import or a file)
 
 
 def plan(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> Plan:
-  """Every check of a growth (source step, empty destination, same tokenizer, only more tokens)."""
+  """Every check of a growth (source step, empty destination, same tokenizer, only more tokens).
+  The source is a workdir (trained, grown or imported) or a released checkpoint file (weights.py)."""
+  if os.path.isfile(src_workdir):
+    return _plan_from_params(cfg_b, weights.open_source(src_workdir, cfg_b, step), dst_workdir)
   src = checkpoint.manager(src_workdir, create=False)
   available = src.all_steps()
   if not available:
@@ -144,9 +148,9 @@ def plan(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> 
   step = max(available) if step is None else step
   if step not in available:
     raise UserError(f'no checkpoint step {step} in {src_workdir}; available: {sorted(available)}')
-  dst = checkpoint.manager(dst_workdir, keep=cfg_b.train.keep_checkpoints, create=False)
-  if dst.latest_step() is not None:
-    raise UserError(f'{dst_workdir} already holds a checkpoint; grow into a new workdir')
+  if all(path.startswith('params/') for path in checkpoint.saved_shapes(src, step)):
+    return _plan_from_params(cfg_b, weights.open_source(src_workdir, cfg_b, step), dst_workdir)
+  dst = _empty_destination(cfg_b, dst_workdir)
   meta_s = checkpoint.read_meta(src, step)
   cfg_s = ml_collections.ConfigDict(meta_s['config'])
   grown_cfg = grown_config(cfg_b, meta_s['config']['model'])
@@ -162,8 +166,35 @@ def plan(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> 
   return Plan(src, step, dst, grown_cfg, old_counts, spec_b, data_position, meta)
 
 
+def _empty_destination(cfg_b, dst_workdir: str):
+  dst = checkpoint.manager(dst_workdir, keep=cfg_b.train.keep_checkpoints, create=False)
+  if dst.latest_step() is not None:
+    raise UserError(f'{dst_workdir} already holds a checkpoint; grow into a new workdir')
+  return dst
+
+
+def _plan_from_params(cfg_b, source, dst_workdir: str) -> Plan:
+  """A source with parameters only (an imported checkpoint, a released file): the grown state gets
+  Adam moments of zero and step 0, and the data iterator starts at the beginning."""
+  dst = _empty_destination(cfg_b, dst_workdir)
+  grown_cfg = grown_config(cfg_b, source.model)
+  spec_b = state_lib.make_spec(grown_cfg, source.vocab_size, sharding.make_mesh(cfg_b.mesh))
+  old_counts = {group: int(source.model[f'n_{group}']) for group in model_lib.TOKEN_GROUPS}
+  meta = checkpoint.run_meta(grown_cfg, source.vocab_size)
+  if source.meta and 'tokenizer_sha256' in source.meta:
+    meta['tokenizer_sha256'] = source.meta['tokenizer_sha256']
+  meta['grown_from'] = {'workdir': source.path, 'step': source.step or 0, 'counts': old_counts,
+                        'policy': cfg_b.growth.policy, 'optimizer': cfg_b.growth.optimizer}
+  return Plan(None, source.step or 0, dst, grown_cfg, old_counts, spec_b, pipeline.Position(), meta,
+              source=source)
+
+
 def restore_padded(p: Plan):
   """The source state in B's shapes and shardings, the new token rows zero (Orbax pads while reading)."""
+  if p.source is not None:
+    logging.warning('%s holds parameters only: the grown state starts with Adam moments of zero, at '
+                    'step 0, and its data iterator at the beginning', p.source.text)
+    return state_lib.from_params(p.spec, weights.read_params(p.source, p.spec, grows_tokens=True))
   return checkpoint.restore(p.src, p.step, state_lib.abstract_targets(p.spec), p.data_iter,
                             grows_tokens=True)
 
@@ -172,7 +203,8 @@ def save(p: Plan, state_b) -> int:
   """Commits the grown state (and the data position) as DST's first checkpoint; returns its step."""
   new_step = int(state_b['step'])
   checkpoint.save(p.dst, new_step, state_b, p.data_iter, p.meta)
-  logging.info('grew %s step %d (%s) into %s step %d (%s), policy %s, optimizer %s', p.src.directory,
+  logging.info('grew %s step %d (%s) into %s step %d (%s), policy %s, optimizer %s',
+               p.source.text if p.source is not None else p.src.directory,
                p.step, p.old_counts, p.dst.directory, new_step, model_lib.token_counts(p.cfg.model),
                p.cfg.growth.policy, p.cfg.growth.optimizer)
   return new_step

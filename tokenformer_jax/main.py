@@ -17,9 +17,11 @@ from tokenformer_jax.errors import UserError, fail, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the data cache go.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'compile', 'grow', 'generate', 'eval', 'convert'],
+_MODE = flags.DEFINE_enum('mode', 'train',
+                          ['train', 'compile', 'grow', 'generate', 'eval', 'convert', 'export'],
                           'train; compile (the train step, ahead of time, for --topology); grow; '
-                          'generate; eval; convert (import a released reference checkpoint).')
+                          'generate; eval; convert (import a released reference checkpoint); export '
+                          '(a checkpoint to the reference format).')
 
 # --- multi-process runtime (automatic on TPU pods and under SLURM) ---
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
@@ -36,6 +38,10 @@ _STOP_AT = flags.DEFINE_integer('stop_at_step', None,
                                 'Exit (after saving) at this step, before train.steps.')
 _RESTORE_STEP = flags.DEFINE_integer(
     'restore_step', None, 'Restore this checkpoint instead of the latest (e.g. skip a corrupt one).')
+_INIT_FROM = flags.DEFINE_string(
+    'init_from', None, 'A fresh run starts from these parameters (step 0, fresh optimizer and data): '
+    'a workdir, WORKDIR:STEP, or a released .safetensors/.bin/.pt file. Ignored once the workdir has '
+    'checkpoints (the run resumes them).')
 _ACCEPT_DATA = flags.DEFINE_bool(
     'accept_data_change', False, 'Resume although seq_len, batch size, seed or data changed; the data '
     'iterator then starts again (see resume.py).')
@@ -53,7 +59,11 @@ _SAMPLE_SEED = flags.DEFINE_integer('sample_seed', 0, 'Seed of the sampler.')
 _EVAL_FILE = flags.DEFINE_string('eval_file', None, 'UTF-8 text to evaluate (default: the validation split).')
 
 # --- convert (import a released PyTorch checkpoint) ---
-_CHECKPOINT_FILE = flags.DEFINE_string('checkpoint_file', None, '.safetensors, .bin or .pt to import.')
+_CHECKPOINT_FILE = flags.DEFINE_string('checkpoint_file', None,
+                                        '.safetensors, .bin or .pt to import; .safetensors to export to.')
+_EXPORT_DTYPE = flags.DEFINE_enum('export_dtype', 'float32', ['float32', 'bfloat16'], 'Exported dtype.')
+_ALLOW_TAU = flags.DEFINE_bool('allow_tau_change', False,
+                               'Export a model with τ frozen by growth anyway (the reference uses τ = √n).')
 
 # --- grow ---
 _GROW_FROM = flags.DEFINE_string('grow_from', None,
@@ -105,7 +115,7 @@ def main(argv):
         sys.exit(train.EXIT_PREEMPTED)
     elif _MODE.value == 'train':
       result = train.train(cfg, workdir, stop_at_step=_STOP_AT.value, restore_step=_RESTORE_STEP.value,
-                           accept_data_change=_ACCEPT_DATA.value)
+                           accept_data_change=_ACCEPT_DATA.value, init_from=_INIT_FROM.value or '')
       if result.preempted:
         sys.exit(train.EXIT_PREEMPTED)
     elif _MODE.value == 'grow':
@@ -123,6 +133,10 @@ def main(argv):
     elif _MODE.value == 'convert':
       from tokenformer_jax import convert
       convert.convert(cfg, workdir, _CHECKPOINT_FILE.value)
+    elif _MODE.value == 'export':
+      from tokenformer_jax import export
+      export.export(cfg, workdir, _CHECKPOINT_FILE.value, step=_RESTORE_STEP.value,
+                    dtype=_EXPORT_DTYPE.value, allow_tau_change=_ALLOW_TAU.value)
   except UserError as e:
     fail(str(e))
 

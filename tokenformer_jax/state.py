@@ -80,6 +80,13 @@ def init_state(spec: StateSpec, cfg):
   return jax.jit(init, out_shardings=spec.shardings)()
 
 
+def from_params(spec: StateSpec, params):
+  """A state at step 0 around given parameters: a fresh optimizer state (Adam moments zero)."""
+  opt_state = jax.jit(spec.tx.init, out_shardings=spec.shardings['opt_state'])(params)
+  return {'params': params, 'opt_state': opt_state,
+          'step': jax.device_put(np.zeros((), np.int32), spec.shardings['step'])}
+
+
 def merge(spec: StateSpec, params) -> model_lib.Decoder:
   """A callable model over these parameters (usable inside jit)."""
   return nnx.merge(spec.graphdef, params)

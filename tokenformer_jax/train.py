@@ -19,7 +19,7 @@ from tokenformer_jax import checkpoint, config as config_lib, flops, generate, m
 from tokenformer_jax.data import dataset as dataset_lib, pipeline
 from tokenformer_jax import state as state_lib
 from tokenformer_jax import step as step_lib
-from tokenformer_jax import preemption as preemption_lib, resume, workdir_lock
+from tokenformer_jax import preemption as preemption_lib, resume, weights, workdir_lock
 from tokenformer_jax.errors import UserError
 
 
@@ -50,14 +50,17 @@ class Prepared:
   data: dataset_lib.RunData
   spec: state_lib.StateSpec
   restart_data: bool = False  # an accepted change of data settings: the iterator starts again
+  init_source: Any = None     # a fresh run's weights.Source (--init_from)
 
 
-def prepare(cfg, workdir: str, restore_step: int | None = None,
-            accept_data_change: bool = False) -> Prepared:
-  """Validates, checks the workdir's checkpoint against cfg, builds corpus, mesh and state spec."""
+def prepare(cfg, workdir: str, restore_step: int | None = None, accept_data_change: bool = False,
+            init_from: str = '') -> Prepared:
+  """Validates, checks the workdir's checkpoint (or the --init_from source of a fresh run) against
+  cfg, builds corpus, mesh and state spec."""
   config_lib.validate(cfg)
   mngr = checkpoint.manager(workdir, keep=cfg.train.keep_checkpoints, create=False,
-                            async_save=cfg.train.async_checkpointing, cleanup=True)
+                            async_save=cfg.train.async_checkpointing, cleanup=True,
+                            compress=cfg.train.checkpoint_compression)
   step = checkpoint.choose_step(mngr, restore_step)
   saved_meta, restart_data = None, False
   if step is not None:  # refuse a different model before the data cache can be rebuilt
@@ -65,6 +68,14 @@ def prepare(cfg, workdir: str, restore_step: int | None = None,
     cfg = checkpoint.adopt_frozen_tau(cfg, saved_meta)
     checkpoint.check_config(saved_meta, cfg, step)
     restart_data = resume.check(saved_meta, cfg, step, accept_data_change)
+    if init_from:
+      logging.info('%s holds checkpoints: resuming them (--init_from=%s starts fresh runs only)',
+                   workdir, init_from)
+  init_source = None
+  if step is None and init_from:  # its checks stand in for a resume's: same model, same tokenizer
+    init_source = weights.open_source(init_from, cfg)
+    cfg = weights.check_same_model(init_source, cfg)
+    saved_meta = {k: v for k, v in (init_source.meta or {}).items() if k in ('tokenizer_sha256', 'grown_from')}
   grown_from = (saved_meta or {}).get('grown_from')
   if cfg.growth.freeze_old and not grown_from:
     raise UserError('growth.freeze_old needs a grown checkpoint in the workdir (see --mode=grow)')
@@ -74,7 +85,7 @@ def prepare(cfg, workdir: str, restore_step: int | None = None,
   mesh = sharding.make_mesh(cfg.mesh)
   frozen = grown_from['counts'] if cfg.growth.freeze_old else None
   spec = state_lib.make_spec(cfg, vocab, mesh, frozen_counts=frozen)
-  return Prepared(cfg, mngr, step, saved_meta, run_data, spec, restart_data)
+  return Prepared(cfg, mngr, step, saved_meta, run_data, spec, restart_data, init_source)
 
 
 def evaluate(eval_step, spec, cfg, params, batches) -> float:
@@ -86,17 +97,18 @@ def evaluate(eval_step, spec, cfg, params, batches) -> float:
 
 
 def train(cfg, workdir: str, stop_at_step: int | None = None, restore_step: int | None = None,
-          accept_data_change: bool = False) -> RunResult:
+          accept_data_change: bool = False, init_from: str = '') -> RunResult:
   """Trains to cfg.train.steps (or stop_at_step), resuming from the workdir's latest checkpoint
   (or from `restore_step`: later checkpoints are then set aside, never deleted). A resume with other
-  data settings is refused unless `accept_data_change` (resume.py). One run per workdir: a second one
-  is refused while this one holds the lock."""
+  data settings is refused unless `accept_data_change` (resume.py). A fresh run with `init_from` starts
+  from that source's parameters (weights.py). One run per workdir: a second one is refused while this
+  one holds the lock."""
   if stop_at_step is not None and stop_at_step < 1:
     raise UserError(f'--stop_at_step must be positive, got {stop_at_step}')
   config_lib.validate(cfg)
   check_batch(cfg)  # before the lock: a refused run writes nothing
   with workdir_lock.hold(workdir):
-    return _train(cfg, workdir, stop_at_step, restore_step, accept_data_change)
+    return _train(cfg, workdir, stop_at_step, restore_step, accept_data_change, init_from)
 
 
 def check_batch(cfg) -> None:
@@ -108,8 +120,8 @@ def check_batch(cfg) -> None:
 
 
 def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None,
-           accept_data_change: bool) -> RunResult:
-  prep = prepare(cfg, workdir, restore_step, accept_data_change)
+           accept_data_change: bool, init_from: str) -> RunResult:
+  prep = prepare(cfg, workdir, restore_step, accept_data_change, init_from)
   cfg, mngr, latest, run_data, spec = prep.cfg, prep.mngr, prep.step, prep.data, prep.spec
   t = cfg.train
   n_proc, proc = jax.process_count(), jax.process_index()
@@ -121,9 +133,9 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
   val_rows = pipeline.eval_batches(run_data.validation(seq_len), t.batch_size, t.eval_batches)
   val_batches = [b[proc * local_batch:(proc + 1) * local_batch] for b in val_rows]
   meta = checkpoint.run_meta(cfg, spec.vocab_size, run_data.tokenizer)
-  grown_from = (prep.saved_meta or {}).get('grown_from')
-  if grown_from:
-    meta['grown_from'] = grown_from
+  for key in ('grown_from', 'initialized_from'):  # where the weights came from stays on record
+    if key in (prep.saved_meta or {}):
+      meta[key] = prep.saved_meta[key]
 
   # ---- state: restore or init ----
   if latest is not None:
@@ -131,6 +143,11 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
                                None if prep.restart_data else train_iter)
     checkpoint.set_aside_later(mngr, latest)
     logging.info('resumed from step %d in %s', latest, workdir)
+  elif prep.init_source is not None:
+    state = state_lib.from_params(spec, weights.read_params(prep.init_source, spec))
+    meta['initialized_from'] = prep.init_source.describe()
+    logging.info('starting from the parameters of %s (step 0, a fresh optimizer state and data iterator)',
+                 prep.init_source.text)
   else:
     state = state_lib.init_state(spec, cfg)
   start = int(state['step'])

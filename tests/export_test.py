@@ -1,0 +1,98 @@
+"""export.py: a checkpoint → the reference's .safetensors; import of it gives the same parameters bit
+for bit, and an independent PyTorch model with the reference's names loads it strictly and computes our
+logits. A τ-frozen (exact-grown) model is refused unless allowed."""
+import json
+import struct
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.conftest import small_config
+from tokenformer_jax import convert, export, growth, inference, train
+from tokenformer_jax.errors import UserError
+
+
+@pytest.fixture(scope='module')
+def trained(data_cache, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('export_src')
+  c = small_config(data_cache)
+  c.train.steps = 3
+  train.train(c, str(workdir))
+  return c, str(workdir)
+
+
+def _header(path):
+  with open(path, 'rb') as f:
+    size = struct.unpack('<Q', f.read(8))[0]
+    return json.loads(f.read(size))
+
+
+def test_export_then_import_gives_the_same_parameters_bit_for_bit(trained, tmp_path):
+  pytest.importorskip('safetensors.numpy')
+  c, workdir = trained
+  out = export.export(c, workdir, str(tmp_path / 'model.safetensors'))
+  header = _header(out)
+  assert header['sequential.0.word_embeddings.weight']['shape'] == [512, 64]
+  assert header['sequential.3.attention.rotary_emb.inv_freq']['dtype'] == 'F32'
+  convert.convert(c, str(tmp_path / 'imported'), out)   # reads it as a released checkpoint
+  before = inference.load(c, workdir).params
+  after = inference.load(c, str(tmp_path / 'imported')).params
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not list(tmp_path.glob('*.tmp-*'))
+
+
+def test_the_reference_pytorch_model_loads_it_strictly_and_computes_our_logits(trained, tmp_path):
+  torch = pytest.importorskip('torch', reason='torch is an optional extra')
+  from safetensors.torch import load_file
+  from tests import reference_torch
+  c, workdir = trained
+  out = export.export(c, workdir, str(tmp_path / 'model.safetensors'))
+  restored = inference.load(c, workdir)
+  model = reference_torch.TokenFormer(restored.spec.model_cfg, restored.vocab_size)
+  model.load_state_dict(load_file(out), strict=True)
+  tokens = np.random.default_rng(3).integers(0, 512, (2, 32))
+  with torch.no_grad():
+    theirs = model(torch.from_numpy(tokens)).numpy()
+  ours = np.asarray(nnx.merge(restored.graphdef, restored.params)(jnp.asarray(tokens)))
+  assert np.max(np.abs(theirs - ours)) <= 1e-4 * np.max(np.abs(ours))
+
+
+def test_bfloat16_export(trained, tmp_path):
+  safetensors_numpy = pytest.importorskip('safetensors.numpy')
+  c, workdir = trained
+  out = export.export(c, workdir, str(tmp_path / 'model.safetensors'), dtype='bfloat16')
+  assert _header(out)['sequential.0.word_embeddings.weight']['dtype'] == 'BF16'
+  raw = open(out, 'rb').read()
+  size = struct.unpack('<Q', raw[:8])[0]
+  entry = _header(out)['sequential.0.word_embeddings.weight']
+  begin, end = entry['data_offsets']
+  got = np.frombuffer(raw[8 + size + begin:8 + size + end], ml_dtypes.bfloat16).reshape(entry['shape'])
+  want = np.asarray(inference.load(c, workdir).params['embedding']).astype(ml_dtypes.bfloat16)
+  np.testing.assert_array_equal(got, want)
+  del safetensors_numpy
+
+
+def test_a_model_with_frozen_tau_is_refused_unless_allowed(trained, tmp_path, caplog):
+  c, workdir = trained
+  grown = small_config(c.data.cache_dir)
+  grown.model.n_ffn = 384
+  growth.grow(grown, workdir, str(tmp_path / 'grown'))
+  with pytest.raises(UserError, match=r'τ frozen \(n_ref_ffn 256 ≠ n_ffn 384\).*--allow_tau_change'):
+    export.export(grown, str(tmp_path / 'grown'), str(tmp_path / 'g.safetensors'))
+  assert not (tmp_path / 'g.safetensors').exists()
+  export.export(grown, str(tmp_path / 'grown'), str(tmp_path / 'g.safetensors'), allow_tau_change=True)
+  assert _header(str(tmp_path / 'g.safetensors'))['sequential.2.mlp.key_param_tokens']['shape'] == [384, 64]
+  assert 'the logits move by up to' in caplog.text
+
+
+@pytest.mark.parametrize('name,message', [('model.bin', 'writes a .safetensors file'),
+                                          ('nowhere/model.safetensors', 'no such folder')])
+def test_bad_export_targets(trained, tmp_path, name, message):
+  c, workdir = trained
+  with pytest.raises(UserError, match=message):
+    export.export(c, workdir, str(tmp_path / name))

@@ -1,0 +1,115 @@
+"""Score a checkpoint on lm-evaluation-harness tasks (the paper's Table 1: lambada_openai, hellaswag,
+piqa, arc_easy, arc_challenge, winogrande, zero-shot):
+
+  python -m tokenformer_jax.lm_eval --config=experiments/pile.py:150m --workdir=DIR \
+      --tasks=lambada_openai,piqa [--num_fewshot=0] [--limit=N] [--batch_size=16] [--output=FILE.json] \
+      [--include_path=MY_TASKS_DIR] [--restore_step=N]
+
+The model is the workdir's latest checkpoint (or --restore_step), restored onto the config's mesh
+(eval_harness.py: batched, length-bucketed scoring; the checkpoint's tokenizer). The harness reads each
+task's data through Hugging Face `datasets`, so its standard tasks need the data downloaded or cached;
+`--include_path` adds task YAMLs of your own (over local JSON Lines files, say). Results print as the
+harness's table; --output writes them as JSON (process 0; a temporary file renamed).
+Needs the eval extra: pip install -e '.[eval]'.
+"""
+import json
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from tokenformer_jax import platforms
+from tokenformer_jax.errors import UserError, fail, parse_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir whose checkpoint is scored.')
+_TASKS = flags.DEFINE_list('tasks', None, 'Comma-separated harness task names.')
+_NUM_FEWSHOT = flags.DEFINE_integer('num_fewshot', None, 'Examples in each prompt (task default if unset).')
+_LIMIT = flags.DEFINE_float('limit', None, 'Documents per task (< 1: a fraction), for quick runs.')
+_BATCH = flags.DEFINE_integer('batch_size', 16, 'Rows per scoring batch (fixed: one compile per length).')
+_OUTPUT = flags.DEFINE_string('output', None, 'Write the results as JSON here.')
+_INCLUDE = flags.DEFINE_string('include_path', None, 'A folder of task YAMLs of your own.')
+_RESTORE_STEP = flags.DEFINE_integer('restore_step', None, 'Score this checkpoint instead of the latest.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of sampled generation and of few-shot example choice.')
+
+
+def load_model(cfg, workdir: str, batch_size: int, step: int | None = None, seed: int = 0):
+  """The harness model over the workdir's checkpoint, with the checkpoint's tokenizer."""
+  from tokenformer_jax import eval_harness, inference  # pylint: disable=import-outside-toplevel
+  from tokenformer_jax.data import dataset as dataset_lib  # pylint: disable=import-outside-toplevel
+  if batch_size < 1:
+    raise UserError(f'--batch_size must be positive, got {batch_size}')
+  restored = inference.load(cfg, workdir, step)
+  tokenizer = dataset_lib.tokenizer_for_inference(cfg.data, workdir)
+  inference.check_tokenizer(tokenizer, restored)
+  return eval_harness.TokenFormerLM(restored.graphdef, restored.params, restored.spec.mesh, tokenizer,
+                               context=cfg.data.seq_len, batch_size=batch_size, seed=seed)
+
+
+def task_manager(include_path: str | None):
+  from lm_eval.tasks import TaskManager  # pylint: disable=import-outside-toplevel
+  if include_path and not os.path.isdir(include_path):
+    raise UserError(f'--include_path is not a folder: {include_path}')
+  return TaskManager(include_path=include_path) if include_path else TaskManager()
+
+
+def evaluate(model, tasks: list[str], manager, num_fewshot=None, limit=None, seed: int = 0) -> dict:
+  """simple_evaluate on `model`; unknown task names are a UserError listing them."""
+  import lm_eval  # pylint: disable=import-outside-toplevel
+  unknown = [t for t in tasks if t not in manager.all_tasks]
+  if unknown:
+    raise UserError(f'unknown task(s) {", ".join(unknown)} (see `lm-eval ls tasks`, or --include_path '
+                    f'for task YAMLs of your own)')
+  try:
+    return lm_eval.simple_evaluate(model=model, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
+                                   task_manager=manager, random_seed=seed, numpy_random_seed=seed,
+                                   fewshot_random_seed=seed, bootstrap_iters=0)
+  except ConnectionError as e:
+    raise UserError(f'a task\'s data could not be fetched ({str(e)[:200]}): download it into the '
+                    f'Hugging Face cache first, or define the task over local files (--include_path)') from e
+
+
+def write_json(results: dict, path: str) -> None:
+  path = os.path.abspath(os.path.expanduser(path))
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump({k: results[k] for k in ('results', 'versions', 'n-shot', 'configs') if k in results}, f,
+              indent=1, default=str)
+  os.replace(tmp, path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not _WORKDIR.value or not _TASKS.value:
+    fail('--workdir and --tasks are required')
+  try:
+    from tokenformer_jax import config as config_lib, distributed  # pylint: disable=import-outside-toplevel
+    cfg = config_lib.from_flag(_CONFIG)
+    try:
+      from lm_eval.utils import make_table  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise UserError("lm-evaluation-harness is not installed: pip install -e '.[eval]'") from e
+    if _OUTPUT.value and not os.path.isdir(os.path.dirname(os.path.abspath(_OUTPUT.value))):
+      raise UserError(f'no such folder for --output: {os.path.dirname(os.path.abspath(_OUTPUT.value))}')
+    logging.set_verbosity(logging.WARNING)
+    distributed.initialize()
+    import jax  # pylint: disable=import-outside-toplevel
+    manager = task_manager(_INCLUDE.value)
+    model = load_model(cfg, os.path.abspath(_WORKDIR.value), _BATCH.value, _RESTORE_STEP.value, _SEED.value)
+    results = evaluate(model, _TASKS.value, manager, _NUM_FEWSHOT.value, _LIMIT.value, _SEED.value)
+  except UserError as e:
+    fail(str(e))
+  if jax.process_index() == 0:
+    print(make_table(results), flush=True)
+    if _OUTPUT.value:
+      write_json(results, _OUTPUT.value)
+
+
+def run():
+  platforms.choose()
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,115 @@
+"""Parameters from elsewhere, read strictly: a workdir's checkpoint or a released reference file.
+
+`--init_from` starts a training run from them (step 0, a fresh optimizer state and data iterator), and
+growth reads them as its source (`--grow_from`). A source is
+- a workdir, `PATH` (its latest checkpoint) or `PATH:STEP`: a trained, grown or imported checkpoint.
+  Only its parameters are read, each shard straight onto this run's mesh (checkpoint.restore), after
+  the strict check of every saved array's path and shape;
+- a released file (.safetensors, .bin, .pt, .pth) in the reference's GPT-NeoX naming, read as
+  `--mode=convert` reads it: every missing, unexpected or mis-shaped tensor is listed
+  (convert.to_params). Its token counts are the file's; everything else is the config's.
+"""
+import dataclasses
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from tokenformer_jax import checkpoint, convert
+from tokenformer_jax import model as model_lib
+from tokenformer_jax import state as state_lib
+from tokenformer_jax.errors import UserError
+
+# The reference tensor whose first axis is each group's token count.
+_COUNT_TENSORS = {'qkv': 'sequential.2.attention.query.key_param_tokens',
+                  'proj': 'sequential.2.attention.proj.key_param_tokens',
+                  'ffn': 'sequential.2.mlp.key_param_tokens'}
+
+
+@dataclasses.dataclass
+class Source:
+  """An opened source, before any parameter is placed."""
+  text: str                        # as the user gave it
+  path: str
+  step: int | None                 # the workdir's checkpoint (None for a file)
+  model: dict                      # the source's model config
+  vocab_size: int                  # its (padded) vocabulary
+  meta: dict | None = None         # a workdir checkpoint's metadata
+  state_dict: dict | None = None   # a file's tensors, by reference name
+
+  @property
+  def is_file(self) -> bool:
+    return self.state_dict is not None
+
+  def describe(self) -> dict:
+    return {'path': self.path, 'step': self.step} if self.step is not None else {'path': self.path}
+
+
+def _split_step(text: str) -> tuple[str, int | None]:
+  path, sep, tail = text.rpartition(':')
+  if sep and tail.isdigit() and path:
+    return os.path.abspath(os.path.expanduser(path)), int(tail)
+  return os.path.abspath(os.path.expanduser(text)), None
+
+
+def open_source(text: str, cfg, step: int | None = None) -> Source:
+  """Opens `text` (a workdir, WORKDIR:STEP, or a released file) against cfg's model; `step` is the
+  explicit checkpoint step when the caller has its own flag for it."""
+  path, given = _split_step(text)
+  step = given if given is not None else step
+  if os.path.isfile(path):
+    if step is not None:
+      raise UserError(f'{text}: a checkpoint file has no steps')
+    state_dict = convert.read_state_dict(path)
+    model = cfg.model.to_dict()
+    for group, name in _COUNT_TENSORS.items():
+      if name in state_dict and np.ndim(state_dict[name]) == 2:
+        model[f'n_{group}'] = int(np.shape(state_dict[name])[0])
+      model[f'n_ref_{group}'] = 0   # the reference always uses τ = √n
+    emb = state_dict.get('sequential.0.word_embeddings.weight')
+    vocab = int(np.shape(emb)[0]) if emb is not None else 0
+    return Source(text, path, None, model, vocab, state_dict=state_dict)
+  if not os.path.isdir(path):
+    raise UserError(f'{text}: neither a workdir nor a checkpoint file')
+  mngr = checkpoint.manager(path, create=False)
+  step = checkpoint.choose_step(mngr, step)
+  if step is None:
+    raise UserError(f'{text}: no checkpoint in this workdir')
+  meta = checkpoint.read_meta(mngr, step)
+  return Source(text, path, step, meta['config']['model'], int(meta['vocab_size']), meta=meta)
+
+
+def check_same_model(source: Source, cfg) -> ml_collections.ConfigDict:
+  """cfg with the source's frozen τ adopted; a UserError naming every model key that differs."""
+  if source.meta is not None:
+    cfg = checkpoint.adopt_frozen_tau(cfg, source.meta)
+  diffs = checkpoint.model_differences(source.model, cfg.model)
+  if diffs:
+    raise UserError(f'{source.text} holds another model than the config: ' + '; '.join(diffs))
+  return cfg
+
+
+def read_params(source: Source, spec: state_lib.StateSpec, grows_tokens: bool = False):
+  """The source's parameters in spec's shapes and shardings. `grows_tokens`: token tables may be
+  longer than the source's (growth): their new rows are zero."""
+  targets = state_lib.abstract_targets(spec)['params']
+  if not source.is_file:
+    mngr = checkpoint.manager(source.path, create=False)
+    return checkpoint.restore(mngr, source.step, {'params': targets}, grows_tokens=grows_tokens)['params']
+  if source.vocab_size and source.vocab_size != spec.vocab_size:
+    raise UserError(f'{source.text} has a vocabulary of {source.vocab_size}, the config '
+                    f'{spec.vocab_size} (model.vocab_size, or the tokenizer\'s size padded to 128)')
+  flat = convert.to_params(source.state_dict, ml_collections.ConfigDict(source.model), spec.vocab_size)
+
+  def place(path, target):
+    array = flat[checkpoint.path_string(path)]
+    if array.shape != target.shape:
+      if not (grows_tokens and model_lib.token_group(tuple(checkpoint.path_string(path).split('/')))):
+        raise UserError(f'{source.text}: {checkpoint.path_string(path)} is {list(array.shape)}, the '
+                        f'model wants {list(target.shape)}')
+      pad = [(0, want - have) for have, want in zip(array.shape, target.shape)]
+      array = np.pad(array, pad)
+    return jax.make_array_from_callback(target.shape, target.sharding, lambda index: array[index])
+
+  return jax.tree_util.tree_map_with_path(place, targets)
