@@ -2,7 +2,8 @@
 
 On a ~103M-parameter TokenFormer (state with Adam moments: ~1.2 GB), each round trains a few steps,
 saves, and goes on training:
-- sync: the stall is the whole save (write + commit);
+- sync: the stall is the whole save (write + commit); its process CPU time and the checkpoint's size on
+  disk are reported too (compare --compression);
 - async: the stall is the save call (arrays copied to host) plus the extra time the steps take while
   the background write runs (on a CPU host the write shares the cores with the step; on an
   accelerator it would not), measured as the steps' time during the write minus as many undisturbed
@@ -14,6 +15,7 @@ Rounds alternate the order of the two modes; medians are reported.
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -37,6 +39,15 @@ def build(batch_size: int, seq_len: int, num_layers: int = MODEL['num_layers'],
   c.lock()
   spec = state_lib.make_spec(c, VOCAB, sharding.make_mesh(c.mesh))
   return c, spec, state_lib.init_state(spec, c), step_lib.make_train_step(spec, c)
+
+
+def _cpu_s() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def _size(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def main():
@@ -88,11 +99,12 @@ def main():
       state, undisturbed = timed_steps(state, 2)
       step_s = undisturbed / 2
       save_step += 1
-      t0 = time.perf_counter()
+      cpu0, t0 = _cpu_s(), time.perf_counter()
       checkpoint.save(mngr, save_step, state, pipeline.Position(), meta, wait=mode == 'sync')
       call_s = time.perf_counter() - t0
       if mode == 'sync':
-        row['sync'] = {'stall_s': call_s, 'step_s': step_s}
+        row['sync'] = {'stall_s': call_s, 'step_s': step_s, 'cpu_s': _cpu_s() - cpu0,
+                       'MiB': _size(os.path.join(args.workdir, 'sync', 'checkpoints', str(save_step))) / 2**20}
         continue
       steps, t1 = 0, time.perf_counter()
       while mngr.is_saving_in_progress():
@@ -120,6 +132,7 @@ def main():
       'async_stall_s': median('async', 'stall_s'),
       'async_background_s': median('async', 'background_s'),
       'step_s': median('sync', 'step_s'),
+      'sync_cpu_s': median('sync', 'cpu_s'), 'checkpoint_MiB': median('sync', 'MiB'),
       'per_round': rounds,
   }
   result['async_stall_over_sync'] = result['async_stall_s'] / result['sync_stall_s']

@@ -3,7 +3,8 @@ that reproduce the uninterrupted run's losses exactly.
 
 - kill -9: K trials at a moment drawn uniformly over the uninterrupted run's wall-clock time, so they
   land in start-up, compilation, steps and saves; half the trials save asynchronously (the default),
-  half synchronously. Each trial records where it landed (`phase`: before the first step, during a
+  half synchronously. A draw that comes after a (faster) trial run has ended kills nothing: it is
+  recorded (`finished_before_kill`) and another trial is run, so K runs are really interrupted. Each trial records where it landed (`phase`: before the first step, during a
   step, or while a checkpoint's temporary folder was being written).
 - SIGTERM to one of two processes (one CPU device each): at a random moment after the first step;
   both must exit 143 and the rerun must reproduce the two-process reference.
@@ -119,8 +120,11 @@ def main():
         f'({pair_steps_seconds:.1f} s from the first step)', flush=True)
 
   # ---- kill -9 ----
-  kill_trials = []
-  for trial in range(args.kill_trials):
+  kill_trials, trial = [], 0
+  while sum(not t['finished_before_kill'] for t in kill_trials) < args.kill_trials:
+    if trial >= 2 * args.kill_trials:
+      break
+    trial += 1
     workdir = os.path.join(args.root, f'kill_{trial}')
     mode = ['--config.train.async_checkpointing=true', '--config.train.async_checkpointing=false'][trial % 2]
     at = rng.uniform(0.0, ref_seconds)
@@ -172,9 +176,14 @@ def main():
       'config': 'experiments/tiny.py', 'steps': args.steps, 'checkpoint_every': args.checkpoint_every,
       'cpu_count': os.cpu_count(), 'reference_s': round(ref_seconds, 1),
       'kill9_exact': f"{sum(t['exact'] for t in kill_trials)}/{len(kill_trials)}",
+      # trials whose run was still going when killed (a draw late in the reference's time may come after
+      # a faster trial run ended: then the rerun is a no-op resume)
+      'kill9_mid_run_exact': f"{sum(t['exact'] for t in kill_trials if not t['finished_before_kill'])}/"
+                             f"{sum(not t['finished_before_kill'] for t in kill_trials)}",
       'kill9_phases': {p: sum(t['phase'] == p for t in kill_trials)
                        for p in sorted({t['phase'] for t in kill_trials})},
       'sigterm_exact': f"{sum(t['exact'] for t in sigterm_trials)}/{len(sigterm_trials)}",
+      'sigterm_alive_at_signal': f"{sum(t['alive_at_signal'] for t in sigterm_trials)}/{len(sigterm_trials)}",
       'sigterm_both_143': f"{sum(t['statuses'] == [143, 143] for t in sigterm_trials)}/{len(sigterm_trials)}",
   }
   print(json.dumps(summary, indent=1))
