@@ -15,14 +15,11 @@ preempted ones (main.py resumes from a workdir's latest checkpoint). ROOT/result
 per run, merged across invocations. A failed run is reported and the sweep goes on; the exit status
 is non-zero if any run failed or was preempted.
 """
-import csv
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -53,49 +50,6 @@ def load_sweep(config_arg: str) -> list[dict]:
   if not runs or not all(isinstance(r, dict) for r in runs):
     fail(f'get_sweep() of {path} must return a non-empty list of override dicts')
   return runs
-
-
-def final_metrics(workdir: str) -> dict:
-  """Last train loss and last validation loss/perplexity of a run (its last stage for schedules)."""
-  out = {}
-  paths = sorted((os.path.join(d, 'metrics.jsonl') for d, _, files in os.walk(workdir)
-                  if 'metrics.jsonl' in files), key=_numeric_order)
-  for path in paths:
-    with open(path, encoding='utf-8') as f:
-      for line in f:
-        record = json.loads(line)
-        if 'loss' in record:
-          out.update(step=record['step'], train_loss=record['loss'])
-        if 'val_loss' in record:
-          out.update(val_step=record['step'], val_loss=record['val_loss'], val_ppl=record['val_ppl'])
-  return out
-
-
-def _numeric_order(path: str) -> list:
-  """'stage_10' after 'stage_9': digit runs compare as numbers."""
-  return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', path)]
-
-
-def write_csv(root: str, rows: list[dict]) -> None:
-  """Merges rows into ROOT/results.csv by run name (this invocation's rows win), atomically: a unique
-  temporary file renamed over the old one, so concurrent sweeps never write into each other's."""
-  path = os.path.join(root, 'results.csv')
-  merged = {}
-  if os.path.exists(path):
-    with open(path, newline='', encoding='utf-8') as f:
-      merged = {row['run']: row for row in csv.DictReader(f)}
-  merged.update((row['run'], row) for row in rows)
-  keys = sorted({k for row in merged.values() for k in row}, key=lambda k: (k not in ('run', 'status'), k))
-  fd, tmp = tempfile.mkstemp(dir=root, prefix='.results.csv.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w', newline='', encoding='utf-8') as f:
-      writer = csv.DictWriter(f, fieldnames=keys)
-      writer.writeheader()
-      writer.writerows(merged.values())
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 def main(argv):
@@ -132,11 +86,11 @@ def main(argv):
         rows.append({'run': name, 'status': 'submitted', **overrides})
         continue
       with open(done, 'w', encoding='utf-8') as f:
-        json.dump(final_metrics(workdir), f)
+        json.dump(sweeps.final_metrics(workdir), f)
     with open(done, encoding='utf-8') as f:
       rows.append({'run': name, 'status': 'done', **overrides, **json.load(f)})
   if rows:
-    write_csv(root, rows)
+    sweeps.write_csv(root, rows)
     print(f'[sweep] results: {os.path.join(root, "results.csv")}')
   if failed:
     fail(f'{len(failed)} run(s) failed or were preempted (rerun the sweep to resume them): '

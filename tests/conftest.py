@@ -80,6 +80,16 @@ def small_config(data_cache_dir: str = ''):
   return c
 
 
+def train_small(workdir, data_cache_dir: str, **train_overrides):
+  """small_config trained in `workdir` (train.* keys overridden); returns (config, workdir as str)."""
+  from tokenformer_jax import train
+  c = small_config(data_cache_dir)
+  for key, value in train_overrides.items():
+    c.train[key] = value
+  train.train(c, str(workdir))
+  return c, str(workdir)
+
+
 def cpu_model(m):
   """Model config m resolved for the CPU the tests run on (config.resolve_model)."""
   from tokenformer_jax.config import resolve_model

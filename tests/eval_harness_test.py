@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, error_line, small_config
-from tokenformer_jax import evaluate, train
+from tests.conftest import ROOT, error_line, train_small
+from tokenformer_jax import evaluate
 
 lm_eval = pytest.importorskip('lm_eval', reason="lm-evaluation-harness is the eval extra (pip install -e '.[eval]')")
 from lm_eval.api.instance import Instance  # noqa: E402
@@ -48,11 +48,7 @@ def write_tasks(folder) -> str:
 
 @pytest.fixture(scope='module')
 def trained(data_cache, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('harness')
-  c = small_config(data_cache)
-  c.train.steps = 20
-  train.train(c, str(workdir))
-  return c, str(workdir)
+  return train_small(tmp_path_factory.mktemp('harness'), data_cache, steps=20)
 
 
 @pytest.fixture(scope='module')

@@ -11,18 +11,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import small_config
-from tokenformer_jax import convert, export, growth, inference, train
+from tests.conftest import small_config, train_small
+from tokenformer_jax import convert, export, growth, inference
 from tokenformer_jax.errors import UserError
 
 
 @pytest.fixture(scope='module')
 def trained(data_cache, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('export_src')
-  c = small_config(data_cache)
-  c.train.steps = 3
-  train.train(c, str(workdir))
-  return c, str(workdir)
+  return train_small(tmp_path_factory.mktemp('export_src'), data_cache, steps=3)
 
 
 def _header(path):

@@ -125,7 +125,3 @@ def test_an_async_save_cut_short_leaves_the_previous_checkpoint_and_an_exact_rer
   assert final_losses(workdir) == whole
   assert not partial.exists()
 
-
-def test_a_sync_run_matches_an_async_one(reference, tmp_path):
-  cache, whole = reference
-  rerun_matches(tmp_path / 'w', cache, whole, '--config.train.async_checkpointing=false')

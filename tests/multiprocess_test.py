@@ -20,6 +20,16 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def finish(procs, timeout=600):
+  """Each process's stderr once all have exited (any left running after `timeout` are killed)."""
+  try:
+    return [p.communicate(timeout=timeout)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+
+
 def losses(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
@@ -111,14 +121,6 @@ def test_sigterm_to_one_process_saves_one_agreed_step_on_both(tmp_path):
     return [subprocess.Popen(common + [f'--process_id={i}'], cwd=ROOT, env=env, text=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
 
-  def finish(procs):
-    try:
-      return [p.communicate(timeout=600)[1] for p in procs]
-    finally:
-      for p in procs:
-        if p.poll() is None:
-          p.kill()
-
   workdir = tmp_path / 'w'
   procs = start(workdir)
   metrics = workdir / 'metrics.jsonl'
@@ -155,12 +157,7 @@ def test_processes_started_with_different_settings_all_stop_naming_the_keys(tmp_
   procs = [subprocess.Popen(common + [f'--process_id={i}', f'--config.seed={i}'] + extra, cwd=ROOT,
                             env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
            for i, extra in enumerate([[], ['--stop_at_step=5']])]
-  try:
-    errors = [p.communicate(timeout=300)[1] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  errors = finish(procs, timeout=300)
   for p, stderr in zip(procs, errors):
     line = error_line(stderr)
     assert p.returncode == 2, stderr[-2000:]
@@ -185,11 +182,6 @@ def test_two_processes_export_the_same_file_as_one(tmp_path):
                  f'--process_id={i}'] for i in range(2)]
   procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE) for cmd in two]
-  try:
-    errors = [p.communicate(timeout=600)[1] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  errors = finish(procs)
   assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:]
   assert (tmp_path / 'one.safetensors').read_bytes() == (tmp_path / 'two.safetensors').read_bytes()

@@ -78,11 +78,10 @@ def test_no_get_sweep(tmp_path):
 
 
 def test_results_merge_across_invocations_and_stages_sort_numerically(tmp_path):
-  sweep = _load_sweep_module()
   root = tmp_path / 'root'
   root.mkdir()
-  sweep.write_csv(str(root), [{'run': 'a', 'status': 'failed'}, {'run': 'b', 'status': 'done', 'x': '1'}])
-  sweep.write_csv(str(root), [{'run': 'a', 'status': 'done', 'val_loss': 2.5}, {'run': 'c', 'status': 'done'}])
+  sweeps.write_csv(str(root), [{'run': 'a', 'status': 'failed'}, {'run': 'b', 'status': 'done', 'x': '1'}])
+  sweeps.write_csv(str(root), [{'run': 'a', 'status': 'done', 'val_loss': 2.5}, {'run': 'c', 'status': 'done'}])
   with open(root / 'results.csv') as f:
     rows = {r['run']: r for r in csv.DictReader(f)}
   assert sorted(rows) == ['a', 'b', 'c'] and rows['a']['status'] == 'done' and rows['b']['x'] == '1'
@@ -90,15 +89,7 @@ def test_results_merge_across_invocations_and_stages_sort_numerically(tmp_path):
     stage = tmp_path / 'w' / f'stage_{index}'
     stage.mkdir(parents=True)
     (stage / 'metrics.jsonl').write_text(f'{{"step": {index}, "loss": {loss}}}\n')
-  assert sweep.final_metrics(str(tmp_path / 'w'))['train_loss'] == 10.0  # the last stage's
-
-
-def _load_sweep_module():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('sweep_script', f'{ROOT}/launch/sweep.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  assert sweeps.final_metrics(str(tmp_path / 'w'))['train_loss'] == 10.0  # the last stage's
 
 
 def test_the_slurm_recipe_runs_main_once_per_run(tmp_path):

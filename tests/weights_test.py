@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import small_config
+from tests.conftest import small_config, train_small
 from tests.convert_test import reference_state_dict
 from tokenformer_jax import checkpoint, convert, growth, inference, train, weights
 from tokenformer_jax.errors import UserError
@@ -17,11 +17,7 @@ def _params_equal(a, b):
 
 @pytest.fixture(scope='module')
 def source(data_cache, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('init_src')
-  c = small_config(data_cache)
-  c.train.steps, c.train.checkpoint_every = 6, 3
-  train.train(c, str(workdir))
-  return c, str(workdir)
+  return train_small(tmp_path_factory.mktemp('init_src'), data_cache, steps=6, checkpoint_every=3)
 
 
 def test_init_from_a_workdir_step_starts_at_step_0_from_its_parameters(source, tmp_path):
