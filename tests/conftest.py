@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tokenformer_jax import platforms
@@ -110,3 +111,19 @@ def write_hf_tokenizer(path, vocab_size: int = 300) -> str:
   tok.train_from_iterator(text.splitlines() * 4, trainer)
   tok.save(str(path))
   return str(path)
+
+
+def reference_state_dict(m, vocab=512, seed=0):
+  """Random weights under the released checkpoints' names and shapes (written from REFERENCE.md)."""
+  rng = np.random.default_rng(seed)
+  L, d = m.num_layers, m.d_model
+  normal = lambda shape, std: (std * rng.standard_normal(shape)).astype(np.float32)
+  sd = {'sequential.0.word_embeddings.weight': normal((vocab, d), 0.1),
+        f'sequential.{L + 3}.norm.weight': 1.0 + normal((d,), 0.1),
+        f'sequential.{L + 3}.norm.bias': normal((d,), 0.1)}
+  for i in range(L):
+    for name, n in (('attention.query', m.n_qkv), ('attention.key', m.n_qkv), ('attention.value', m.n_qkv),
+                    ('attention.proj', m.n_proj), ('mlp', m.n_ffn)):
+      sd[f'sequential.{i + 2}.{name}.key_param_tokens'] = normal((n, d), 0.5)
+      sd[f'sequential.{i + 2}.{name}.value_param_tokens'] = normal((n, d), 0.2)
+  return sd

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from tests import reference_numpy as ref
-from tests.conftest import small_config, write_hf_tokenizer
+from tests.conftest import reference_state_dict, small_config, write_hf_tokenizer
 from tokenformer_jax import convert, evaluate, generate, inference
 from tokenformer_jax.errors import UserError
 
@@ -19,22 +19,6 @@ def _config():
   c = small_config()
   c.model.num_layers = 2
   return c
-
-
-def reference_state_dict(m, vocab=VOCAB, seed=0):
-  """Random weights under the released checkpoints' names and shapes (written from REFERENCE.md)."""
-  rng = np.random.default_rng(seed)
-  L, d = m.num_layers, m.d_model
-  normal = lambda shape, std: (std * rng.standard_normal(shape)).astype(np.float32)
-  sd = {'sequential.0.word_embeddings.weight': normal((vocab, d), 0.1),
-        f'sequential.{L + 3}.norm.weight': 1.0 + normal((d,), 0.1),
-        f'sequential.{L + 3}.norm.bias': normal((d,), 0.1)}
-  for i in range(L):
-    for name, n in (('attention.query', m.n_qkv), ('attention.key', m.n_qkv), ('attention.value', m.n_qkv),
-                    ('attention.proj', m.n_proj), ('mlp', m.n_ffn)):
-      sd[f'sequential.{i + 2}.{name}.key_param_tokens'] = normal((n, d), 0.5)
-      sd[f'sequential.{i + 2}.{name}.value_param_tokens'] = normal((n, d), 0.2)
-  return sd
 
 
 def numpy_params(sd, L):

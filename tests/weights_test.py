@@ -4,8 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import small_config, train_small
-from tests.convert_test import reference_state_dict
+from tests.conftest import reference_state_dict, small_config, train_small
 from tokenformer_jax import checkpoint, convert, growth, inference, train, weights
 from tokenformer_jax.errors import UserError
 

@@ -75,7 +75,8 @@ def prepare(cfg, workdir: str, restore_step: int | None = None, accept_data_chan
   if step is None and init_from:  # its checks stand in for a resume's: same model, same tokenizer
     init_source = weights.open_source(init_from, cfg)
     cfg = weights.check_same_model(init_source, cfg)
-    saved_meta = {k: v for k, v in (init_source.meta or {}).items() if k in ('tokenizer_sha256', 'grown_from')}
+    saved_meta = {k: v for k, v in (init_source.meta or {}).items()
+                  if k in ('tokenizer_sha256', 'grown_from')}
   grown_from = (saved_meta or {}).get('grown_from')
   if cfg.growth.freeze_old and not grown_from:
     raise UserError('growth.freeze_old needs a grown checkpoint in the workdir (see --mode=grow)')
