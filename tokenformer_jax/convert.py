@@ -102,7 +102,8 @@ def expected_names(m, vocab_size: int) -> dict[str, tuple[str, int | None, tuple
   return names
 
 
-def _rotary_inv_freq(m) -> np.ndarray:
+def rotary_inv_freq(m) -> np.ndarray:
+  """The per-layer rotary frequencies the reference stores as `attention.rotary_emb.inv_freq`."""
   rot_dim = int(m.d_model // m.num_heads * m.rotary_pct) // 2 * 2
   return 1.0 / (m.rotary_base ** (np.arange(0, rot_dim, 2, dtype=np.float64) / rot_dim))
 
@@ -128,7 +129,7 @@ def to_params(state: dict[str, np.ndarray], m, vocab_size: int) -> dict[str, np.
   problems, layers = [], {}
   for name in sorted(set(expected) - set(state)):
     problems.append(f'missing {name} {list(expected[name][2])}')
-  inv_freq = _rotary_inv_freq(m)
+  inv_freq = rotary_inv_freq(m)
   for name in sorted(state):
     array = np.asarray(state[name])
     if name in expected:

@@ -51,7 +51,7 @@ def _layout(m, vocab: int) -> list[tuple[str, str, int | None, tuple]]:
   rows = []
   for path in sorted(by_path):
     rows += sorted(by_path[path], key=lambda r: (r[2] is not None, r[2] or 0, r[0]))
-  rot = convert._rotary_inv_freq(m)  # pylint: disable=protected-access
+  rot = convert.rotary_inv_freq(m)
   rows += [(f'sequential.{i + 2}.attention.rotary_emb.inv_freq', 'inv_freq', i, rot.shape)
            for i in range(m.num_layers)]
   return rows
@@ -127,9 +127,10 @@ def export(cfg, workdir: str, out_file: str, step: int | None = None, dtype: str
     if f:
       f.write(_header(rows, dtype))
     current_path, whole = None, None
+    inv_freq = convert.rotary_inv_freq(m).astype(np.float32)
     for _, path, layer, _ in rows:
       if path == 'inv_freq':
-        data = convert._rotary_inv_freq(m).astype(np.float32)  # pylint: disable=protected-access
+        data = inv_freq
       else:
         if path != current_path:  # every process joins the gather; one table held at a time
           current_path, whole = path, _whole(flat[path])
