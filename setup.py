@@ -29,12 +29,16 @@ setup(
     extras_require={
         # libtpu (213 MB; Linux x86_64 wheels only) lets tests/aot_test.py compile for TPU topologies
         # matplotlib: the study's figure (tests/progressive_study_test.py); safetensors: import tests;
-        # the prepare extra: tests/data_*_test.py; lm-eval: tests/eval_harness_test.py
+        # the prepare extra: tests/data_*_test.py; lm-eval: tests/eval_harness_test.py; wandb (offline):
+        # tests/metrics_test.py
         'test': ['pytest>=8', 'matplotlib>=3.8', 'safetensors>=0.4',
                  'libtpu==0.0.42.*; platform_system == "Linux" and platform_machine == "x86_64"',
-                 'apache-beam>=2.60,<3', 'zstandard>=0.22', 'pyarrow>=15', 'lm-eval>=0.4.13,<0.5'],
+                 'apache-beam>=2.60,<3', 'zstandard>=0.22', 'pyarrow>=15', 'lm-eval>=0.4.13,<0.5',
+                 'wandb>=0.19,<1'],
         # python -m tokenformer_jax.lm_eval: lm-evaluation-harness (brings Hugging Face datasets)
         'eval': ['lm-eval>=0.4.13,<0.5'],
+        # metrics.wandb_project: Weights & Biases as a metrics sink (offline mode needs no network)
+        'wandb': ['wandb>=0.19,<1'],
         # python -m tokenformer_jax.prepare: the Beam pipeline, .zst inputs, Parquet inputs
         'prepare': ['apache-beam>=2.60,<3', 'zstandard>=0.22', 'pyarrow>=15'],
         'tpu': ['libtpu==0.0.42.*'],     # the TPU runtime and compiler matching jax 0.10.2 (--mode=compile)

@@ -5,8 +5,9 @@ these is the MFU denominator, since the host's speed drifts), then for each kind
 median step time over --steps steps after --warmup (the kinds alternate step by step), tokens/s, model
 GFLOP/s (flops.train_flops_per_token × tokens), MFU, and memory (XLA's buffers per model: arguments +
 temporaries; the process's peak RSS, or the accelerator's peak bytes in use, once the models have run);
-TokenFormer / dense as the ratio of the median steps and round by round (median and quartiles). Prints a
-table and writes JSON.
+TokenFormer / dense as the ratio of the median steps and round by round (median and quartiles); the
+training loop's per-step bookkeeping (time breakdown, goodput, profiler checks) in µs and as a share of
+the step. Prints a table and writes JSON.
 
   python benchmarks/step.py --config=experiments/tiny.py
   python benchmarks/step.py --config=experiments/bench.py:b --steps=5 --json=/tmp/step.json
@@ -17,6 +18,7 @@ table and writes JSON.
 import json
 import resource
 import statistics
+import tempfile
 import time
 
 from absl import flags
@@ -25,9 +27,10 @@ from ml_collections import config_flags
 import harness
 
 import jax  # noqa: E402  (after harness: it puts the checkout on the path)
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tokenformer_jax import flops, sharding  # noqa: E402
+from tokenformer_jax import flops, goodput, profiling, sharding, step_clock  # noqa: E402
 from tokenformer_jax import model as model_lib  # noqa: E402
 from tokenformer_jax import state as state_lib  # noqa: E402
 from tokenformer_jax import step as step_lib  # noqa: E402
@@ -88,6 +91,28 @@ def time_alternating(runs: list) -> None:
       run['times'].append(time.perf_counter() - start)
 
 
+def instrumentation_s_per_step(output, log_every: int, steps: int = 20000) -> float:
+  """Host seconds per step of the training loop's own bookkeeping, timed on the library's calls: every
+  step the timed fetch (around a batch that is already there, with `output`, a step's finished array,
+  as the readiness probe) and the profiler-window checks; every log_every steps the window's breakdown
+  and goodput record (appended to a file, as a run does), spread over its steps."""
+  t = ml_collections.ConfigDict({'profile_steps': (0, 0), 'profile_every': 0, 'profile_all_hosts': False,
+                                 'profiler_port': 0})
+  with tempfile.TemporaryDirectory() as workdir:
+    clock, profiler = step_clock.StepClock(), profiling.Profiler(t, workdir)
+    account = goodput.Goodput(workdir, 0)
+    batch = object()
+    start = time.perf_counter()
+    for step in range(steps):
+      clock.fetch(lambda: batch, output)
+      profiler.starts_at(step)
+      profiler.ends_at(step)
+      if (step + 1) % log_every == 0:
+        account.add_window(step + 1, log_every, clock.close_window())
+        account.summary()
+    return (time.perf_counter() - start) / steps
+
+
 def paired_ratios(times_a: list, times_b: list) -> dict:
   """a / b within each round (the two steps ran back to back) → median and quartiles. The host's drift
   moves both steps of a round together, so these quartiles show how far the ratio can be trusted."""
@@ -115,6 +140,9 @@ def summarize(run: dict) -> dict:
       # the process's peak once this config's models have run (they are alive together)
       'peak_memory_MiB': _peak_memory_MiB(), 'final_loss': float(run['metrics']['loss']),
   }
+  overhead_s = instrumentation_s_per_step(run['metrics']['loss'], c.train.log_every)
+  result['instrumentation_us_per_step'] = overhead_s * 1e6
+  result['instrumentation_share'] = overhead_s / step_s
   if _SPEC_PEAK.value:
     result['mfu_spec'] = step_flops / step_s / (_SPEC_PEAK.value * 1e12)
   return result
@@ -157,6 +185,10 @@ def main(argv):
           f"{r['tokens_per_s']:9.0f} {r['gflops_per_s']:9.1f} {r['mfu']:6.1%} {r['compile_s']:7.1f}s "
           f"{r['temp_MiB'] + r['args_MiB']:6.0f}MiB {r['peak_memory_MiB']:6.0f}MiB{spec_mfu}")
   by_kind = {r['kind']: r for r in rows}
+  for r in rows:
+    print(f"{r['kind']:11} the loop's bookkeeping (timed fetch, profiler checks, breakdown and goodput "
+          f"per log window): {r['instrumentation_us_per_step']:.1f} µs per step, "
+          f"{r['instrumentation_share']:.3%} of the step")
   if {'tokenformer', 'dense'} <= set(by_kind):
     tf, dense = by_kind['tokenformer'], by_kind['dense']
     paired = paired_ratios(round_times['tokenformer'], round_times['dense'])

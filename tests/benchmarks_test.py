@@ -29,6 +29,10 @@ def test_step_benchmark_writes_both_kinds(tmp_path):
   assert results[0]['gflop_per_step'] == pytest.approx(results[1]['gflop_per_step'])
   assert results[0]['attention_impl'] == 'softmax_vjp' and results[0]['step_s'] > 0
   assert 'TokenFormer / dense step time' in proc.stdout
+  # the training loop's bookkeeping, timed on the library's own calls, against the step it rides on
+  for r in results:
+    assert r['instrumentation_us_per_step'] > 0
+    assert r['instrumentation_share'] == pytest.approx(r['instrumentation_us_per_step'] / 1e6 / r['step_s'])
   # the ratio round by round: quartiles around the median, over every timed round
   over = results[0]['over_dense']
   assert over['rounds'] == 3 and 0 < over['q1'] <= over['median'] <= over['q3']

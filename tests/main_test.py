@@ -34,6 +34,8 @@ def test_train_then_rerun_is_a_no_op_resume(trained_workdir):
     (['--config.model.vocab_size=256'], 'model.vocab_size=256 is smaller than the tokenizer vocab (512)'),
     (['--config.data.prepared=/nonexistent'], 'no prepared dataset in /nonexistent'),
     (['--config.data.mixture=/a:x'], 'data.mixture wants DIR:WEIGHT'),
+    (['--config.train.profile_steps=(5,)'], 'train.profile_steps must be (START, COUNT)'),
+    (['--config.metrics.wandb_mode=cloud'], "metrics.wandb_mode must be one of ('online', 'offline')"),
 ])
 def test_bad_config(tmp_path, args, message):
   code, _, err = run_main(*FAST, *args, workdir=tmp_path / 'w')

@@ -1,4 +1,6 @@
-"""Metrics: JSON lines plus TensorBoard scalars that read back; tensorboardX loads without PyTorch."""
+"""Metrics: JSON lines plus TensorBoard scalars that read back; tensorboardX loads without PyTorch; a
+resumed run goes on with the same Weights & Biases run (offline: no network)."""
+import glob
 import json
 import os
 import struct
@@ -7,7 +9,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, small_config
+from tokenformer_jax import train
+from tokenformer_jax.errors import UserError
 from tokenformer_jax.metrics import MetricsWriter
 
 
@@ -52,3 +56,38 @@ def test_metrics_do_not_import_torch(tmp_path):
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == '2.0'
+
+
+def _wandb_runs(workdir):
+  """{offline run folder: its .wandb file's bytes} under WORKDIR/wandb/."""
+  runs = {}
+  for folder in sorted(glob.glob(os.path.join(workdir, 'wandb', 'offline-run-*'))):
+    (log,) = glob.glob(os.path.join(folder, 'run-*.wandb'))
+    with open(log, 'rb') as f:
+      runs[folder] = f.read()
+  return runs
+
+
+def test_a_resumed_run_logs_to_the_same_offline_wandb_run(data_cache, tmp_path):
+  pytest.importorskip('wandb')
+  c = small_config(data_cache)
+  c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 4, 2, 4, 2
+  c.metrics.wandb_project, c.metrics.wandb_mode = 'tokenformer-test', 'offline'
+  train.train(c, str(tmp_path), stop_at_step=2)
+  run_id = (tmp_path / 'wandb_run_id').read_text().strip()
+  train.train(c, str(tmp_path))
+  assert (tmp_path / 'wandb_run_id').read_text().strip() == run_id
+  runs = _wandb_runs(str(tmp_path))
+  assert len(runs) == 2 and all(folder.endswith('-' + run_id) for folder in runs)   # one W&B run
+  for data in runs.values():   # the history reached W&B's log: metric names and the config
+    assert b'loss' in data and b'time_step_s' in data and b'goodput' in data and b'n_ffn' in data
+
+
+def test_a_wandb_project_without_wandb_is_refused_before_anything_is_written(data_cache, tmp_path,
+                                                                              monkeypatch):
+  monkeypatch.setitem(sys.modules, 'wandb', None)   # as if it were not installed
+  c = small_config(data_cache)
+  c.metrics.wandb_project = 'p'
+  with pytest.raises(UserError, match=r"needs the wandb package: pip install 'tokenformer_jax\[wandb\]'"):
+    train.train(c, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()

@@ -1,5 +1,6 @@
 """Two OS processes on localhost form one runtime (jax.distributed, gloo) and train like one process
 with the same devices; a process whose peer dies exits with an error in bounded time."""
+import glob
 import json
 import os
 import signal
@@ -43,8 +44,13 @@ def test_two_processes_match_one_process_and_resume_its_checkpoint(tmp_path):
   proc = subprocess.run(
       ['bash', 'launch/local_multiprocess.sh', '--num_processes=2', '--devices_per_process=2',
        f'--port={free_port()}', '--', f'--config={TINY}', f'--workdir={multi}', cache, *FAST,
-       *STEPS], cwd=ROOT, capture_output=True, text=True, timeout=600)
+       *STEPS, '--config.train.profile_steps=(2,1)', '--config.train.profile_all_hosts=True'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  for index in (0, 1):   # every process traced the window, each into its own folder
+    assert glob.glob(str(multi / 'profile' / f'process_{index}' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
+  with open(multi / 'goodput.jsonl') as f:   # one account of the run, written by process 0
+    assert [json.loads(line)['event'] for line in f].count('start') == 1
   single = tmp_path / 'single'
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}',

@@ -55,6 +55,7 @@ def test_sweep_runs_collects_and_skips(tmp_path):
     rows = list(csv.DictReader(f))
   assert [r['optimizer.lr'] for r in rows] == ['0.001', '0.003']
   assert all(r['status'] == 'done' and r['step'] == '2' and float(r['val_loss']) > 0 for r in rows)
+  assert all(0 < float(r['goodput']) < 1 for r in rows)
 
   second = next(root.glob('optimizer.lr=0.003,model.n_ffn=64-*'))
   (second / 'sweep_done.json').unlink()  # "interrupted"

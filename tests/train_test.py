@@ -1,10 +1,13 @@
-"""End-to-end training on the bundled corpus: learning, exact stop/resume, gradient accumulation."""
+"""End-to-end training on the bundled corpus: learning, exact stop/resume, gradient accumulation, the
+time breakdown and MFU of each log window."""
+import json
+
 import jax
 import numpy as np
 import pytest
 
 from tests.conftest import small_config
-from tokenformer_jax import checkpoint, train
+from tokenformer_jax import checkpoint, step_clock, train
 from tokenformer_jax.errors import UserError
 
 
@@ -72,3 +75,27 @@ def _targets(c, mngr, step):
   from tokenformer_jax import sharding, state as state_lib
   meta = checkpoint.read_meta(mngr, step)
   return (state_lib.abstract_targets(state_lib.make_spec(c, meta['vocab_size'], sharding.make_mesh(c.mesh))),)
+
+
+def test_each_window_breaks_down_its_time_and_logs_mfu_against_the_given_peak(data_cache, tmp_path,
+                                                                              capsys):
+  c = small_config(data_cache)
+  c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2, 4
+  c.train.peak_tflops = 0.5
+  train.train(c, str(tmp_path))
+  assert 'mfu=' in capsys.readouterr().err   # the progress bar, beside loss and tokens/s
+  with open(tmp_path / 'metrics.jsonl') as f:
+    windows = [r for r in map(json.loads, f) if 'time_window_s' in r]
+  assert [r['step'] for r in windows] == [2, 4, 4]   # two log windows, then the end's eval and save
+  for r in windows:
+    parts = r['time_step_s'] + sum(r[f'time_{b}_s'] for b in step_clock.BUCKETS)
+    assert parts == pytest.approx(r['time_window_s'])
+  assert windows[0]['time_startup_s'] > 0 and windows[1]['time_startup_s'] == 0
+  assert windows[1]['time_eval_s'] > 0   # the evaluation at step 2 falls into the second window
+  assert windows[2]['time_checkpoint_s'] > 0 and windows[2]['time_eval_s'] > 0
+  devices = jax.device_count()
+  for r in windows[:2]:
+    assert r['mfu'] == pytest.approx(r['gflops_per_s'] * 1e9 / (0.5e12 * devices))
+    assert r['tokens_per_s'] == pytest.approx(
+        2 * c.train.batch_size * c.data.seq_len / (r['time_step_s'] + r['time_data_s']))
+  assert 0 < windows[-1]['goodput'] < 1

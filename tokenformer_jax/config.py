@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from tokenformer_jax import attention
+from tokenformer_jax import attention, profiling
 from tokenformer_jax.errors import UserError
 
 MODEL_KINDS = ('tokenformer', 'dense')
@@ -22,6 +22,7 @@ GROWTH_OPTIMIZER = ('carry', 'reset')
 # Exact GELU as u·Φ(u) with erf (pattention.py's own, with a backward that reuses the forward's output)
 # or jax.nn.gelu's erfc form: the same function, different kernels.
 GELU_IMPLEMENTATIONS = ('erf', 'erfc')
+WANDB_MODES = ('online', 'offline')
 # Model keys that change how the function is computed, not which function: a checkpoint may be resumed,
 # grown or sampled with other values of these.
 RUNTIME_MODEL_KEYS = ('dtype', 'remat', 'scan_unroll', 'attention_impl', 'gelu_impl')
@@ -86,6 +87,18 @@ def base_config() -> ml_collections.ConfigDict:
   t.sample_prompt = ''           # ... continuing this text ('': a new document)
   t.sample_temperature = 0.8
   t.sample_top_k = 40
+  t.peak_tflops = 0.0            # per-chip peak for the logged MFU; 0: the datasheet's (chips.py), if known
+  t.profile_steps = (0, 0)       # (START, COUNT): trace steps START..START+COUNT-1 (COUNT 0: off)
+  t.profile_every = 0            # > 0: trace such a window again every N steps
+  t.profile_all_hosts = False    # trace on every process (WORKDIR/profile/process_<i>/), not only on 0
+  t.profiler_port = 0            # > 0: the on-demand profiler server's port (profiling.py)
+
+  # Where metrics go besides WORKDIR/metrics.jsonl and WORKDIR/tensorboard/.
+  c.metrics = mt = ml_collections.ConfigDict()
+  mt.wandb_project = ''          # a Weights & Biases project: log there too (pip install '.[wandb]')
+  mt.wandb_entity = ''
+  mt.wandb_name = ''             # '': the workdir's name
+  mt.wandb_mode = 'online'       # or 'offline': files under WORKDIR/wandb/, `wandb sync` uploads them
 
   c.optimizer = o = ml_collections.ConfigDict()
   o.lr = 1e-3
@@ -192,6 +205,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                       f'({{"model.n_ffn": 1024, ...}}), got {stage!r}')
     if 'stages' in stage:
       raise UserError(f'stages[{i}] may not set stages')
+  if t.peak_tflops < 0:
+    raise UserError(f'train.peak_tflops must be >= 0 (0: the datasheet peak), got {t.peak_tflops}')
+  profiling.check(t)
+  if cfg.metrics.wandb_mode not in WANDB_MODES:
+    raise UserError(f'metrics.wandb_mode must be one of {WANDB_MODES}, got {cfg.metrics.wandb_mode!r}')
   if not 0.0 <= o.warmup_frac < 1.0:
     raise UserError(f'optimizer.warmup_frac must be in [0, 1), got {o.warmup_frac}')
 

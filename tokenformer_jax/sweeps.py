@@ -59,7 +59,8 @@ def run_name(overrides: dict, base_flags=()) -> str:
 
 
 def final_metrics(workdir: str) -> dict:
-  """Last train loss and last validation loss/perplexity of a run (its last stage for schedules)."""
+  """Last train loss, last validation loss/perplexity and goodput of a run (its last stage for
+  schedules)."""
   out = {}
   paths = sorted((os.path.join(d, 'metrics.jsonl') for d, _, files in os.walk(workdir)
                   if 'metrics.jsonl' in files), key=_numeric_order)
@@ -71,6 +72,8 @@ def final_metrics(workdir: str) -> dict:
           out.update(step=record['step'], train_loss=record['loss'])
         if 'val_loss' in record:
           out.update(val_step=record['step'], val_loss=record['val_loss'], val_ppl=record['val_ppl'])
+        if 'goodput' in record:
+          out['goodput'] = record['goodput']
   return out
 
 

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from absl import logging
 from tqdm import tqdm
 
-from tokenformer_jax import checkpoint, config as config_lib, flops, generate, metrics, sharding
+from tokenformer_jax import checkpoint, chips, config as config_lib, flops, generate, goodput, metrics
+from tokenformer_jax import profiling, sharding, step_clock
 from tokenformer_jax.data import dataset as dataset_lib, pipeline
 from tokenformer_jax import state as state_lib
 from tokenformer_jax import step as step_lib
@@ -104,12 +105,14 @@ def train(cfg, workdir: str, stop_at_step: int | None = None, restore_step: int 
   data settings is refused unless `accept_data_change` (resume.py). A fresh run with `init_from` starts
   from that source's parameters (weights.py). One run per workdir: a second one is refused while this
   one holds the lock."""
+  started = time.perf_counter(), time.time()   # start-up and goodput count from here
   if stop_at_step is not None and stop_at_step < 1:
     raise UserError(f'--stop_at_step must be positive, got {stop_at_step}')
   config_lib.validate(cfg)
   check_batch(cfg)  # before the lock: a refused run writes nothing
+  metrics.check(cfg.metrics)
   with workdir_lock.hold(workdir):
-    return _train(cfg, workdir, stop_at_step, restore_step, accept_data_change, init_from)
+    return _train(cfg, workdir, stop_at_step, restore_step, accept_data_change, init_from, started)
 
 
 def check_batch(cfg) -> None:
@@ -121,7 +124,7 @@ def check_batch(cfg) -> None:
 
 
 def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None,
-           accept_data_change: bool, init_from: str) -> RunResult:
+           accept_data_change: bool, init_from: str, started: tuple) -> RunResult:
   prep = prepare(cfg, workdir, restore_step, accept_data_change, init_from)
   cfg, mngr, latest, run_data, spec = prep.cfg, prep.mngr, prep.step, prep.data, prep.spec
   t = cfg.train
@@ -156,15 +159,17 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
 
   n_params = state_lib.num_params(spec)
   step_flops = flops.train_flops_per_token(cfg.model, spec.vocab_size, seq_len) * t.batch_size * seq_len
+  peak, peak_source = chips.peak_flops(t.peak_tflops, spec.mesh.devices.flatten().tolist())
   if proc == 0:
-    logging.info('%s model: %.2fM parameters, %.3f GFLOP per step, mesh %s', cfg.model.kind,
-                 n_params / 1e6, step_flops / 1e9, dict(spec.mesh.shape))
+    logging.info('%s model: %.2fM parameters, %.3f GFLOP per step, mesh %s; MFU peak: %s', cfg.model.kind,
+                 n_params / 1e6, step_flops / 1e9, dict(spec.mesh.shape), peak_source)
 
   train_step = step_lib.make_train_step(spec, cfg)
   eval_step = step_lib.make_eval_step(spec, cfg)
-  writer = metrics.MetricsWriter(workdir)
   result = RunResult(state=state, step=start, train_losses={}, val_losses={}, cfg=cfg)
   tokens_per_step = t.batch_size * seq_len
+  account = goodput.Goodput(workdir, start, start_time=started[1], record=start < end)
+  clock = step_clock.StepClock(start=started[0])
 
   # ---- steps ----
   # The first step whose loss or gradient norm is not finite, tracked on the device (no sync per step)
@@ -174,49 +179,86 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
       (first < 0) & ~(jnp.isfinite(m['loss']) & jnp.isfinite(m['grad_norm'])), step, first))
   bar = tqdm(total=end, initial=start, desc='train', unit='step', disable=proc != 0 or start >= end,
              dynamic_ncols=True, file=sys.stderr)
-  window_start, window_steps = time.perf_counter(), 0
+  writer = metrics.MetricsWriter(workdir, cfg.metrics, cfg.to_dict())
+  profiler = profiling.Profiler(t, workdir)
+  window_steps, step_metrics, done = 0, None, start
+  clock.add('startup', time.perf_counter() - started[0])   # config, data, restore or init
+  # (the first batch's fetch counts as waiting for data, the first step's compilation as start-up)
   # try/finally: whatever ends the loop, a save still being written commits (or the last one stays).
   try:
     with preemption_lib.Preemption(mngr) as preemption:
       for step in range(start, end):
-        batch = step_lib.global_batch(spec, cfg, next(train_iter))
-        state, step_metrics = train_step(state, batch)
+        batch = clock.fetch(lambda: step_lib.global_batch(spec, cfg, next(train_iter)),
+                            step_metrics and step_metrics['loss'])
+        if profiler.starts_at(step):
+          with clock.measure('profile'):
+            profiler.start(step)
+        if step == start:   # the first call traces and compiles: start-up
+          compile_start = time.perf_counter()
+          state, step_metrics = train_step(state, batch)
+          clock.add('startup', time.perf_counter() - compile_start)
+          if proc == 0:
+            logging.info('start-up: %.1f s to the first step (config, data, state), %.1f s compiling it',
+                         compile_start - started[0], time.perf_counter() - compile_start)
+        else:
+          state, step_metrics = train_step(state, batch)
         window_steps += 1
         done = step + 1
         first_bad = track_bad(first_bad, step_metrics, done)
+        if profiler.ends_at(step):
+          jax.block_until_ready(state)   # the window's device work, inside the trace
+          with clock.measure('profile'):
+            profiler.stop()
         preempted = preemption.reached(done)
         saving = done % t.checkpoint_every == 0 or done == end or preempted
+        evaluating = done % t.eval_every == 0 or done == end
         if saving or done % t.log_every == 0:
           _stop_if_diverged(int(first_bad), mngr)
         if done % t.log_every == 0 or done == end:
-          scalars = {k: float(v) for k, v in step_metrics.items()}
-          elapsed = time.perf_counter() - window_start
-          scalars['tokens_per_s'] = window_steps * tokens_per_step / elapsed
-          scalars['gflops_per_s'] = window_steps * step_flops / elapsed / 1e9
-          window_start, window_steps = time.perf_counter(), 0
+          scalars = {k: float(v) for k, v in step_metrics.items()}   # waits for the window's steps
+          scalars.update(_close_window(clock, account, done, window_steps, tokens_per_step * window_steps,
+                                       step_flops * window_steps, peak))
+          window_steps = 0
           result.train_losses[done] = scalars['loss']
           writer.write(done, scalars)
-          bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_s']:.0f}")
+          shown = {'loss': f"{scalars['loss']:.3f}", 'tok_s': f"{scalars['tokens_per_s']:.0f}"}
+          if 'mfu' in scalars:
+            shown['mfu'] = f"{scalars['mfu']:.1%}"
+          bar.set_postfix(shown)
         bar.update(1)
-        if done % t.eval_every == 0 or done == end:
-          val = evaluate(eval_step, spec, cfg, state['params'], val_batches)
+        if evaluating or saving:
+          jax.block_until_ready(state)   # the steps' time stays theirs, not the eval's or the save's
+        if evaluating:
+          with clock.measure('eval'):
+            val = evaluate(eval_step, spec, cfg, state['params'], val_batches)
           result.val_losses[done] = val
           writer.write(done, {'val_loss': val, 'val_ppl': math.exp(min(val, 50.0))})
           if proc == 0:
             bar.write(f'step {done}: val loss {val:.4f}, ppl {math.exp(min(val, 50.0)):.2f}')
         if saving:
           # async: returns once the arrays are on the host; waited for at the end or when preempted
-          checkpoint.save(mngr, done, state, train_iter, meta,
-                          wait=preempted or done == end or not t.async_checkpointing)
+          with clock.measure('checkpoint'):
+            checkpoint.save(mngr, done, state, train_iter, meta,
+                            wait=preempted or done == end or not t.async_checkpointing)
         if preempted:
           logging.warning('SIGTERM: saved step %d, exiting (status %d: rerun to resume)', done,
                           EXIT_PREEMPTED)
           result.preempted = True
           break
+    with clock.measure('checkpoint'):
+      mngr.wait_until_finished()
+    # the end's evaluation and save (and a preempted run's last steps) close one more window
+    final = _close_window(clock, account, done, window_steps, tokens_per_step * window_steps,
+                          step_flops * window_steps, peak)
+    if start < end:
+      writer.write(done, {k: v for k, v in final.items() if k.startswith(('goodput', 'badput', 'time_'))})
+      if proc == 0:
+        bar.write(goodput.describe(account.summary()))
   finally:
     mngr.wait_until_finished()
-  bar.close()
-  writer.close()
+    profiler.close()
+    bar.close()
+    writer.close()
   result.state, result.step = state, int(state['step'])
 
   # ---- a taste of the model ----
@@ -225,6 +267,24 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
     if proc == 0:
       print('--- sample ---\n' + result.sample + '\n--------------', flush=True)
   return result
+
+
+def _close_window(clock, account, done: int, steps: int, tokens: int, flop: float, peak) -> dict:
+  """The window's time breakdown, its throughput over the time spent training (train steps and waiting
+  for data: evaluation, saves and start-up have columns of their own), MFU where a peak is known, and
+  the run's goodput so far."""
+  times = clock.close_window()
+  account.add_window(done, steps, times)
+  out = dict(times)
+  training_s = times['time_step_s'] + times['time_data_s']
+  if steps and training_s > 0:
+    out['tokens_per_s'] = tokens / training_s
+    out['gflops_per_s'] = flop / training_s / 1e9
+    if peak:
+      out['mfu'] = flop / training_s / peak
+  summary = account.summary()
+  out.update({k: v for k, v in summary.items() if k.startswith(('goodput', 'badput'))})
+  return out
 
 
 def _stop_if_diverged(first_bad: int, mngr) -> None:
