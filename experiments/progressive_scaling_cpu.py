@@ -9,7 +9,10 @@ get_config(arm), arm one of ARMS (add '-quick' for the ≤ 5 min pipeline check)
   paper_carry    growth path, the reference's growth (all random, τ = √n), Adam state carried
   exact_reset    growth path, exact growth, fresh optimizer + schedule per stage
   paper_reset    growth path as in the reference (random init, fresh optimizer per stage)
-  dense          a dense Transformer with the largest member's parameter count, from scratch
+  freeze_old     exact_carry, training only the new tokens in the last stage (parameter-efficient)
+  dense          a dense Transformer with the largest member's non-embedding parameters, from scratch
+The learning rate and seed are command-line overrides (`--config.optimizer.lr`, `--config.seed`): the
+study tunes the baselines over LRS and runs the growth arms at the from-scratch TokenFormer's best.
 Run them all, with the figure and table: python benchmarks/progressive_study.py [--quick]
 """
 import itertools
@@ -17,11 +20,14 @@ import itertools
 from tokenformer_jax.config import base_config
 from tokenformer_jax.model import dense_mlp_dim_matching
 
-ARMS = ('scratch', 'exact_carry', 'paper_carry', 'exact_reset', 'paper_reset', 'dense')
+BASELINES = ('scratch', 'dense')
+GROWTH_ARMS = ('exact_carry', 'paper_carry', 'exact_reset', 'paper_reset', 'freeze_old')
+ARMS = ('scratch',) + GROWTH_ARMS + ('dense',)
+LRS = (1e-3, 3e-3, 1e-2)   # 3x each way around the base config's 3e-3
 TOKENS = ((32, 128), (64, 256), (128, 512), (256, 1024))   # (n_qkv = n_proj, n_ffn) per stage
 STAGE_STEPS = (300, 300, 300, 600)
 SCRATCH_STEPS = 1200
-QUICK = dict(tokens=((32, 128), (64, 256)), stage_steps=(20, 20), scratch_steps=40)
+QUICK = dict(tokens=((32, 128), (64, 256)), stage_steps=(20, 20), scratch_steps=40, lrs=(3e-3, 1e-2))
 
 
 def get_config(arm: str = 'scratch'):
@@ -51,9 +57,11 @@ def get_config(arm: str = 'scratch'):
     m.mlp_dim = dense_mlp_dim_matching(m)   # equal non-embedding parameters
     m.kind = 'dense'
   elif arm != 'scratch':
-    c.growth.policy, c.growth.optimizer = arm.split('_')
+    c.growth.policy, c.growth.optimizer = ('exact', 'carry') if arm == 'freeze_old' else arm.split('_')
     # carry: the step count goes on, so each stage trains until the cumulative total
     ends = itertools.accumulate(stage_steps) if c.growth.optimizer == 'carry' else stage_steps
     c.stages = tuple({'model.n_qkv': n_att, 'model.n_proj': n_att, 'model.n_ffn': n_ffn,
                       'train.steps': end} for (n_att, n_ffn), end in zip(tokens, ends))
+    if arm == 'freeze_old':
+      c.stages = c.stages[:-1] + ({**c.stages[-1], 'growth.freeze_old': True},)
   return c

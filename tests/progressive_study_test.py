@@ -1,4 +1,5 @@
-"""The study's --quick variant end to end: arms train, the figure and tables are written.
+"""The study's --quick variant end to end: both baselines tuned, a growth arm at the from-scratch
+TokenFormer's best learning rate, a second seed, the figure and tables written; a rerun reuses every run.
 (Checks the pipeline, not the numbers: those come from the full run, committed under
 experiments/results/.)"""
 import csv
@@ -10,38 +11,63 @@ from experiments import progressive_scaling_cpu
 from tests.conftest import ROOT
 
 
-def test_quick_study(tmp_path):
-  # three of the six arms: from scratch, a growth path and the dense model (the other growth arms
-  # differ only in config.growth, which tests/growth_test.py and tests/stages_test.py cover)
-  proc = subprocess.run([sys.executable, 'benchmarks/progressive_study.py', '--quick',
-                         '--arms=exact_carry,dense', f'--out={tmp_path}'],
+def _study(out, work):
+  proc = subprocess.run([sys.executable, 'benchmarks/progressive_study.py', '--quick', '--arms=exact_carry',
+                         '--seeds=2', f'--out={out}', f'--workdir={work}'],
                         cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(tmp_path / 'progressive_scaling.csv') as f:
-    rows = {row['arm']: row for row in csv.DictReader(f)}
-  assert list(rows) == ['scratch', 'exact_carry', 'dense']
-  assert set(rows) < set(progressive_scaling_cpu.ARMS)
-  assert float(rows['scratch']['ratio_to_scratch']) == 1.0
+  with open(out / 'progressive_scaling.csv') as f:
+    return list(csv.DictReader(f))
+
+
+def test_quick_study(tmp_path):
+  # one of the five growth arms (the others differ only in config.growth and config.stages, which
+  # tests/growth_test.py and tests/stages_test.py cover)
+  rows = _study(tmp_path / 'out', tmp_path / 'work')
+  lrs = [str(lr) for lr in progressive_scaling_cpu.QUICK['lrs']]
+  runs = [(r['arm'], r['lr'], r['seed']) for r in rows]
+  # 1: each baseline at every learning rate; 2: the growth arm at scratch's best; 3: seed 1 of all three
+  assert runs[:4] == [(arm, lr, '0') for arm in ('scratch', 'dense') for lr in lrs]
+  best = {arm: min((r for r in rows[:4] if r['arm'] == arm), key=lambda r: float(r['final_val_loss']))
+          for arm in ('scratch', 'dense')}
+  assert runs[4:] == [('exact_carry', best['scratch']['lr'], '0'), ('scratch', best['scratch']['lr'], '1'),
+                      ('dense', best['dense']['lr'], '1'), ('exact_carry', best['scratch']['lr'], '1')]
+  strongest = min(best.values(), key=lambda r: float(r['final_val_loss']))
+  # a baseline reaches its own final loss by its end (at it, unless an earlier evaluation was lower)
+  assert 0 < float(strongest['ratio_to_best_baseline']) <= 1.0
+  assert 0 < float(best['scratch']['ratio_to_scratch']) <= 1.0
+  by_key = {(r['arm'], r['seed']): r for r in rows if r['lr'] == best['scratch']['lr']}
   # the growth path spends fewer FLOPs than scratch over the same number of final-stage steps
-  assert float(rows['exact_carry']['total_gflop']) < float(rows['scratch']['total_gflop'])
-  # equal parameter counts: the dense baseline costs the same FLOPs per step as scratch
-  assert float(rows['dense']['total_gflop']) == float(rows['scratch']['total_gflop'])
-  assert (tmp_path / 'progressive_scaling.png').stat().st_size > 10_000
-  assert '| exact_carry |' in (tmp_path / 'progressive_scaling.md').read_text()
+  assert float(by_key[('exact_carry', '0')]['total_gflop']) < float(by_key[('scratch', '0')]['total_gflop'])
+  # equal non-embedding parameters: the dense baseline costs the same FLOPs per step as scratch
+  assert best['dense']['total_gflop'] == best['scratch']['total_gflop']
+  assert all(r['reused'] == 'False' and float(r['train_s']) > 0 for r in rows)
+  assert (tmp_path / 'out' / 'progressive_scaling.png').stat().st_size > 10_000
+  table = (tmp_path / 'out' / 'progressive_scaling.md').read_text()
+  assert '| exact_carry |' in table and '| baseline |' in table
+
+  # a rerun trains nothing: every run is found finished and keeps the seconds its records hold
+  again = _study(tmp_path / 'out', tmp_path / 'work')
+  assert [r['reused'] for r in again] == ['True'] * len(rows)
+  assert [r['train_s'] for r in again] == [r['train_s'] for r in rows]
 
 
 def test_every_arm_has_a_config():
   for arm in progressive_scaling_cpu.ARMS:
     for name in (arm, arm + '-quick'):
       c = progressive_scaling_cpu.get_config(name)
-      if arm in ('scratch', 'dense'):
+      if arm in progressive_scaling_cpu.BASELINES:
         assert not c.stages and c.model.kind == ('dense' if arm == 'dense' else 'tokenformer')
-      else:
-        assert (c.growth.policy, c.growth.optimizer) == tuple(arm.split('_')) and len(c.stages) > 1
-        steps = [stage['train.steps'] for stage in c.stages]
-        if c.growth.optimizer == 'carry':   # the step count goes on: each stage ends at the running total
-          assert steps == sorted(steps) and len(set(steps)) == len(steps)
-          if not name.endswith('-quick'):
-            assert steps == list(itertools.accumulate(progressive_scaling_cpu.STAGE_STEPS))
-        elif not name.endswith('-quick'):
-          assert steps == list(progressive_scaling_cpu.STAGE_STEPS)
+        continue
+      policy = ('exact', 'carry') if arm == 'freeze_old' else tuple(arm.split('_'))
+      assert (c.growth.policy, c.growth.optimizer) == policy and len(c.stages) > 1
+      # only freeze_old trains the new tokens alone, and only in its last stage
+      assert [s.get('growth.freeze_old', False) for s in c.stages] == (
+          [False] * (len(c.stages) - 1) + [arm == 'freeze_old'])
+      steps = [stage['train.steps'] for stage in c.stages]
+      if c.growth.optimizer == 'carry':   # the step count goes on: each stage ends at the running total
+        assert steps == sorted(steps) and len(set(steps)) == len(steps)
+        if not name.endswith('-quick'):
+          assert steps == list(itertools.accumulate(progressive_scaling_cpu.STAGE_STEPS))
+      elif not name.endswith('-quick'):
+        assert steps == list(progressive_scaling_cpu.STAGE_STEPS)
