@@ -2,7 +2,8 @@
 from-scratch baselines (TokenFormer and the dense Transformer of equal non-embedding parameters), runs
 every growth arm of experiments/progressive_scaling_cpu.py at the from-scratch TokenFormer's best, then a
 second seed of both baselines and of the best growth arm; draws validation loss against cumulative
-training FLOPs and writes the table. Every run is resumable in its own workdir: rerun to continue.
+training FLOPs and writes the table. Every run is resumable in its own workdir, and each finished one
+is kept as a record (benchmarks/study_runs.py; the full study's are committed): rerun to continue.
 
   python benchmarks/progressive_study.py                 # the full study (hours on 2 cores)
   python benchmarks/progressive_study.py --quick         # the pipeline check (tiny sizes)
@@ -14,96 +15,25 @@ Outputs (--out, default experiments/results; the quick check defaults to a tempo
                             which it first reaches the strongest baseline's final loss divided by that
                             baseline's FLOPs (ratio_to_best_baseline; empty: never) and the same against
                             the from-scratch TokenFormer (ratio_to_scratch), its training seconds as its
-                            goodput records hold them, and whether this call found it finished (reused)
+                            goodput records hold them, and whether this call found it recorded (reused)
   progressive_scaling.md    the same as Markdown tables (the learning-rate sweep, then the arms)
+  progressive_study_runs/   one record per finished run (its curve and training seconds)
 FLOPs per step = train_flops_per_token(model of that stage) × batch × sequence (tokenformer_jax/flops).
 """
 import argparse
 import csv
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import study_runs  # noqa: E402
 from experiments import progressive_scaling_cpu  # noqa: E402
-from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax import flops, goodput, stages  # noqa: E402
 
 EXPERIMENT = os.path.join(ROOT, 'experiments', 'progressive_scaling_cpu.py')
 BASELINES = progressive_scaling_cpu.BASELINES
-
-
-def overrides(lr: float, seed: int) -> dict:
-  """A run's learning rate (the floor a tenth of it, as in the base recipe) and seed."""
-  return {'optimizer.lr': lr, 'optimizer.min_lr': lr / 10, 'seed': seed}
-
-
-def run_dirs(cfg, workdir: str) -> list[str]:
-  return [stages.stage_dir(workdir, i) for i in range(len(cfg.stages))] if cfg.stages else [workdir]
-
-
-def run_arm(arm: str, changes: dict, workdir: str, cache: str) -> None:
-  """Trains one run (resuming if interrupted, a no-op when finished)."""
-  command = [sys.executable, '-m', 'tokenformer_jax.main', f'--config={EXPERIMENT}:{arm}',
-             f'--workdir={workdir}', f'--config.data.cache_dir={cache}',
-             *(f'--config.{key}={value!r}' for key, value in changes.items())]
-  proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                        text=True)
-  if proc.returncode:
-    sys.exit(f'error: arm {arm} ({changes}) failed: {proc.stderr.strip().splitlines()[-1]}')
-
-
-def starts_and_seconds(cfg, workdir: str) -> tuple[int, float]:
-  """(training starts, seconds from each start to its last record, summed) over a run's stages, from
-  their goodput records: the run's real time, whichever call of the study trained it."""
-  starts, seconds = 0, 0.0
-  for run_dir in run_dirs(cfg, workdir):
-    began = last = None
-    for record in goodput.read_records(run_dir):
-      if record.get('event') == 'start':
-        seconds += (last - began) if began is not None else 0.0
-        began, starts = record['time'], starts + 1
-      last = record['time']
-    seconds += (last - began) if began is not None else 0.0
-  return starts, seconds
-
-
-def val_curve(cfg, workdir: str) -> list[tuple[float, float]]:
-  """(cumulative training FLOPs, validation loss) at every evaluation of a run or schedule."""
-  vocab = config_lib.padded_vocab(cfg.model, cfg.data.vocab_size)
-  tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
-  runs = ([(stages.stage_config(cfg, workdir, i), stages.stage_dir(workdir, i))
-           for i in range(len(cfg.stages))] if cfg.stages else [(cfg, workdir)])
-  curve, spent, prev_end = [], 0.0, 0
-  for run_cfg, run_dir in runs:
-    step_flops = flops.train_flops_per_token(run_cfg.model, vocab, cfg.data.seq_len) * tokens_per_step
-    # carry: the step count goes on across stages; reset: each stage counts from 0
-    start = prev_end if cfg.growth.optimizer == 'carry' and cfg.stages else 0
-    with open(os.path.join(run_dir, 'metrics.jsonl'), encoding='utf-8') as f:
-      records = [json.loads(line) for line in f]
-    evals = {r['step']: r['val_loss'] for r in records if 'val_loss' in r}  # last record per step wins
-    for step in sorted(evals):
-      curve.append((spent + (step - start) * step_flops, evals[step]))
-    spent += (run_cfg.train.steps - start) * step_flops
-    prev_end = run_cfg.train.steps
-  return curve
-
-
-def flops_to_reach(curve, target: float) -> float | None:
-  """FLOPs at which the curve first reaches `target` (linear between evaluations), or None."""
-  prev = None
-  for spent, loss in curve:
-    if loss <= target:
-      if prev is None:
-        return spent
-      (f0, l0), (f1, l1) = prev, (spent, loss)
-      return f0 + (f1 - f0) * (l0 - target) / (l0 - l1)
-    prev = (spent, loss)
-  return None
 
 
 def plot(curves: dict, target: float, path: str, title: str) -> None:
@@ -126,33 +56,27 @@ def plot(curves: dict, target: float, path: str, title: str) -> None:
 
 
 class Study:
-  """The runs of one study: each trained (or found finished) once, its curve and row kept."""
+  """The runs of the study by (arm, learning rate, seed), each trained (or found recorded) once."""
 
-  def __init__(self, work: str, suffix: str):
-    self.work, self.suffix, self.cache = work, suffix, os.path.join(work, 'cache')
-    self.curves, self.rows = {}, {}
+  def __init__(self, runs: study_runs.Runs):
+    self.runs, self.curves, self.rows = runs, {}, {}
 
   def run(self, arm: str, lr: float, seed: int) -> dict:
     key = (arm, lr, seed)
-    if key in self.rows:
-      return self.rows[key]
-    changes = overrides(lr, seed)
-    cfg = config_lib.apply_overrides(progressive_scaling_cpu.get_config(arm + self.suffix), changes)
-    workdir = os.path.join(self.work, f'{arm}-lr{lr:g}-seed{seed}')
-    before, _ = starts_and_seconds(cfg, workdir)
-    run_arm(arm + self.suffix, changes, workdir, self.cache)
-    after, seconds = starts_and_seconds(cfg, workdir)
-    self.curves[key] = curve = val_curve(cfg, workdir)
-    self.rows[key] = row = {'arm': arm, 'lr': lr, 'seed': seed, 'final_val_loss': round(curve[-1][1], 4),
-                            'total_gflop': round(curve[-1][0] / 1e9, 1), 'train_s': round(seconds, 1),
-                            'reused': before == after}
-    print(f'{arm} lr {lr:g} seed {seed}: final val loss {row["final_val_loss"]:.4f} after '
-          f'{curve[-1][0]:.3g} FLOPs ({"finished before" if row["reused"] else f"{seconds:.0f} s"})',
-          flush=True)
-    return row
+    if key not in self.rows:
+      record = self.runs.run(arm, study_runs.lr_and_seed(lr, seed), f'{arm}-lr{lr:g}-seed{seed}')
+      self.curves[key] = record['curve']
+      self.rows[key] = {'arm': arm, 'lr': lr, 'seed': seed, **{
+          k: record[k] for k in ('final_val_loss', 'total_gflop', 'train_s', 'reused')}}
+    return self.rows[key]
 
   def best_lr(self, arm: str, lrs) -> float:
     return min(lrs, key=lambda lr: self.run(arm, lr, 0)['final_val_loss'])
+
+
+def _fail(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 def _cell(value, fmt) -> str:
@@ -180,17 +104,18 @@ def main():
   if args.arms:
     unknown = set(args.arms.split(',')) - set(arms)
     if unknown:
-      sys.exit(f'error: unknown growth arms {sorted(unknown)}; choose from {arms}')
+      _fail(f'unknown growth arms {sorted(unknown)}; choose from {arms}')
     arms = [a for a in arms if a in args.arms.split(',')]
   try:
     lrs = ([float(v) for v in args.lrs.split(',')] if args.lrs else
            progressive_scaling_cpu.QUICK['lrs'] if args.quick else progressive_scaling_cpu.LRS)
   except ValueError:
-    sys.exit(f'error: --lrs wants comma-separated numbers, got {args.lrs!r}')
+    _fail(f'--lrs wants comma-separated numbers, got {args.lrs!r}')
   if args.seeds < 1:
-    sys.exit(f'error: --seeds must be at least 1, got {args.seeds}')
+    _fail(f'--seeds must be at least 1, got {args.seeds}')
 
-  study = Study(work, '-quick' if args.quick else '')
+  records = os.path.join(out, 'progressive_study_runs')
+  study = Study(study_runs.Runs(EXPERIMENT, progressive_scaling_cpu, work, records, args.quick))
   best = {arm: study.best_lr(arm, lrs) for arm in BASELINES}        # 1: tune both baselines
   for arm in arms:                                                   # 2: growth at scratch's best
     study.run(arm, best['scratch'], 0)
@@ -206,8 +131,8 @@ def main():
   scratch = baselines['scratch']
   for key, row in study.rows.items():
     curve = study.curves[key]
-    reach = flops_to_reach(curve, target)
-    reach_scratch = flops_to_reach(curve, scratch['final_val_loss'])
+    reach = study_runs.flops_to_reach(curve, target)
+    reach_scratch = study_runs.flops_to_reach(curve, scratch['final_val_loss'])
     row.update(gflop_to_best_baseline=None if reach is None else round(reach / 1e9, 1),
                ratio_to_best_baseline=None if reach is None else round(reach / target_flops, 3),
                ratio_to_scratch=None if reach_scratch is None

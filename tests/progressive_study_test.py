@@ -4,6 +4,7 @@ TokenFormer's best learning rate, a second seed, the figure and tables written; 
 experiments/results/.)"""
 import csv
 import itertools
+import shutil
 import subprocess
 import sys
 
@@ -46,7 +47,11 @@ def test_quick_study(tmp_path):
   table = (tmp_path / 'out' / 'progressive_scaling.md').read_text()
   assert '| exact_carry |' in table and '| baseline |' in table
 
-  # a rerun trains nothing: every run is found finished and keeps the seconds its records hold
+  records = sorted(p.name for p in (tmp_path / 'out' / 'progressive_study_runs').iterdir())
+  assert len(records) == len(rows) and all(name.endswith('.json') for name in records)
+  # a rerun trains nothing, even without the workdirs (a fresh checkout holding the committed records):
+  # every run is found recorded and keeps its seconds
+  shutil.rmtree(tmp_path / 'work')
   again = _study(tmp_path / 'out', tmp_path / 'work')
   assert [r['reused'] for r in again] == ['True'] * len(rows)
   assert [r['train_s'] for r in again] == [r['train_s'] for r in rows]
@@ -71,3 +76,11 @@ def test_every_arm_has_a_config():
           assert steps == list(itertools.accumulate(progressive_scaling_cpu.STAGE_STEPS))
       elif not name.endswith('-quick'):
         assert steps == list(progressive_scaling_cpu.STAGE_STEPS)
+
+
+def test_bad_flags_are_one_line_errors(tmp_path):
+  for flag in ('--arms=exact_carry,no_such_arm', '--lrs=3e-3,fast', '--seeds=0'):
+    proc = subprocess.run([sys.executable, 'benchmarks/progressive_study.py', '--quick', flag,
+                           f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith('error: '), (flag, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

@@ -1,0 +1,74 @@
+"""The kind-gap study's --quick variant end to end: both kinds tuned at two sizes (extending past an edge
+that wins), an ablation at the smaller size at the tuned rates, the figure and tables written. (Checks
+the pipeline, not the numbers: those come from the full run, committed under experiments/results/.)"""
+import csv
+import subprocess
+import sys
+
+from benchmarks import kind_gap_study
+from experiments import kind_gap_cpu, tiny
+from tests.conftest import ROOT
+
+
+def _study(out, *flags):
+  return subprocess.run([sys.executable, 'benchmarks/kind_gap_study.py', '--quick', f'--out={out}',
+                         f'--workdir={out / "work"}', *flags],
+                        cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_quick_study(tmp_path):
+  proc = _study(tmp_path, '--ablations=warmup_x4')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / 'kind_gap.csv') as f:
+    rows = list(csv.DictReader(f))
+  ladder = kind_gap_cpu.LR_LADDER
+  best = {}
+  for kind in kind_gap_cpu.KINDS:
+    for scale in kind_gap_cpu.QUICK['scales']:
+      swept = {float(r['lr']): float(r['final_val_loss']) for r in rows
+               if (r['kind'], r['scale'], r['ablation']) == (kind, str(scale), '')}
+      # the start of the sweep, and one more rate past an edge while that edge wins
+      assert set(kind_gap_cpu.QUICK['lrs']) <= set(swept)
+      lrs = sorted(swept)
+      assert lrs == [lr for lr in ladder if lrs[0] <= lr <= lrs[-1]]
+      lr = best[(kind, scale)] = min(swept, key=swept.get)
+      assert lrs[0] < lr < lrs[-1] or lr in (ladder[0], ladder[-1]), (kind, scale, swept)
+  # both kinds have equal non-embedding parameters and FLOPs at each size; 4x the parameters at 4x
+  sizes = {(r['kind'], r['scale']): (int(r['non_embedding_params']), float(r['total_gflop'])) for r in rows}
+  for scale in kind_gap_cpu.QUICK['scales']:
+    assert sizes[('tokenformer', str(scale))] == sizes[('dense', str(scale))]
+  assert sizes[('dense', '4')][0] == 4 * sizes[('dense', '1')][0]
+  # the ablation ran for both kinds, at the smaller size, at each kind's tuned rate
+  ablated = sorted((r['kind'], r['scale'], float(r['lr'])) for r in rows if r['ablation'] == 'warmup_x4')
+  assert ablated == sorted((kind, '1', best[(kind, 1)]) for kind in kind_gap_cpu.KINDS)
+  assert all(r['reused'] == 'False' and float(r['train_s']) > 0 for r in rows)
+  table = (tmp_path / 'kind_gap.md').read_text()
+  assert '| 4× |' in table and '| dense | warmup_x4 |' in table
+  assert (tmp_path / 'kind_gap.png').stat().st_size > 10_000
+  assert len(list((tmp_path / 'kind_gap_runs').iterdir())) == len(rows)
+
+
+def test_bad_flags_are_one_line_errors(tmp_path):
+  for flag in ('--scales=1,8', '--scales=one', '--ablations=warmup_x4,louder'):
+    proc = _study(tmp_path, flag)
+    assert proc.returncode == 2 and proc.stderr.startswith('error: '), (flag, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_sizes_and_kinds():
+  for quick in ('', '-quick'):
+    smallest = kind_gap_cpu.get_config('tokenformer-x1' + quick).model
+    for scale in kind_gap_cpu.SCALES:
+      tf, dense = (kind_gap_cpu.get_config(f'{kind}-x{scale}' + quick).model for kind in kind_gap_cpu.KINDS)
+      assert (tf.kind, dense.kind) == ('tokenformer', 'dense')
+      assert kind_gap_study.non_embedding_params(tf) == scale * kind_gap_study.non_embedding_params(smallest)
+      # the dense FFN width that gives the same parameter count: 4·d² + 2·d·mlp
+      assert 4 * dense.d_model ** 2 + 2 * dense.d_model * dense.mlp_dim == (
+          kind_gap_study.non_embedding_params(tf) // tf.num_layers)
+      assert tf.d_model // tf.num_heads == (16 if quick else 32)
+  # the smallest size is the default tiny model
+  default, smallest = tiny.get_config(), kind_gap_cpu.get_config('tokenformer-x1')
+  for key in ('num_layers', 'd_model', 'num_heads', 'n_qkv', 'n_proj', 'n_ffn'):
+    assert smallest.model[key] == default.model[key]
+  assert (smallest.train.steps, smallest.optimizer.warmup_frac) == (default.train.steps,
+                                                                    default.optimizer.warmup_frac)
