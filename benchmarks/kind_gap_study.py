@@ -1,8 +1,10 @@
 """How far TokenFormer trails the dense Transformer of equal non-embedding parameters, each at its best
-learning rate, at three sizes (experiments/kind_gap_cpu.py), and what a few suspects change at the
-smallest: tunes both kinds at every size (three learning rates, extended along the half-decade ladder
-while an edge wins), then trains the ablations at size 1 at the tuned rates. Each finished run is kept
-as a record (benchmarks/study_runs.py; the full study's are committed): rerun to continue.
+learning rate, at three sizes (experiments/kind_gap_cpu.py), and what explains it. Per size, smallest
+first: both kinds tuned (three learning rates, extended along the half-decade ladder while an edge
+wins); at the smallest, the suspects (ABLATIONS) at the tuned rates; the one that closes the gap most,
+carried to every size with its rate tuned again; a second seed of both kinds at their tuned rates. Each
+finished run is kept as a record (benchmarks/study_runs.py; the full study's are committed): rerun to
+continue.
 
   python benchmarks/kind_gap_study.py                    # every size (about 6 h on 2 cores, most at 16×)
   python benchmarks/kind_gap_study.py --scales=1,4       # the smaller sizes only
@@ -29,14 +31,18 @@ from benchmarks import study_runs  # noqa: E402
 from experiments import kind_gap_cpu  # noqa: E402
 
 EXPERIMENT = os.path.join(ROOT, 'experiments', 'kind_gap_cpu.py')
-# suspects for the gap, each tried at size 1 at the kind's tuned learning rate: the value tokens' init
-# (reference: 2 / (L·√d)), the key tokens' init (the L2 norm makes the forward pass blind to its scale,
-# not Adam's steps relative to it), and a 4× longer warmup (for both kinds, so it cannot favour one)
+# suspects for the gap, tried at the smallest size at each kind's tuned learning rate: the init of the
+# value tokens (reference: 2 / (L·√d); the dense model's output projections use the same std, so those
+# run for both kinds), of the key tokens (the L2 norm makes the forward pass blind to their scale, not
+# Adam's steps relative to it), and a 4× longer warmup (for both kinds, so it cannot favour one). The
+# one that closes the gap most is then carried to every size, its learning rate tuned again.
+BOTH, TOKENFORMER = kind_gap_cpu.KINDS, ('tokenformer',)
 ABLATIONS = {
-    'value_init_x0.25': ('tokenformer', lambda m: {'model.value_init_std': 0.25 * _wang_std(m)}),
-    'value_init_x4': ('tokenformer', lambda m: {'model.value_init_std': 4 * _wang_std(m)}),
-    'key_init_x5': ('tokenformer', lambda m: {'model.key_init_std': 5 * m.key_init_std}),
-    'warmup_x4': ('both', lambda m: {'optimizer.warmup_frac': 0.2}),
+    'value_init_x0.0625': (BOTH, lambda m: {'model.value_init_std': _wang_std(m) / 16}),
+    'value_init_x0.25': (BOTH, lambda m: {'model.value_init_std': _wang_std(m) / 4}),
+    'value_init_x4': (TOKENFORMER, lambda m: {'model.value_init_std': 4 * _wang_std(m)}),
+    'key_init_x5': (TOKENFORMER, lambda m: {'model.key_init_std': 5 * m.key_init_std}),
+    'warmup_x4': (BOTH, lambda m: {'optimizer.warmup_frac': 0.2}),
 }
 
 
@@ -50,37 +56,53 @@ def non_embedding_params(m) -> int:
 
 
 class GapStudy:
+  """The runs by (kind, scale, lr, ablation, seed); `best` holds the tuned rate per (kind, scale,
+  ablation)."""
+
   def __init__(self, runs: study_runs.Runs, quick: bool):
-    self.runs, self.quick, self.rows = runs, quick, []
+    self.runs, self.quick, self.rows, self.best = runs, quick, {}, {}
 
   def config(self, kind: str, scale: int):
     return kind_gap_cpu.get_config(f'{kind}-x{scale}' + ('-quick' if self.quick else ''))
 
-  def run(self, kind: str, scale: int, lr: float, ablation: str = '') -> dict:
-    arm = f'{kind}-x{scale}'
-    changes = study_runs.lr_and_seed(lr, 0)
-    if ablation:
-      changes.update(ABLATIONS[ablation][1](self.config(kind, scale).model))
-    record = self.runs.run(arm, changes, f'{arm}-lr{lr:g}' + (f'-{ablation}' if ablation else ''))
-    row = {'kind': kind, 'scale': scale,
-           'non_embedding_params': non_embedding_params(self.config(kind, scale).model), 'lr': lr,
-           'ablation': ablation, **{k: record[k] for k in ('final_val_loss', 'total_gflop', 'train_s',
-                                                            'reused')}}
-    if row not in self.rows:
-      self.rows.append(row)
-    return row
+  def run(self, kind: str, scale: int, lr: float, ablation: str = '', seed: int = 0) -> dict:
+    key = (kind, scale, lr, ablation, seed)
+    if key not in self.rows:
+      arm = f'{kind}-x{scale}'
+      changes = study_runs.lr_and_seed(lr, seed)
+      if ablation:
+        changes.update(ABLATIONS[ablation][1](self.config(kind, scale).model))
+      name = f'{arm}-lr{lr:g}' + (f'-{ablation}' if ablation else '') + (f'-seed{seed}' if seed else '')
+      record = self.runs.run(arm, changes, name)
+      self.rows[key] = {
+          'kind': kind, 'scale': scale,
+          'non_embedding_params': non_embedding_params(self.config(kind, scale).model), 'lr': lr,
+          'ablation': ablation, 'seed': seed,
+          **{k: record[k] for k in ('final_val_loss', 'total_gflop', 'train_s', 'reused')}}
+    return self.rows[key]
 
-  def tune(self, kind: str, scale: int, lrs) -> float:
+  def loss(self, kind: str, scale: int, ablation: str = '', seed: int = 0) -> float:
+    """The final loss at the tuned rate (the dense model's own when the ablation is not for it)."""
+    if kind not in ABLATIONS.get(ablation, (kind_gap_cpu.KINDS,))[0]:
+      ablation = ''
+    lr = self.best.get((kind, scale, ablation), self.best[(kind, scale, '')])
+    return self.run(kind, scale, lr, ablation, seed)['final_val_loss']
+
+  def gap(self, scale: int, ablation: str = '') -> float:
+    return self.loss('tokenformer', scale, ablation) - self.loss('dense', scale, ablation)
+
+  def tune(self, kind: str, scale: int, lrs, ablation: str = '') -> float:
     """The best learning rate: lrs, then one more half-decade past whichever edge wins, while one does."""
     ladder, tried = kind_gap_cpu.LR_LADDER, sorted(lrs)
     while True:
-      best = min(tried, key=lambda lr: self.run(kind, scale, lr)['final_val_loss'])
+      best = min(tried, key=lambda lr: self.run(kind, scale, lr, ablation)['final_val_loss'])
       i = ladder.index(best)
       if best == tried[0] and i > 0:
         tried.insert(0, ladder[i - 1])
       elif best == tried[-1] and i + 1 < len(ladder):
         tried.append(ladder[i + 1])
       else:
+        self.best[(kind, scale, ablation)] = best
         return best
 
 
@@ -89,61 +111,75 @@ def _fail(message: str):
   sys.exit(2)
 
 
-def _table(study: GapStudy, best: dict, scales) -> str:
-  lines = ['Final validation loss by learning rate (best in bold):', '']
+def _table(study: GapStudy, scales, carried: str) -> str:
+  lines = ['Final validation loss by learning rate (seed 0; the tuned rate in bold):', '']
+  variants = [(kind, '') for kind in kind_gap_cpu.KINDS]
+  if carried:
+    variants += [(kind, carried) for kind in ABLATIONS[carried][0]]
   for scale in scales:
-    lrs = sorted({r['lr'] for r in study.rows if r['scale'] == scale and not r['ablation']})
+    lrs = sorted({r['lr'] for r in study.rows.values() if r['scale'] == scale and not r['seed']})
     lines += [f'| {scale}× | ' + ' | '.join(f'lr {lr:g}' for lr in lrs) + ' |', '|---|' + '---|' * len(lrs)]
-    for kind in kind_gap_cpu.KINDS:
-      loss = {r['lr']: r['final_val_loss'] for r in study.rows
-              if (r['kind'], r['scale'], r['ablation']) == (kind, scale, '')}
-      cells = ['' if lr not in loss else f'**{loss[lr]:.4f}**' if lr == best[(kind, scale)]
+    for kind, ablation in variants:
+      if (kind, scale, ablation) not in study.best:
+        continue
+      loss = {r['lr']: r['final_val_loss'] for r in study.rows.values()
+              if (r['kind'], r['scale'], r['ablation'], r['seed']) == (kind, scale, ablation, 0)}
+      cells = ['' if lr not in loss else f'**{loss[lr]:.4f}**' if lr == study.best[(kind, scale, ablation)]
                else f'{loss[lr]:.4f}' for lr in lrs]
-      lines.append(f'| {kind} | ' + ' | '.join(cells) + ' |')
+      lines.append(f'| {kind}{" + " + ablation if ablation else ""} | ' + ' | '.join(cells) + ' |')
     lines.append('')
-  lines += ['| scale | non-embedding params | tokenformer (lr) | dense (lr) | gap | train s (tf, dense) |',
-            '|---|---|---|---|---|---|']
+  seeds = sorted({r['seed'] for r in study.rows.values()})
+  lines += ['| scale | non-embedding params | tokenformer (lr) | dense (lr) | gap | '
+            + ''.join(f'gap, seed {seed} | ' for seed in seeds[1:])
+            + (f'gap with {carried} | ' if carried else '') + 'train s (tf, dense) |',
+            '|---|' + '---|' * (5 + len(seeds[1:]) + bool(carried))]
   for scale in scales:
-    tf, dense = (next(r for r in study.rows if (r['kind'], r['scale'], r['lr'], r['ablation']) ==
-                      (kind, scale, best[(kind, scale)], '')) for kind in kind_gap_cpu.KINDS)
-    lines.append(f"| {scale}× | {tf['non_embedding_params'] / 1e6:.2f}M | {tf['final_val_loss']:.4f} "
-                 f"({tf['lr']:g}) | {dense['final_val_loss']:.4f} ({dense['lr']:g}) | "
-                 f"{tf['final_val_loss'] - dense['final_val_loss']:+.4f} | {tf['train_s']:.0f}, "
-                 f"{dense['train_s']:.0f} |")
-  ablated = [r for r in study.rows if r['ablation']]
+    tf, dense = (study.run(kind, scale, study.best[(kind, scale, '')]) for kind in kind_gap_cpu.KINDS)
+    cells = [f'{scale}×', f"{tf['non_embedding_params'] / 1e6:.2f}M",
+             f"{tf['final_val_loss']:.4f} ({tf['lr']:g})", f"{dense['final_val_loss']:.4f} ({dense['lr']:g})",
+             f'{study.gap(scale):+.4f}']
+    cells += [f"{study.loss('tokenformer', scale, seed=seed) - study.loss('dense', scale, seed=seed):+.4f}"
+              for seed in seeds[1:]]
+    cells += [f'{study.gap(scale, carried):+.4f}'] if carried else []
+    cells.append(f"{tf['train_s']:.0f}, {dense['train_s']:.0f}")
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  ablated = [r for r in study.rows.values() if r['ablation'] and r['scale'] == scales[0]
+             and r['lr'] == study.best[(r['kind'], r['scale'], '')]]
   if ablated:
-    lines += ['', f'Ablations at {scales[0]}×, each at its kind\'s tuned learning rate:', '',
-              '| kind | ablation | final val loss | change |', '|---|---|---|---|']
+    lines += ['', f"Ablations at {scales[0]}×, each at its kind's tuned learning rate (change: against the "
+              "same kind without it; gap: against dense with it where it applies to dense):", '',
+              '| kind | ablation | final val loss | change | gap |', '|---|---|---|---|---|']
     for r in ablated:
-      base = next(b for b in study.rows if (b['kind'], b['scale'], b['lr'], b['ablation']) ==
-                  (r['kind'], r['scale'], r['lr'], ''))
+      base = study.run(r['kind'], r['scale'], r['lr'])
+      other = study.run('dense', r['scale'], study.best[('dense', r['scale'], '')],
+                        r['ablation'] if 'dense' in ABLATIONS[r['ablation']][0] else '')
+      gap = f"{r['final_val_loss'] - other['final_val_loss']:+.4f}" if r['kind'] == 'tokenformer' else ''
       lines.append(f"| {r['kind']} | {r['ablation']} | {r['final_val_loss']:.4f} | "
-                   f"{r['final_val_loss'] - base['final_val_loss']:+.4f} |")
+                   f"{r['final_val_loss'] - base['final_val_loss']:+.4f} | {gap} |")
   return '\n'.join(lines)
 
 
-def _plot(study: GapStudy, best: dict, scales, path: str, title: str) -> None:
+def _plot(study: GapStudy, scales, carried: str, path: str, title: str) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, (gap_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
-  points = {kind: [next((r['non_embedding_params'], r['final_val_loss']) for r in study.rows
-                        if (r['kind'], r['scale'], r['lr'], r['ablation']) ==
-                        (kind, scale, best[(kind, scale)], '')) for scale in scales]
-            for kind in kind_gap_cpu.KINDS}
-  params = [p for p, _ in points['tokenformer']]
-  gaps = [tf - dense for (_, tf), (_, dense) in zip(points['tokenformer'], points['dense'])]
-  gap_ax.plot(params, gaps, marker='o')
+  params = [non_embedding_params(study.config('tokenformer', scale).model) for scale in scales]
+  for ablation in ('', carried) if carried else ('',):
+    label = f'with {ablation}' if ablation else 'as in the reference'
+    gap_ax.plot(params, [study.gap(scale, ablation) for scale in scales], marker='o', label=label)
+    for kind in kind_gap_cpu.KINDS:
+      if not ablation or kind in ABLATIONS[ablation][0]:
+        loss_ax.plot(params, [study.loss(kind, scale, ablation) for scale in scales], marker='o',
+                     linestyle='--' if ablation else '-', label=f'{kind}, {label}')
   gap_ax.axhline(0, color='gray', linewidth=1)
   gap_ax.set_ylabel('TokenFormer − dense, final val loss (nats)')
-  for kind, kind_points in points.items():
-    loss_ax.plot(*zip(*kind_points), marker='o', label=f'{kind} (best lr)')
-  loss_ax.set_ylabel('final validation loss (nats/token)')
-  loss_ax.legend(fontsize=8)
+  loss_ax.set_ylabel('final validation loss at the tuned lr (nats/token)')
   for ax in (gap_ax, loss_ax):
     ax.set_xscale('log')
     ax.set_xlabel('non-embedding parameters')
     ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -157,6 +193,7 @@ def main():
   parser.add_argument('--scales', default=None, help='comma-separated subset of the sizes')
   parser.add_argument('--ablations', default=','.join(ABLATIONS),
                       help="comma-separated ablations to try at the smallest size ('' for none)")
+  parser.add_argument('--seeds', type=int, default=2, help='seeds of both kinds at their tuned rates')
   args = parser.parse_args()
   default_scales = kind_gap_cpu.QUICK['scales'] if args.quick else kind_gap_cpu.SCALES
   try:
@@ -168,6 +205,8 @@ def main():
   ablations = [a for a in args.ablations.split(',') if a]
   if set(ablations) - set(ABLATIONS):
     _fail(f'unknown ablations {sorted(set(ablations) - set(ABLATIONS))}; choose from {list(ABLATIONS)}')
+  if args.seeds < 1:
+    _fail(f'--seeds must be at least 1, got {args.seeds}')
   out = args.out or (tempfile.mkdtemp(prefix='kind_gap_') if args.quick
                      else os.path.join(ROOT, 'experiments', 'results'))
   work = args.workdir or os.path.join(out if args.quick else tempfile.gettempdir(),
@@ -177,24 +216,32 @@ def main():
   study = GapStudy(runs, args.quick)
   lrs = kind_gap_cpu.QUICK['lrs'] if args.quick else kind_gap_cpu.LRS
 
-  best = {}
+  carried = ''
   for i, scale in enumerate(scales):
-    for kind in kind_gap_cpu.KINDS:
-      best[(kind, scale)] = study.tune(kind, scale, lrs)
-    if i == 0:   # the suspects, where runs are cheapest
+    for kind in kind_gap_cpu.KINDS:                      # 1: both kinds tuned
+      study.tune(kind, scale, lrs)
+    if i == 0:                                           # 2: the suspects, where runs are cheapest
       for ablation in ablations:
-        which = ABLATIONS[ablation][0]
-        for kind in kind_gap_cpu.KINDS if which == 'both' else (which,):
-          study.run(kind, scale, best[(kind, scale)], ablation)
+        for kind in ABLATIONS[ablation][0]:
+          study.run(kind, scale, study.best[(kind, scale, '')], ablation)
+      closing = min(ablations, key=lambda a: study.gap(scale, a), default='')
+      carried = closing if closing and study.gap(scale, closing) < study.gap(scale) else ''
+    if carried:                                          # 3: the best suspect, its rate tuned again
+      for kind in ABLATIONS[carried][0]:
+        study.tune(kind, scale, [study.best[(kind, scale, '')]], carried)
+    for seed in range(1, args.seeds):                    # 4: the noise between seeds
+      for kind in kind_gap_cpu.KINDS:
+        study.run(kind, scale, study.best[(kind, scale, '')], seed=seed)
 
+  rows = list(study.rows.values())
   with open(os.path.join(out, 'kind_gap.csv'), 'w', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, fieldnames=list(study.rows[0]))
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
-    writer.writerows(study.rows)
-  table = _table(study, best, scales)
+    writer.writerows(rows)
+  table = _table(study, scales, carried)
   with open(os.path.join(out, 'kind_gap.md'), 'w', encoding='utf-8') as f:
     f.write(table + '\n')
-  _plot(study, best, scales, os.path.join(out, 'kind_gap.png'),
+  _plot(study, scales, carried, os.path.join(out, 'kind_gap.png'),
         'TokenFormer vs dense at equal non-embedding parameters' + (' (quick check)' if args.quick else ''))
   print(table)
   print(f'figure and tables in {out}')

@@ -16,40 +16,65 @@ def _study(out, *flags):
                         cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+def _swept(rows, kind, scale, ablation):
+  return {float(r['lr']): float(r['final_val_loss']) for r in rows
+          if (r['kind'], r['scale'], r['ablation'], r['seed']) == (kind, str(scale), ablation, '0')}
+
+
+def _check_tuned(swept, start):
+  """The sweep began at `start` and went one half-decade past an edge while that edge won."""
+  ladder = kind_gap_cpu.LR_LADDER
+  lrs = sorted(swept)
+  assert set(start) <= set(swept) and lrs == [lr for lr in ladder if lrs[0] <= lr <= lrs[-1]]
+  best = min(swept, key=swept.get)
+  assert lrs[0] < best < lrs[-1] or best in (ladder[0], ladder[-1]), swept
+  return best
+
+
 def test_quick_study(tmp_path):
   proc = _study(tmp_path, '--ablations=warmup_x4')
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / 'kind_gap.csv') as f:
     rows = list(csv.DictReader(f))
-  ladder = kind_gap_cpu.LR_LADDER
-  best = {}
-  for kind in kind_gap_cpu.KINDS:
-    for scale in kind_gap_cpu.QUICK['scales']:
-      swept = {float(r['lr']): float(r['final_val_loss']) for r in rows
-               if (r['kind'], r['scale'], r['ablation']) == (kind, str(scale), '')}
-      # the start of the sweep, and one more rate past an edge while that edge wins
-      assert set(kind_gap_cpu.QUICK['lrs']) <= set(swept)
-      lrs = sorted(swept)
-      assert lrs == [lr for lr in ladder if lrs[0] <= lr <= lrs[-1]]
-      lr = best[(kind, scale)] = min(swept, key=swept.get)
-      assert lrs[0] < lr < lrs[-1] or lr in (ladder[0], ladder[-1]), (kind, scale, swept)
+  scales = kind_gap_cpu.QUICK['scales']
+  best = {(kind, scale): _check_tuned(_swept(rows, kind, scale, ''), kind_gap_cpu.QUICK['lrs'])
+          for kind in kind_gap_cpu.KINDS for scale in scales}
   # both kinds have equal non-embedding parameters and FLOPs at each size; 4x the parameters at 4x
   sizes = {(r['kind'], r['scale']): (int(r['non_embedding_params']), float(r['total_gflop'])) for r in rows}
-  for scale in kind_gap_cpu.QUICK['scales']:
+  for scale in scales:
     assert sizes[('tokenformer', str(scale))] == sizes[('dense', str(scale))]
   assert sizes[('dense', '4')][0] == 4 * sizes[('dense', '1')][0]
-  # the ablation ran for both kinds, at the smaller size, at each kind's tuned rate
-  ablated = sorted((r['kind'], r['scale'], float(r['lr'])) for r in rows if r['ablation'] == 'warmup_x4')
-  assert ablated == sorted((kind, '1', best[(kind, 1)]) for kind in kind_gap_cpu.KINDS)
+  # the suspect ran for both kinds at the smaller size at each kind's tuned rate ...
+  for kind in kind_gap_cpu.KINDS:
+    assert best[(kind, 1)] in _swept(rows, kind, 1, 'warmup_x4')
+  # ... and, if it closed the gap there, was carried to the larger size with its rate tuned again
+  def gap(scale, ablation):
+    return (min(_swept(rows, 'tokenformer', scale, ablation).values())
+            - min(_swept(rows, 'dense', scale, ablation).values()))
+  carried = gap(1, 'warmup_x4') < best_gap(rows, best, 1)
+  for kind in kind_gap_cpu.KINDS:
+    swept = _swept(rows, kind, 4, 'warmup_x4')
+    assert bool(swept) == carried
+    if carried:
+      _check_tuned(swept, [best[(kind, 4)]])
+  # a second seed of both kinds at their tuned rates, at every size
+  assert sorted((r['kind'], r['scale'], float(r['lr'])) for r in rows if r['seed'] == '1') == sorted(
+      (kind, str(scale), best[(kind, scale)]) for kind in kind_gap_cpu.KINDS for scale in scales)
   assert all(r['reused'] == 'False' and float(r['train_s']) > 0 for r in rows)
   table = (tmp_path / 'kind_gap.md').read_text()
-  assert '| 4× |' in table and '| dense | warmup_x4 |' in table
+  assert '| 4× |' in table and '| dense | warmup_x4 |' in table and 'gap, seed 1' in table
   assert (tmp_path / 'kind_gap.png').stat().st_size > 10_000
   assert len(list((tmp_path / 'kind_gap_runs').iterdir())) == len(rows)
 
 
+def best_gap(rows, best, scale):
+  loss = {(r['kind'], float(r['lr'])): float(r['final_val_loss']) for r in rows
+          if (r['scale'], r['ablation'], r['seed']) == (str(scale), '', '0')}
+  return loss[('tokenformer', best[('tokenformer', scale)])] - loss[('dense', best[('dense', scale)])]
+
+
 def test_bad_flags_are_one_line_errors(tmp_path):
-  for flag in ('--scales=1,8', '--scales=one', '--ablations=warmup_x4,louder'):
+  for flag in ('--scales=1,8', '--scales=one', '--ablations=warmup_x4,louder', '--seeds=0'):
     proc = _study(tmp_path, flag)
     assert proc.returncode == 2 and proc.stderr.startswith('error: '), (flag, proc.stderr)
     assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
