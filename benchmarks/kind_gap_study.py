@@ -166,7 +166,7 @@ def _plot(study: GapStudy, scales, carried: str, path: str, title: str) -> None:
   fig, (gap_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
   params = [non_embedding_params(study.config('tokenformer', scale).model) for scale in scales]
   for ablation in ('', carried) if carried else ('',):
-    label = f'with {ablation}' if ablation else 'as in the reference'
+    label = f'with {ablation}' if ablation else 'default init'
     gap_ax.plot(params, [study.gap(scale, ablation) for scale in scales], marker='o', label=label)
     for kind in kind_gap_cpu.KINDS:
       if not ablation or kind in ABLATIONS[ablation][0]:

@@ -197,3 +197,20 @@ def test_checkpoint_stall_benchmark_times_sync_and_async_saves(tmp_path):
   assert len(result['per_round']) == 2 and result['sync_stall_s'] > 0 and result['async_call_s'] > 0
   assert result['async_stall_s'] >= result['async_call_s']
   assert not (tmp_path / 'w').exists()
+
+
+def test_init_scale_compares_the_kinds_branches():
+  proc = _run([sys.executable, 'benchmarks/init_scale.py', '--quick'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {}
+  for line in proc.stdout.splitlines()[2:]:
+    model, std, q_rms, ffn_rms = (cell.strip() for cell in line.strip('|').split('|'))
+    rows[(model, std.split('×')[1].rstrip(')'))] = (float(q_rms), float(ffn_rms))
+  assert len(rows) == 12
+  for scale in ('1×', '4×'):
+    tf, dense = rows[(f'tokenformer {scale}', '1')], rows[(f'dense {scale}', '1')]
+    assert tf[1] > 2 * dense[1]   # the FFN branch starts larger at the same value std
+    # every Pattention output scales with the value std; dense q does not depend on it
+    assert rows[(f'tokenformer {scale}', '0.0625')][1] == pytest.approx(tf[1] / 16, rel=0.02)  # printed to 3 decimals
+    assert rows[(f'tokenformer {scale}', '0.0625')][0] == pytest.approx(tf[0] / 16, rel=0.02)
+    assert rows[(f'dense {scale}', '0.0625')][0] == pytest.approx(dense[0])
