@@ -106,11 +106,6 @@ class GapStudy:
         return best
 
 
-def _fail(message: str):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
 def _table(study: GapStudy, scales, carried: str) -> str:
   lines = ['Final validation loss by learning rate (seed 0; the tuned rate in bold):', '']
   variants = [(kind, '') for kind in kind_gap_cpu.KINDS]
@@ -199,14 +194,14 @@ def main():
   try:
     scales = sorted(int(v) for v in args.scales.split(',')) if args.scales else list(default_scales)
   except ValueError:
-    _fail(f'--scales wants comma-separated integers, got {args.scales!r}')
+    study_runs.fail(f'--scales wants comma-separated integers, got {args.scales!r}')
   if not scales or set(scales) - set(default_scales):
-    _fail(f'--scales must be a subset of {default_scales}, got {args.scales!r}')
+    study_runs.fail(f'--scales must be a subset of {default_scales}, got {args.scales!r}')
   ablations = [a for a in args.ablations.split(',') if a]
   if set(ablations) - set(ABLATIONS):
-    _fail(f'unknown ablations {sorted(set(ablations) - set(ABLATIONS))}; choose from {list(ABLATIONS)}')
+    study_runs.fail(f'unknown ablations {sorted(set(ablations) - set(ABLATIONS))}; choose from {list(ABLATIONS)}')
   if args.seeds < 1:
-    _fail(f'--seeds must be at least 1, got {args.seeds}')
+    study_runs.fail(f'--seeds must be at least 1, got {args.seeds}')
   out = args.out or (tempfile.mkdtemp(prefix='kind_gap_') if args.quick
                      else os.path.join(ROOT, 'experiments', 'results'))
   work = args.workdir or os.path.join(out if args.quick else tempfile.gettempdir(),

@@ -74,11 +74,6 @@ class Study:
     return min(lrs, key=lambda lr: self.run(arm, lr, 0)['final_val_loss'])
 
 
-def _fail(message: str):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
 def _cell(value, fmt) -> str:
   return 'not reached' if value is None else format(value, fmt)
 
@@ -104,15 +99,15 @@ def main():
   if args.arms:
     unknown = set(args.arms.split(',')) - set(arms)
     if unknown:
-      _fail(f'unknown growth arms {sorted(unknown)}; choose from {arms}')
+      study_runs.fail(f'unknown growth arms {sorted(unknown)}; choose from {arms}')
     arms = [a for a in arms if a in args.arms.split(',')]
   try:
     lrs = ([float(v) for v in args.lrs.split(',')] if args.lrs else
            progressive_scaling_cpu.QUICK['lrs'] if args.quick else progressive_scaling_cpu.LRS)
   except ValueError:
-    _fail(f'--lrs wants comma-separated numbers, got {args.lrs!r}')
+    study_runs.fail(f'--lrs wants comma-separated numbers, got {args.lrs!r}')
   if args.seeds < 1:
-    _fail(f'--seeds must be at least 1, got {args.seeds}')
+    study_runs.fail(f'--seeds must be at least 1, got {args.seeds}')
 
   records = os.path.join(out, 'progressive_study_runs')
   study = Study(study_runs.Runs(EXPERIMENT, progressive_scaling_cpu, work, records, args.quick))

@@ -16,6 +16,12 @@ from tokenformer_jax import config as config_lib  # noqa: E402
 from tokenformer_jax import flops, goodput, stages  # noqa: E402
 
 
+def fail(message: str):
+  """Bad input to a study script: one line on stderr, exit status 2."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
 def lr_and_seed(lr: float, seed: int) -> dict:
   """A run's learning rate (the floor a tenth of it, as in the base recipe) and seed."""
   return {'optimizer.lr': lr, 'optimizer.min_lr': lr / 10, 'seed': seed}
