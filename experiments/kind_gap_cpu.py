@@ -10,6 +10,7 @@ override; benchmarks/kind_gap_study.py tunes each kind at each size and plots th
 """
 import math
 
+from experiments.common import cpu_study_training
 from tokenformer_jax.config import base_config
 from tokenformer_jax.model import dense_mlp_dim_matching
 
@@ -37,16 +38,5 @@ def get_config(arm: str = 'tokenformer-x1'):
   if kind == 'dense':
     m.mlp_dim = dense_mlp_dim_matching(m)
     m.kind = 'dense'
-  c.data.vocab_size = 512 if quick else 2048
-  c.data.seq_len = 64 if quick else 128
-  c.train.batch_size = 8 if quick else 16
-  c.train.steps = QUICK['steps'] if quick else STEPS
-  c.train.eval_every = 10 if quick else 100
-  c.train.eval_batches = 2 if quick else 8
-  c.train.checkpoint_every = 100
-  c.train.log_every = 10
-  c.train.sample_tokens = 0
-  c.optimizer.lr = 3e-3
-  c.optimizer.min_lr = 3e-4
-  c.optimizer.warmup_frac = 0.05
+  cpu_study_training(c, quick, QUICK['steps'] if quick else STEPS)
   return c

@@ -17,6 +17,7 @@ Run them all, with the figure and table: python benchmarks/progressive_study.py 
 """
 import itertools
 
+from experiments.common import cpu_study_training
 from tokenformer_jax.config import base_config
 from tokenformer_jax.model import dense_mlp_dim_matching
 
@@ -41,18 +42,7 @@ def get_config(arm: str = 'scratch'):
   m.num_layers, m.d_model, m.num_heads = (2, 64, 4) if quick else (4, 128, 4)
   m.n_qkv = m.n_proj = tokens[-1][0]
   m.n_ffn = tokens[-1][1]
-  c.data.vocab_size = 512 if quick else 2048
-  c.data.seq_len = 64 if quick else 128
-  c.train.batch_size = 8 if quick else 16
-  c.train.steps = QUICK['scratch_steps'] if quick else SCRATCH_STEPS
-  c.train.eval_every = 10 if quick else 100
-  c.train.eval_batches = 2 if quick else 8
-  c.train.checkpoint_every = 100
-  c.train.log_every = 10
-  c.train.sample_tokens = 0
-  c.optimizer.lr = 3e-3
-  c.optimizer.min_lr = 3e-4
-  c.optimizer.warmup_frac = 0.05
+  cpu_study_training(c, quick, QUICK['scratch_steps'] if quick else SCRATCH_STEPS)
   if arm == 'dense':
     m.mlp_dim = dense_mlp_dim_matching(m)   # equal non-embedding parameters
     m.kind = 'dense'
