@@ -1,10 +1,10 @@
 """How far TokenFormer trails the dense Transformer of equal non-embedding parameters, each at its best
 learning rate, at three sizes (experiments/kind_gap_cpu.py), and what explains it. Per size, smallest
-first: both kinds tuned (three learning rates, extended along the half-decade ladder while an edge
-wins); at the smallest, the suspects (ABLATIONS) at the tuned rates; the one that closes the gap most,
-carried to every size with its rate tuned again; a second seed of both kinds at their tuned rates. Each
-finished run is kept as a record (benchmarks/study_runs.py; the full study's are committed): rerun to
-continue.
+first: both kinds tuned (three learning rates: LRS at the smallest, then the size below's tuned rate and
+its neighbours; extended along the half-decade ladder while an edge wins); at the smallest, the
+suspects (ABLATIONS) at the tuned rates; the one that closes the gap most, carried to every size with
+its rate tuned again; a second seed of both kinds at their tuned rates. Each finished run is kept as a
+record (benchmarks/study_runs.py; the full study's are committed): rerun to continue.
 
   python benchmarks/kind_gap_study.py                    # every size (about 6 h on 2 cores, most at 16×)
   python benchmarks/kind_gap_study.py --scales=1,4       # the smaller sizes only
@@ -48,6 +48,13 @@ ABLATIONS = {
 
 def _wang_std(m) -> float:
   return 2 / (m.num_layers * m.d_model ** 0.5)
+
+
+def _around(lr: float) -> list:
+  """lr and its neighbours on the ladder: where a larger size's tuning starts, since the best rate moves
+  by about one rung between sizes; tune() still extends past an edge that wins."""
+  i = kind_gap_cpu.LR_LADDER.index(lr)
+  return list(kind_gap_cpu.LR_LADDER[max(i - 1, 0):i + 2])
 
 
 def non_embedding_params(m) -> int:
@@ -213,8 +220,8 @@ def main():
 
   carried = ''
   for i, scale in enumerate(scales):
-    for kind in kind_gap_cpu.KINDS:                      # 1: both kinds tuned
-      study.tune(kind, scale, lrs)
+    for kind in kind_gap_cpu.KINDS:                      # 1: both kinds tuned, from the size below's rate
+      study.tune(kind, scale, lrs if i == 0 else _around(study.best[(kind, scales[i - 1], '')]))
     if i == 0:                                           # 2: the suspects, where runs are cheapest
       for ablation in ablations:
         for kind in ABLATIONS[ablation][0]:

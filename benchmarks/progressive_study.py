@@ -121,13 +121,15 @@ def main():
 
   baselines = {arm: study.rows[(arm, best[arm], 0)] for arm in BASELINES}
   strongest = min(BASELINES, key=lambda arm: baselines[arm]['final_val_loss'])
-  target = baselines[strongest]['final_val_loss']
+  # targets from the curves, not the rounded final_val_loss: a baseline reaches its own final loss
+  target = study.curves[(strongest, best[strongest], 0)][-1][1]
   target_flops = baselines[strongest]['total_gflop'] * 1e9
   scratch = baselines['scratch']
+  scratch_target = study.curves[('scratch', best['scratch'], 0)][-1][1]
   for key, row in study.rows.items():
     curve = study.curves[key]
     reach = study_runs.flops_to_reach(curve, target)
-    reach_scratch = study_runs.flops_to_reach(curve, scratch['final_val_loss'])
+    reach_scratch = study_runs.flops_to_reach(curve, scratch_target)
     row.update(gflop_to_best_baseline=None if reach is None else round(reach / 1e9, 1),
                ratio_to_best_baseline=None if reach is None else round(reach / target_flops, 3),
                ratio_to_scratch=None if reach_scratch is None

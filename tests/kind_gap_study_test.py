@@ -37,8 +37,13 @@ def test_quick_study(tmp_path):
   with open(tmp_path / 'kind_gap.csv') as f:
     rows = list(csv.DictReader(f))
   scales = kind_gap_cpu.QUICK['scales']
-  best = {(kind, scale): _check_tuned(_swept(rows, kind, scale, ''), kind_gap_cpu.QUICK['lrs'])
-          for kind in kind_gap_cpu.KINDS for scale in scales}
+  # the smallest size's sweep starts at the quick rates, a larger one's around the size below's best
+  best = {}
+  for scale in scales:
+    for kind in kind_gap_cpu.KINDS:
+      below = [s for s in scales if s < scale]
+      start = kind_gap_study._around(best[(kind, below[-1])]) if below else kind_gap_cpu.QUICK['lrs']
+      best[(kind, scale)] = _check_tuned(_swept(rows, kind, scale, ''), start)
   # both kinds have equal non-embedding parameters and FLOPs at each size; 4x the parameters at 4x
   sizes = {(r['kind'], r['scale']): (int(r['non_embedding_params']), float(r['total_gflop'])) for r in rows}
   for scale in scales:
