@@ -6,7 +6,7 @@ suspects (ABLATIONS) at the tuned rates; the one that closes the gap most, carri
 its rate tuned again; a second seed of both kinds at their tuned rates. Each finished run is kept as a
 record (benchmarks/study_runs.py; the full study's are committed): rerun to continue.
 
-  python benchmarks/kind_gap_study.py                    # every size (about 6 h on 2 cores, most at 16×)
+  python benchmarks/kind_gap_study.py                    # every size (about 4 h on 2 cores, 2.3 h of it at 16×)
   python benchmarks/kind_gap_study.py --scales=1,4       # the smaller sizes only
   python benchmarks/kind_gap_study.py --quick            # the pipeline check (tiny sizes)
 

@@ -1,8 +1,9 @@
 """TokenFormer against the dense Transformer of equal non-embedding parameters, at three sizes: the
 default tiny model (experiments/tiny.py: 4 layers, d 128, 1.05M non-embedding parameters) and 4× and
 16× its non-embedding parameters (d ×2 and ×4, every parameter-token count ×2 and ×4, head width 32).
-Every size trains 600 steps of 16 × 128 tokens: more steps for the larger sizes would be the fairer
-budget, but 16× at 600 steps is already about half an hour a run on 2 CPU cores.
+Every size trains 600 steps of 16 × 128 tokens, about one pass over the bundled KJV text: more steps
+for the larger sizes would be the fairer budget, but they would repeat the data, and 16× at 600 steps is
+already about ten minutes a run on 2 CPU cores.
 
 get_config('KIND-xSCALE'), KIND one of KINDS, SCALE one of SCALES (add '-quick' for the pipeline
 check's 2-layer, d 64 models of 40 steps). The learning rate (and any ablation) is a command-line
