@@ -3,10 +3,11 @@ learning rate, at three sizes (experiments/kind_gap_cpu.py), and what explains i
 first: both kinds tuned (three learning rates: LRS at the smallest, then the size below's tuned rate and
 its neighbours; extended along the half-decade ladder while an edge wins); at the smallest, the
 suspects (ABLATIONS) at the tuned rates; the one that closes the gap most, carried to every size with
-its rate tuned again; a second seed of both kinds at their tuned rates. Each finished run is kept as a
-record (benchmarks/study_runs.py; the full study's are committed): rerun to continue.
+its rate tuned again; a second seed of both kinds at their tuned rates, with and without it. Each
+finished run is kept as a record (benchmarks/study_runs.py; the full study's are committed): rerun to
+continue.
 
-  python benchmarks/kind_gap_study.py                    # every size (about 4 h on 2 cores, 2.3 h of it at 16×)
+  python benchmarks/kind_gap_study.py                    # every size (about 4.5 h on 2 cores, most at 16×)
   python benchmarks/kind_gap_study.py --scales=1,4       # the smaller sizes only
   python benchmarks/kind_gap_study.py --quick            # the pipeline check (tiny sizes)
 
@@ -95,8 +96,8 @@ class GapStudy:
     lr = self.best.get((kind, scale, ablation), self.best[(kind, scale, '')])
     return self.run(kind, scale, lr, ablation, seed)['final_val_loss']
 
-  def gap(self, scale: int, ablation: str = '') -> float:
-    return self.loss('tokenformer', scale, ablation) - self.loss('dense', scale, ablation)
+  def gap(self, scale: int, ablation: str = '', seed: int = 0) -> float:
+    return self.loss('tokenformer', scale, ablation, seed) - self.loss('dense', scale, ablation, seed)
 
   def tune(self, kind: str, scale: int, lrs, ablation: str = '') -> float:
     """The best learning rate: lrs, then one more half-decade past whichever edge wins, while one does."""
@@ -131,21 +132,20 @@ def _table(study: GapStudy, scales, carried: str) -> str:
       lines.append(f'| {kind}{" + " + ablation if ablation else ""} | ' + ' | '.join(cells) + ' |')
     lines.append('')
   seeds = sorted({r['seed'] for r in study.rows.values()})
+  gaps = [('', seed) for seed in seeds[1:]] + [(carried, seed) for seed in seeds if carried]
   lines += ['| scale | non-embedding params | tokenformer (lr) | dense (lr) | gap | '
-            + ''.join(f'gap, seed {seed} | ' for seed in seeds[1:])
-            + (f'gap with {carried} | ' if carried else '') + 'train s (tf, dense) |',
-            '|---|' + '---|' * (5 + len(seeds[1:]) + bool(carried))]
+            + ''.join(('gap' + (f' with {ablation}' if ablation else '') + (f', seed {seed}' if seed else ''))
+                      + ' | ' for ablation, seed in gaps) + 'train s (tf, dense) |',
+            '|---|' + '---|' * (5 + len(gaps))]
   for scale in scales:
     tf, dense = (study.run(kind, scale, study.best[(kind, scale, '')]) for kind in kind_gap_cpu.KINDS)
     cells = [f'{scale}×', f"{tf['non_embedding_params'] / 1e6:.2f}M",
              f"{tf['final_val_loss']:.4f} ({tf['lr']:g})", f"{dense['final_val_loss']:.4f} ({dense['lr']:g})",
              f'{study.gap(scale):+.4f}']
-    cells += [f"{study.loss('tokenformer', scale, seed=seed) - study.loss('dense', scale, seed=seed):+.4f}"
-              for seed in seeds[1:]]
-    cells += [f'{study.gap(scale, carried):+.4f}'] if carried else []
+    cells += [f'{study.gap(scale, ablation, seed):+.4f}' for ablation, seed in gaps]
     cells.append(f"{tf['train_s']:.0f}, {dense['train_s']:.0f}")
     lines.append('| ' + ' | '.join(cells) + ' |')
-  ablated = [r for r in study.rows.values() if r['ablation'] and r['scale'] == scales[0]
+  ablated = [r for r in study.rows.values() if r['ablation'] and r['scale'] == scales[0] and not r['seed']
              and r['lr'] == study.best[(r['kind'], r['scale'], '')]]
   if ablated:
     lines += ['', f"Ablations at {scales[0]}×, each at its kind's tuned learning rate (change: against the "
@@ -167,9 +167,13 @@ def _plot(study: GapStudy, scales, carried: str, path: str, title: str) -> None:
   import matplotlib.pyplot as plt
   fig, (gap_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
   params = [non_embedding_params(study.config('tokenformer', scale).model) for scale in scales]
+  seeds = sorted({r['seed'] for r in study.rows.values()})[1:]
   for ablation in ('', carried) if carried else ('',):
     label = f'with {ablation}' if ablation else 'default init'
-    gap_ax.plot(params, [study.gap(scale, ablation) for scale in scales], marker='o', label=label)
+    line, = gap_ax.plot(params, [study.gap(scale, ablation) for scale in scales], marker='o', label=label)
+    for seed in seeds:                                   # the other seeds as open markers: the noise
+      gap_ax.plot(params, [study.gap(scale, ablation, seed) for scale in scales], linestyle='none',
+                  marker='o', markerfacecolor='none', color=line.get_color(), label=f'{label}, seed {seed}')
     for kind in kind_gap_cpu.KINDS:
       if not ablation or kind in ABLATIONS[ablation][0]:
         loss_ax.plot(params, [study.loss(kind, scale, ablation) for scale in scales], marker='o',
@@ -232,8 +236,9 @@ def main():
       for kind in ABLATIONS[carried][0]:
         study.tune(kind, scale, [study.best[(kind, scale, '')]], carried)
     for seed in range(1, args.seeds):                    # 4: the noise between seeds
-      for kind in kind_gap_cpu.KINDS:
-        study.run(kind, scale, study.best[(kind, scale, '')], seed=seed)
+      for ablation in ('', carried) if carried else ('',):
+        for kind in ABLATIONS.get(ablation, (kind_gap_cpu.KINDS,))[0]:
+          study.run(kind, scale, study.best[(kind, scale, ablation)], ablation, seed)
 
   rows = list(study.rows.values())
   with open(os.path.join(out, 'kind_gap.csv'), 'w', newline='', encoding='utf-8') as f:

@@ -62,12 +62,20 @@ def test_quick_study(tmp_path):
     assert bool(swept) == carried
     if carried:
       _check_tuned(swept, [best[(kind, 4)]])
-  # a second seed of both kinds at their tuned rates, at every size
-  assert sorted((r['kind'], r['scale'], float(r['lr'])) for r in rows if r['seed'] == '1') == sorted(
-      (kind, str(scale), best[(kind, scale)]) for kind in kind_gap_cpu.KINDS for scale in scales)
+  # a second seed of both kinds at their tuned rates, at every size, with the carried suspect too
+  def tuned(kind, scale, ablation):
+    swept = _swept(rows, kind, scale, ablation)
+    return min(swept, key=swept.get)
+  variants = [''] + ['warmup_x4'] * carried
+  seeded = [(r['kind'], r['scale'], r['ablation'], float(r['lr'])) for r in rows if r['seed'] == '1']
+  assert sorted(seeded) == sorted(
+      (kind, str(scale), ablation, tuned(kind, scale, ablation))
+      for kind in kind_gap_cpu.KINDS for scale in scales for ablation in variants)
   assert all(r['reused'] == 'False' and float(r['train_s']) > 0 for r in rows)
   table = (tmp_path / 'kind_gap.md').read_text()
   assert '| 4× |' in table and '| dense | warmup_x4 |' in table and 'gap, seed 1' in table
+  assert ('gap with warmup_x4, seed 1' in table) == carried
+  assert table.count('| dense | warmup_x4 |') == 1                  # the suspects' table: seed 0 only
   assert (tmp_path / 'kind_gap.png').stat().st_size > 10_000
   assert len(list((tmp_path / 'kind_gap_runs').iterdir())) == len(rows)
 
