@@ -1,9 +1,12 @@
 """The kind-gap study's --quick variant end to end: both kinds tuned at two sizes (extending past an edge
-that wins), an ablation at the smaller size at the tuned rates, the figure and tables written. (Checks
-the pipeline, not the numbers: those come from the full run, committed under experiments/results/.)"""
+that wins), an ablation at the smaller size at the tuned rates, the longer budget at the larger size, the
+figure and tables written. (Checks the pipeline, not the numbers: those come from the full run, committed
+under experiments/results/.)"""
 import csv
 import subprocess
 import sys
+
+import pytest
 
 from benchmarks import kind_gap_study
 from experiments import kind_gap_cpu, tiny
@@ -16,9 +19,13 @@ def _study(out, *flags):
                         cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
-def _swept(rows, kind, scale, ablation):
+STEPS = kind_gap_cpu.QUICK['steps']
+
+
+def _swept(rows, kind, scale, ablation, steps=STEPS):
   return {float(r['lr']): float(r['final_val_loss']) for r in rows
-          if (r['kind'], r['scale'], r['ablation'], r['seed']) == (kind, str(scale), ablation, '0')}
+          if (r['kind'], r['scale'], r['ablation'], r['seed'], r['steps']) == (kind, str(scale), ablation, '0',
+                                                                             str(steps))}
 
 
 def _check_tuned(swept, start):
@@ -45,7 +52,8 @@ def test_quick_study(tmp_path):
       start = kind_gap_study._around(best[(kind, below[-1])]) if below else kind_gap_cpu.QUICK['lrs']
       best[(kind, scale)] = _check_tuned(_swept(rows, kind, scale, ''), start)
   # both kinds have equal non-embedding parameters and FLOPs at each size; 4x the parameters at 4x
-  sizes = {(r['kind'], r['scale']): (int(r['non_embedding_params']), float(r['total_gflop'])) for r in rows}
+  sizes = {(r['kind'], r['scale']): (int(r['non_embedding_params']), float(r['total_gflop'])) for r in rows
+           if r['steps'] == str(STEPS)}
   for scale in scales:
     assert sizes[('tokenformer', str(scale))] == sizes[('dense', str(scale))]
   assert sizes[('dense', '4')][0] == 4 * sizes[('dense', '1')][0]
@@ -71,23 +79,40 @@ def test_quick_study(tmp_path):
   assert sorted(seeded) == sorted(
       (kind, str(scale), ablation, tuned(kind, scale, ablation))
       for kind in kind_gap_cpu.KINDS for scale in scales for ablation in variants)
+  # the longer budget (4x the steps, the default) at the larger size only, both kinds with the carried
+  # suspect, tuned from the short budget's rate and the one below, extended downward while that edge wins
+  longer = [r for r in rows if r['steps'] != str(STEPS)]
+  assert {(r['scale'], r['steps'], r['ablation'], r['seed']) for r in longer} == {
+      ('4', str(4 * STEPS), 'warmup_x4' if carried else '', '0')}
+  ladder = kind_gap_cpu.LR_LADDER
+  for kind in kind_gap_cpu.KINDS:
+    short = _swept(rows, kind, 4, 'warmup_x4' if carried else '')
+    swept = _swept(rows, kind, 4, 'warmup_x4' if carried else '', 4 * STEPS)
+    lrs, start = sorted(swept), min(short, key=short.get)
+    assert lrs[-1] == start and ladder[ladder.index(start) - 1] in swept
+    assert lrs == [lr for lr in ladder if lrs[0] <= lr <= start]
+    assert min(swept, key=swept.get) != lrs[0] or lrs[0] == ladder[0], swept   # the lower edge lost
+    # 4x the steps, 4x the FLOPs
+    assert float(next(iter(r['total_gflop'] for r in longer if r['kind'] == kind))) == pytest.approx(
+        4 * sizes[(kind, '4')][1], rel=1e-3)
   assert all(r['reused'] == 'False' and float(r['train_s']) > 0 for r in rows)
   table = (tmp_path / 'kind_gap.md').read_text()
   assert '| 4× |' in table and '| dense | warmup_x4 |' in table and 'gap, seed 1' in table
   assert ('gap with warmup_x4, seed 1' in table) == carried
   assert table.count('| dense | warmup_x4 |') == 1                  # the suspects' table: seed 0 only
+  assert f'Longer budget: {4 * STEPS} steps' in table and f'| 4×, {4 * STEPS} steps |' in table
   assert (tmp_path / 'kind_gap.png').stat().st_size > 10_000
   assert len(list((tmp_path / 'kind_gap_runs').iterdir())) == len(rows)
 
 
 def best_gap(rows, best, scale):
   loss = {(r['kind'], float(r['lr'])): float(r['final_val_loss']) for r in rows
-          if (r['scale'], r['ablation'], r['seed']) == (str(scale), '', '0')}
+          if (r['scale'], r['ablation'], r['seed'], r['steps']) == (str(scale), '', '0', str(STEPS))}
   return loss[('tokenformer', best[('tokenformer', scale)])] - loss[('dense', best[('dense', scale)])]
 
 
 def test_bad_flags_are_one_line_errors(tmp_path):
-  for flag in ('--scales=1,8', '--scales=one', '--ablations=warmup_x4,louder', '--seeds=0'):
+  for flag in ('--scales=1,8', '--scales=one', '--ablations=warmup_x4,louder', '--seeds=0', '--longer=0'):
     proc = _study(tmp_path, flag)
     assert proc.returncode == 2 and proc.stderr.startswith('error: '), (flag, proc.stderr)
     assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
