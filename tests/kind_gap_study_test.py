@@ -96,11 +96,13 @@ def test_quick_study(tmp_path):
     assert float(next(iter(r['total_gflop'] for r in longer if r['kind'] == kind))) == pytest.approx(
         4 * sizes[(kind, '4')][1], rel=1e-3)
   assert all(r['reused'] == 'False' and float(r['train_s']) > 0 for r in rows)
+  assert all(float(r['lowest_val_loss']) <= float(r['final_val_loss']) for r in rows)
   table = (tmp_path / 'kind_gap.md').read_text()
   assert '| 4× |' in table and '| dense | warmup_x4 |' in table and 'gap, seed 1' in table
   assert ('gap with warmup_x4, seed 1' in table) == carried
   assert table.count('| dense | warmup_x4 |') == 1                  # the suspects' table: seed 0 only
   assert f'Longer budget: {4 * STEPS} steps' in table and f'| 4×, {4 * STEPS} steps |' in table
+  assert '| gap at the lowest val losses |' in table
   assert (tmp_path / 'kind_gap.png').stat().st_size > 10_000
   assert len(list((tmp_path / 'kind_gap_runs').iterdir())) == len(rows)
 
