@@ -7,7 +7,8 @@
 #
 # Every process gets the same arguments plus --coordinator_address/--num_processes/--process_id;
 # process i logs to WORKDIR/logs/process_i.log (process 0 also to the terminal). The script exits
-# with the first non-zero status of any process.
+# with the status of the first process to end with a non-zero one (in time, not in process order: the
+# first to fail is usually the cause, and the others end because of it), or 0 when all succeed.
 set -euo pipefail
 
 num_processes=2
@@ -58,10 +59,9 @@ for ((i = 0; i < num_processes; i++)); do
   pids+=($!)
 done
 status=0
-for pid in "${pids[@]}"; do
-  if ! wait "$pid"; then
-    code=$?
-    [[ $status == 0 ]] && status=$code
-  fi
+for ((i = 0; i < num_processes; i++)); do  # `wait -n`: whichever process ends next
+  code=0
+  wait -n || code=$?
+  [[ $status == 0 ]] && status=$code
 done
 exit "$status"
