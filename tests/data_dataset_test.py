@@ -1,11 +1,14 @@
 """A run's data: raw text prepared once and never rebuilt silently, prepared datasets and mixtures,
 and the tokenizer as part of a checkpoint's identity."""
+import json
 import os
+import re
+import shutil
 
 import ml_collections
 import pytest
 
-from tests.conftest import tree_digest, write_hf_tokenizer
+from tests.conftest import FAST, error_line, run_main, tree_digest, write_hf_tokenizer
 from tokenformer_jax import checkpoint
 from tokenformer_jax.data import dataset, prepare
 from tokenformer_jax.errors import UserError
@@ -102,7 +105,6 @@ def test_bad_dataset_settings(two_datasets, tmp_path, overrides, match):
 
 
 def test_damaged_datasets_are_named(two_datasets, tmp_path):
-  import shutil
   _, _, (d0, _) = two_datasets
   d = str(tmp_path / 'd')
   shutil.copytree(d0, d)
@@ -134,3 +136,43 @@ def test_checkpoint_refuses_another_tokenizer(two_datasets, tmp_path):
   with pytest.raises(UserError, match=f'step 7 was trained with tokenizer sha256 {run.tokenizer.sha256}, '
                                       f".*tokenizer is sha256 {other.sha256}"):
     checkpoint.check_tokenizer(meta, other, 7)
+
+
+def _raise_count(dataset_dir, key, by):
+  """Rewrites the manifest with the first train shard's `key` raised: valid JSON that lies."""
+  path = os.path.join(dataset_dir, 'manifest.json')
+  with open(path) as f:
+    m = json.load(f)
+  entry = m['splits']['train']['shards'][0]
+  entry[key] += by
+  with open(path, 'w') as f:
+    json.dump(m, f)
+  return entry
+
+
+@pytest.mark.parametrize('key', ['tokens', 'records'])
+def test_a_manifest_that_lies_about_a_shard_is_refused_when_opened(two_datasets, tmp_path, key):
+  _, _, (d0, _) = two_datasets
+  d = str(tmp_path / 'd')
+  shutil.copytree(d0, d)
+  entry = _raise_count(d, key, 22)
+  records, tokens = entry['records'] - (key == 'records') * 22, entry['tokens'] - (key == 'tokens') * 22
+  with pytest.raises(UserError, match=f'shard .*train-00000-of-00001.array_record holds {records} records '
+                                      f'of {tokens} tokens, but the manifest says {entry["records"]} '
+                                      f'records of {entry["tokens"]} tokens'):
+    dataset.open_run_data(_cfg(prepared=d), str(tmp_path / 'w'))
+
+
+def test_training_on_a_lying_manifest_stops_before_writing(two_datasets, tmp_path):
+  _, _, (d0, _) = two_datasets
+  d = str(tmp_path / 'd')
+  shutil.copytree(d0, d)
+  entry = _raise_count(d, 'tokens', 22)
+  code, _, err = run_main(*FAST, f'--config.data.prepared={d}',
+                          workdir=tmp_path / 'w')
+  assert code == 2, err
+  assert len([line for line in err.splitlines() if line.startswith('error: ')]) == 1
+  assert re.fullmatch(f'error: shard .*train-00000-of-00001.array_record holds .* tokens, but the '
+                      f'manifest says .* of {entry["tokens"]} tokens; prepare the dataset again',
+                      error_line(err)), err
+  assert not (tmp_path / 'w').exists()  # no metrics, no checkpoints, no workdir
