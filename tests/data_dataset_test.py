@@ -10,12 +10,12 @@ import pytest
 
 from tests.conftest import FAST, error_line, run_main, tree_digest, write_hf_tokenizer
 from tokenformer_jax import checkpoint
-from tokenformer_jax.data import dataset, prepare
+from tokenformer_jax.data import dataset, pipeline, prepare
 from tokenformer_jax.errors import UserError
 
 
 def _cfg(**overrides):
-  fields = dict(prepared='', mixture='', corpus='kjv', tokenizer='', vocab_size=256, val_fraction=0.05,
+  fields = dict(prepared='', mixture='', validation='', corpus='kjv', tokenizer='', vocab_size=256, val_fraction=0.05,
                 text_key='text', cache_dir='', seq_len=32)
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
@@ -176,3 +176,37 @@ def test_training_on_a_lying_manifest_stops_before_writing(two_datasets, tmp_pat
                       f'manifest says .* of {entry["tokens"]} tokens; prepare the dataset again',
                       error_line(err)), err
   assert not (tmp_path / 'w').exists()  # no metrics, no checkpoints, no workdir
+
+
+def test_data_validation_is_a_whole_dataset_of_the_same_tokenizer(two_datasets, tmp_path):
+  root, _, (d0, d1) = two_datasets
+  run = dataset.open_run_data(_cfg(prepared=d0, validation=d1), str(tmp_path / 'w'))
+  split_windows = [len(pipeline.Windows(d1, run.validation_manifest, s, 32)) for s in ('train', 'validation')]
+  assert len(run.validation(32)) == sum(split_windows) and min(split_windows) > 0
+  assert run.validation(32)[0].tolist() == pipeline.Windows(d1, run.validation_manifest, 'train', 32)[0].tolist()
+  with pytest.raises(UserError, match='data.validation=.*d0 is a dataset this run trains on'):
+    dataset.open_run_data(_cfg(mixture=f'{d1}:1,{d0}:1', validation=d0), str(tmp_path / 'w'))
+  other_tok = write_hf_tokenizer(tmp_path / 'other.json', vocab_size=280)
+  other = prepare.run(prepare.Options(inputs=str(root / '1.jsonl'), output=str(tmp_path / 'other'),
+                                      tokenizer=other_tok), log=lambda _: None)
+  with pytest.raises(UserError, match=f'data.validation=.*other was prepared with tokenizer sha256 '
+                                      f'{other["tokenizer"]["sha256"]}, the training data with '
+                                      f'{run.tokenizer.sha256}'):
+    dataset.open_run_data(_cfg(prepared=d0, validation=str(tmp_path / 'other')), str(tmp_path / 'w'))
+
+
+def test_no_validation_split_only_when_prepared_without_one(two_datasets, tmp_path):
+  root, tok, (d0, _) = two_datasets
+  assert dataset.open_run_data(_cfg(prepared=d0), str(tmp_path / 'w')).validation(32) is not None
+  for fraction in (0.0, 0.01):  # 0.01 of these two documents is none of them: a split, too small
+    out = str(tmp_path / f'd{fraction}')
+    (tmp_path / 'two.jsonl').write_text('{"text": "In the beginning"}\n{"text": "God created"}\n')
+    m = prepare.run(prepare.Options(inputs=str(tmp_path / 'two.jsonl'), output=out, tokenizer=tok,
+                                    validation_fraction=fraction), log=lambda _: None)
+    assert m['splits']['validation']['tokens'] == 0
+    run = dataset.open_run_data(_cfg(prepared=out), str(tmp_path / 'w'))
+    if fraction == 0.0:
+      assert run.validation(32) is None and 'prepared without a validation split' in run.no_validation_reason()
+    else:
+      with pytest.raises(UserError, match=r'validation split too small: .*\(validation\) has 0 tokens'):
+        pipeline.eval_batches(run.validation(32), 4, 1)
