@@ -213,7 +213,8 @@ def _prepare(opts: Options, beam_args: list[str] | None, log) -> dict:
                     f'prepare into a new directory')
   _check_has_text(files, opts)
   tokenizer = _tokenizer(opts, files)
-  key = hashlib.sha256(json.dumps({**req, 'sha256': tokenizer.sha256}, sort_keys=True).encode()).hexdigest()
+  key = hashlib.sha256(json.dumps({**req, 'sha256': tokenizer.sha256, 'normalization': sources.NORMALIZATION},
+                                  sort_keys=True).encode()).hexdigest()
   if not sources.is_remote(opts.output):
     try:
       os.makedirs(os.path.join(opts.output, _STATE_DIR), exist_ok=True)
