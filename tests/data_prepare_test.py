@@ -99,7 +99,9 @@ def test_killed_prepare_never_looks_complete_and_reuses_finished_shards(jsonl_fi
       prepare.shard_file(split, i, 4) for split in ('train', 'validation') for i in (0, 1))
   times = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out) if '-of-' in f}
   monkeypatch.setattr(prepare, '_write_batch', real)
-  m = prepare.run(opts)
+  said = []
+  m = prepare.run(opts, log=said.append)
+  assert said == [f'{out}: reusing 2 of 4 shards that an earlier prepare finished']
   reused = [f for f, t in times.items() if os.stat(os.path.join(out, f)).st_mtime_ns == t]
   assert len(reused) == 4  # train and validation shards of the two finished tasks
   assert m['splits']['train']['documents'] + m['splits']['validation']['documents'] == sum(
@@ -128,12 +130,19 @@ def _prepare_cli(*args):
 
 
 def test_cli_prepares_and_reports(jsonl_files, tmp_path):
-  code, out, err = _prepare_cli(f'--input={tmp_path}/in/*.jsonl', f'--output={tmp_path}/d',
-                                '--train_tokenizer=300', '--validation_fraction=0.1', '--',
-                                '--direct_num_workers=2')
+  args = (f'--input={tmp_path}/in/*.jsonl', f'--output={tmp_path}/d', '--train_tokenizer=300',
+          '--validation_fraction=0.1', '--', '--direct_num_workers=2')
+  code, out, err = _prepare_cli(*args)
   assert code == 0, err
-  assert 'train: ' in out and '4 shards' in out and 'sentencepiece, 300 ids' in out
-  assert manifest_lib.read(str(tmp_path / 'd'))['splits']['train']['tokens'] > 10_000
+  assert 'train: ' in out and '4 shards' in out and 'sentencepiece, 300 ids' in out and 'reusing' not in out
+  m = manifest_lib.read(str(tmp_path / 'd'))
+  assert m['splits']['train']['tokens'] > 10_000
+  os.remove(manifest_lib.path(str(tmp_path / 'd')))  # as if stopped before its last shard
+  os.remove(tmp_path / 'd' / '.prepare' / '00003-of-00004.json')
+  code, out, err = _prepare_cli(*args)
+  assert code == 0, err
+  assert f'{tmp_path}/d: reusing 3 of 4 shards that an earlier prepare finished' in out
+  assert manifest_lib.read(str(tmp_path / 'd')) == m
 
 
 @pytest.mark.parametrize('content, args, match', [

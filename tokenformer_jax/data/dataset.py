@@ -9,6 +9,7 @@ import os
 import shutil
 
 import jax
+from absl import logging
 from jax.experimental import multihost_utils
 
 from tokenformer_jax.data import manifest as manifest_lib
@@ -102,7 +103,7 @@ def _prepare_raw(data_cfg, cache_dir: str, create: bool, tokenizer_sha256: str |
       raise UserError(f'no prepared data in {cache_dir}: name a dataset (data.prepared) or a tokenizer '
                       f'(data.tokenizer); without a dataset, evaluate a text file instead (--eval_file)')
     if jax.process_index() == 0:
-      prepare.run(opts, log=lambda _: None)
+      prepare.run(opts, log=logging.info)  # e.g. the shards reused from a stopped run's prepare
     _sync('data prepared')
     got = manifest_lib.read(cache_dir)['tokenizer']['sha256']
     if tokenizer_sha256 and got != tokenizer_sha256:

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from concurrent import futures
 
 import numpy as np
 
@@ -93,6 +94,12 @@ def _completed(task: Task) -> dict | None:
   except UserError:
     return None
   return done
+
+
+def _count_finished(tasks: list[Task]) -> int:
+  """How many tasks an earlier, stopped prepare completed (their shards are kept, not rewritten)."""
+  with futures.ThreadPoolExecutor(16) as pool:  # remote outputs: a round trip or two each
+    return sum(done is not None for done in pool.map(_completed, tasks))
 
 
 def process(task: Task, tokenizer) -> dict:
@@ -229,6 +236,9 @@ def _prepare(opts: Options, beam_args: list[str] | None, log) -> dict:
   tasks = [Task(i, num_shards, group, opts.output, opts.text_key, opts.validation_fraction, dtype,
                 opts.record_tokens, key)
            for i, group in enumerate(plan_shards(files, sizes, num_shards))]
+  reused = _count_finished(tasks)
+  if reused:
+    log(f'{opts.output}: reusing {reused} of {len(tasks)} shards that an earlier prepare finished')
   if beam_args is None:
     results = [process(t, tokenizer) for t in tasks]
   else:
