@@ -15,8 +15,8 @@ from tokenformer_jax.errors import UserError
 
 
 def _cfg(**overrides):
-  fields = dict(prepared='', mixture='', validation='', corpus='kjv', tokenizer='', vocab_size=256, val_fraction=0.05,
-                text_key='text', cache_dir='', seq_len=32)
+  fields = dict(prepared='', mixture='', validation='', corpus='kjv', tokenizer='', vocab_size=256,
+                val_fraction=0.05, text_key='text', cache_dir='', seq_len=32)
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -181,9 +181,10 @@ def test_training_on_a_lying_manifest_stops_before_writing(two_datasets, tmp_pat
 def test_data_validation_is_a_whole_dataset_of_the_same_tokenizer(two_datasets, tmp_path):
   root, _, (d0, d1) = two_datasets
   run = dataset.open_run_data(_cfg(prepared=d0, validation=d1), str(tmp_path / 'w'))
-  split_windows = [len(pipeline.Windows(d1, run.validation_manifest, s, 32)) for s in ('train', 'validation')]
-  assert len(run.validation(32)) == sum(split_windows) and min(split_windows) > 0
-  assert run.validation(32)[0].tolist() == pipeline.Windows(d1, run.validation_manifest, 'train', 32)[0].tolist()
+  splits = [pipeline.Windows(d1, run.validation_manifest, s, 32) for s in ('train', 'validation')]
+  assert len(run.validation(32)) == sum(map(len, splits)) and min(map(len, splits)) > 0
+  assert run.validation(32)[0].tolist() == splits[0][0].tolist()
+  assert run.validation(32)[len(splits[0])].tolist() == splits[1][0].tolist()
   with pytest.raises(UserError, match='data.validation=.*d0 is a dataset this run trains on'):
     dataset.open_run_data(_cfg(mixture=f'{d1}:1,{d0}:1', validation=d0), str(tmp_path / 'w'))
   other_tok = write_hf_tokenizer(tmp_path / 'other.json', vocab_size=280)
@@ -206,7 +207,8 @@ def test_no_validation_split_only_when_prepared_without_one(two_datasets, tmp_pa
     assert m['splits']['validation']['tokens'] == 0
     run = dataset.open_run_data(_cfg(prepared=out), str(tmp_path / 'w'))
     if fraction == 0.0:
-      assert run.validation(32) is None and 'prepared without a validation split' in run.no_validation_reason()
+      assert run.validation(32) is None
+      assert 'prepared without a validation split' in run.no_validation_reason()
     else:
       with pytest.raises(UserError, match=r'validation split too small: .*\(validation\) has 0 tokens'):
         pipeline.eval_batches(run.validation(32), 4, 1)
