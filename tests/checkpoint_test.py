@@ -112,7 +112,8 @@ def test_vocab_size_is_compared_by_what_it_resolves_to(saved):
   meta['tokenizer_vocab_size'] = 200                 # it is: 0 means 200, padded to 256
   checkpoint.check_config(meta, _spec()[0], 5)
   meta['tokenizer_vocab_size'] = 120                 # 0 means 128 now
-  with pytest.raises(UserError, match=r'checkpoint 256, config 0 \(padded vocab: checkpoint 256, config 128\)'):
+  with pytest.raises(UserError, match=r'checkpoint 256, config 0 \(padded vocab: checkpoint 256, '
+                                      r'config 128\)'):
     checkpoint.check_config(meta, _spec()[0], 5)
 
 
