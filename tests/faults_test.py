@@ -1,4 +1,4 @@
-"""Faults: kill -9 at any moment, SIGTERM, a truncated checkpoint. Reruns resume from the last
+"""Faults: kill -9 at any moment, SIGTERM, Ctrl-C, a truncated checkpoint. Reruns resume from the last
 complete checkpoint and reproduce the uninterrupted run's losses exactly."""
 import json
 import os
@@ -86,6 +86,22 @@ def test_sigterm_saves_then_resumes(reference, tmp_path):
   saved = int(stderr.split('SIGTERM: saved step')[1].split()[0].strip(','))
   assert os.listdir(tmp_path / 'w' / 'checkpoints') == [str(saved)] and 6 <= saved < 24
   rerun_matches(tmp_path / 'w', cache, whole)
+
+
+def test_ctrl_c_saves_then_resumes(reference, tmp_path):
+  """SIGINT as SIGTERM, but status 130 (interrupted: a launcher does not relaunch it), no traceback."""
+  cache, whole = reference
+  code, stderr = start_and_interrupt(tmp_path / 'w', cache, signal.SIGINT, 6,
+                                     '--config.train.checkpoint_every=1000')
+  assert code == 130, stderr[-2000:]
+  assert 'SIGINT (Ctrl-C): saved step' in stderr and 'Traceback' not in stderr, stderr[-2000:]
+  saved = int(stderr.split('SIGINT (Ctrl-C): saved step')[1].split()[0].strip(','))
+  assert os.listdir(tmp_path / 'w' / 'checkpoints') == [str(saved)] and 6 <= saved < 24
+  with open(tmp_path / 'w' / 'status') as f:
+    assert json.load(f)['status'] == 'interrupted'
+  rerun_matches(tmp_path / 'w', cache, whole)
+  with open(tmp_path / 'w' / 'status') as f:
+    assert json.load(f)['status'] == 'done'
 
 
 def test_truncated_checkpoint_is_named_and_an_older_one_can_be_chosen(reference, tmp_path):
