@@ -42,6 +42,22 @@ def tree_digest(path):
   return digest.hexdigest()
 
 
+def damage_array_bytes(step_dir, blocks: int = 9, block_bytes: int = 4096, seed: int = 0):
+  """Random bytes written over `blocks` stretches of the largest data file of a checkpoint's state, in
+  place (its size unchanged): what a bad disk or a stray write leaves, and no truncation check sees."""
+  import random
+  state_dir = os.path.join(step_dir, 'state')
+  files = [os.path.join(d, f) for d, _, names in os.walk(state_dir) for f in names]
+  biggest = max(files, key=os.path.getsize)
+  size, rng = os.path.getsize(biggest), random.Random(seed)
+  with open(biggest, 'r+b') as f:
+    for _ in range(blocks):
+      f.seek(rng.randrange(0, size - block_bytes))
+      f.write(rng.randbytes(block_bytes))
+  assert os.path.getsize(biggest) == size
+  return biggest
+
+
 def error_line(stderr):
   """The one 'error: ...' line (interpreter shutdown may print after it); else the last line."""
   lines = [line for line in stderr.strip().splitlines() if line.strip()]

@@ -1,5 +1,5 @@
-"""Faults: kill -9 at any moment, SIGTERM, a truncated checkpoint. Reruns resume from the last
-complete checkpoint and reproduce the uninterrupted run's losses exactly."""
+"""Faults: kill -9 at any moment, SIGTERM, a truncated or silently damaged checkpoint. Reruns resume
+from the last complete checkpoint and reproduce the uninterrupted run's losses exactly."""
 import json
 import os
 import random
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import FAST, ROOT, TINY
+from tests.conftest import FAST, ROOT, TINY, damage_array_bytes
 
 STEPS = ['--config.train.steps=24', '--config.train.log_every=1', '--config.train.checkpoint_every=4',
          '--config.train.eval_every=100', '--config.train.sample_tokens=0']
@@ -105,6 +105,26 @@ def test_truncated_checkpoint_is_named_and_an_older_one_can_be_chosen(reference,
   assert '--restore_step (available: [4])' in line
   rerun_matches(workdir, cache, whole, '--restore_step=4')
   assert any(p.name.startswith('8.set-aside-') for p in (workdir / 'checkpoints').iterdir())
+
+
+def test_damaged_array_bytes_stop_eval_generate_and_train_naming_the_older_checkpoint(reference,
+                                                                                       tmp_path):
+  """Bytes overwritten inside the largest data file, its size unchanged: eval, generate and train each
+  exit 2 with the corrupt-checkpoint line (not a NaN loss, a garbage sample or a divergence)."""
+  cache, whole = reference
+  workdir = tmp_path / 'w'
+  first = command(workdir, cache, '--stop_at_step=8')
+  assert subprocess.run(first, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
+  damage_array_bytes(workdir / 'checkpoints' / '8')
+  for mode in (['--mode=eval'], ['--mode=generate', '--prompt=And God said'], []):
+    proc = subprocess.run(command(workdir, cache, *mode), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+    assert proc.returncode == 2 and len(errors) == 1, (mode, proc.returncode, proc.stderr[-2000:])
+    assert 'Traceback' not in proc.stderr and 'sample' not in proc.stdout, mode
+    assert f'checkpoint {workdir}/checkpoints/8 is corrupt or truncated (DamagedArrays: ' in errors[0]
+    assert errors[0].endswith('--restore_step (available: [4])'), errors[0]
+  rerun_matches(workdir, cache, whole, '--restore_step=4')
 
 
 def test_an_async_save_cut_short_leaves_the_previous_checkpoint_and_an_exact_rerun(reference, tmp_path):

@@ -1,8 +1,8 @@
 """Orbax checkpoints: train state, data-iterator state and run metadata; strict restore onto any mesh.
 
-Layout: WORKDIR/checkpoints/<step>/{state, data, meta}. Orbax writes each step into a temporary folder
-and renames it when complete, so a save killed midway is never listed as a checkpoint (and its folder
-is removed when a training run next opens the workdir).
+Layout: WORKDIR/checkpoints/<step>/{state, data, meta, digests}. Orbax writes each step into a temporary
+folder and renames it when complete, so a save killed midway is never listed as a checkpoint (and its
+folder is removed when a training run next opens the workdir).
 
 Training saves asynchronously: `save(..., wait=False)` returns once the arrays are copied to host
 memory (so the train step may donate their buffers), and Orbax writes and commits them in the
@@ -15,22 +15,30 @@ shardings, so Orbax reads each shard straight onto its devices (a checkpoint sav
 resharded on the way in). The targets say what is read: the whole train state, or only {'params'} (for
 inference, from a training checkpoint or an imported one); `grows_tokens` lets token tables be longer than
 saved, and Orbax zero-pads their new rows while reading (growth).
+
+After reading, every array is checked against the digest saved with it (digests.py), so array bytes
+damaged on disk are the same corrupt-checkpoint error as a truncated file, not NaN losses or garbage
+samples. Checkpoints written before digests were kept restore unchecked (the log says so).
 """
 import os
 import time
 from typing import Any
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
 from tokenformer_jax import config as config_lib
+from tokenformer_jax import digests
 from tokenformer_jax import model as model_lib
 from tokenformer_jax.errors import UserError
 
 # Model keys growth sets: τ frozen at the count before growth.
 N_REF_KEYS = tuple(f'n_ref_{group}' for group in model_lib.TOKEN_GROUPS)
+# The item holding the arrays' digests (digests.py); checkpoints written before it have none.
+DIGESTS = 'digests'
 
 
 def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool = False,
@@ -45,7 +53,8 @@ def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool =
                                options=options,
                                item_handlers={'state': ocp.PyTreeCheckpointHandler(use_compression=compress),
                                               'data': ocp.JsonCheckpointHandler(),
-                                              'meta': ocp.JsonCheckpointHandler()})
+                                              'meta': ocp.JsonCheckpointHandler(),
+                                              DIGESTS: ocp.JsonCheckpointHandler()})
 
 
 def run_meta(cfg, vocab_size: int, tokenizer=None) -> dict:
@@ -155,9 +164,12 @@ def path_string(path) -> str:
   return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
+def _by_path(tree) -> dict[str, Any]:
+  return {path_string(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def _paths_and_shapes(tree) -> dict[str, tuple]:
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {path_string(path): tuple(leaf.shape) for path, leaf in flat}
+  return {path: tuple(leaf.shape) for path, leaf in _by_path(tree).items()}
 
 
 def saved_shapes(mngr: ocp.CheckpointManager, step: int) -> dict[str, tuple]:
@@ -206,7 +218,8 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter, meta: di
   The position (data_iter.state()) is global, the same on every process, so any process count can
   resume it. wait=False (an async manager): returns once the arrays are on the host; the step is
   listed only after its background commit."""
-  items = {'state': ocp.args.PyTreeSave(state), 'meta': ocp.args.JsonSave(meta)}
+  items = {'state': ocp.args.PyTreeSave(state), 'meta': ocp.args.JsonSave(meta),
+           DIGESTS: ocp.args.JsonSave(digests.record(_by_path(state)))}
   if data_iter is not None:
     items['data'] = ocp.args.JsonSave(data_iter.state())
   mngr.save(step, args=ocp.args.Composite(**items), force=force)
@@ -228,10 +241,29 @@ def restore(mngr: ocp.CheckpointManager, step: int, targets: Any, data_iter=None
                                            partial_restore=set(targets) == {'params'})}
   if data_iter is not None:
     items['data'] = ocp.args.JsonRestore()
+  verified = (mngr.directory / str(step) / DIGESTS).exists()
+  if verified:
+    items[DIGESTS] = ocp.args.JsonRestore()
+  else:
+    logging.info('checkpoint step %d has no array digests (written before they were kept): its array '
+                 'data is not verified', step)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    if verified:
+      _verify(restored[DIGESTS], restored.state)
     if data_iter is not None:
       data_iter.set_state(restored.data)
     return restored.state
-  except Exception as e:  # Orbax/TensorStore errors of a damaged checkpoint
+  except Exception as e:  # Orbax/TensorStore errors, or digests, of a damaged checkpoint
     raise _unreadable(mngr, step, e) from e
+
+
+class DamagedArrays(Exception):
+  """Restored arrays whose values differ from the digests written when they were saved."""
+
+
+def _verify(saved_digests: dict, state) -> None:
+  bad = digests.mismatches(saved_digests, _by_path(state))
+  if bad:
+    shown = ', '.join(bad[:3]) + (f' and {len(bad) - 3} more' if len(bad) > 3 else '')
+    raise DamagedArrays(f'{len(bad)} of its arrays differ from the digests written at save: {shown}')
