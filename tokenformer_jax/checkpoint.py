@@ -20,7 +20,10 @@ After reading, every array is checked against the digest saved with it (digests.
 damaged on disk are the same corrupt-checkpoint error as a truncated file, not NaN losses or garbage
 samples. Checkpoints written before digests were kept restore unchecked (the log says so).
 """
+import contextlib
+import errno
 import os
+import shutil
 import time
 from typing import Any
 
@@ -41,20 +44,76 @@ N_REF_KEYS = tuple(f'n_ref_{group}' for group in model_lib.TOKEN_GROUPS)
 DIGESTS = 'digests'
 
 
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, reporting a full disk as a UserError that names the checkpoint and the space it
+  needs, whether the write fails inside the save call (sync) or in the background (async: it surfaces
+  at the next save or wait, and is named as the step it was writing)."""
+
+  _in_flight = None   # (step, bytes of its arrays) of the last save started
+
+  def save(self, step, *args, **kwargs):
+    self.wait_until_finished()   # a failed background write is reported as its own step
+    items = kwargs.get('args')
+    state = items.get('state') if items is not None else None
+    self._in_flight = (step, _tree_bytes(state.item) if state is not None else 0)
+    with self._naming_a_full_disk():
+      return super().save(step, *args, **kwargs)
+
+  def wait_until_finished(self):
+    with self._naming_a_full_disk():
+      super().wait_until_finished()
+
+  @contextlib.contextmanager
+  def _naming_a_full_disk(self):
+    try:
+      yield
+    except Exception as e:   # Orbax re-raises the writer's error (TensorStore's ValueError, OSError)
+      reason = out_of_space(e)
+      if reason is None or self._in_flight is None:
+        raise
+      raise UserError(_disk_full_message(self, reason, *self._in_flight)) from e
+
+
+def _tree_bytes(tree) -> int:
+  return sum(getattr(leaf, 'nbytes', 0) for leaf in jax.tree.leaves(tree))
+
+
+def out_of_space(error: BaseException | None) -> str | None:
+  """The OS's words for a full disk or quota ('No space left on device') when that is what `error`,
+  or an error it was raised from, reports; TensorStore gives it as text, with the errno."""
+  while error is not None:
+    for code in (errno.ENOSPC, errno.EDQUOT):
+      if (isinstance(error, OSError) and error.errno == code) or os.strerror(code) in str(error) \
+          or f"os_error_code='{code}'" in str(error):
+        return os.strerror(code)
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _disk_full_message(mngr: ocp.CheckpointManager, reason: str, step: int, n_bytes: int) -> str:
+  where = str(mngr.directory)
+  free = f', {shutil.disk_usage(where).free / 2**20:.1f} MiB free there' if os.path.isdir(where) else ''
+  kept = mngr.latest_step()
+  last = (f'the newest complete checkpoint, step {kept}, is intact: rerun to resume from it' if kept
+          is not None else 'no checkpoint was completed: rerun to start again')
+  return (f'{reason} while writing checkpoint {where}/{step}: it needs about {n_bytes / 2**20:.1f} MiB '
+          f'({n_bytes} bytes, the size of the state){free}; older checkpoints are removed only after a '
+          f'new one is complete. Make room; {last}')
+
+
 def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool = False,
             cleanup: bool = False, compress: bool = True) -> ocp.CheckpointManager:
   """A manager of WORKDIR/checkpoints. `async_save`: saves return before the write (see `save`);
   `cleanup` (a training run, holding the workdir's lock): removes the temporary folders of saves a
-  crash cut short; `compress`: zstd on the arrays (reading takes either)."""
+  crash cut short; `compress`: zstd on the arrays (reading takes either). A save that finds the disk
+  full is a UserError naming the checkpoint and the space it needs (_Manager)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                          enable_async_checkpointing=async_save,
                                          cleanup_tmp_directories=cleanup)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options,
-                               item_handlers={'state': ocp.PyTreeCheckpointHandler(use_compression=compress),
-                                              'data': ocp.JsonCheckpointHandler(),
-                                              'meta': ocp.JsonCheckpointHandler(),
-                                              DIGESTS: ocp.JsonCheckpointHandler()})
+  return _Manager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
+                  item_handlers={'state': ocp.PyTreeCheckpointHandler(use_compression=compress),
+                                 'data': ocp.JsonCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler(),
+                                 DIGESTS: ocp.JsonCheckpointHandler()})
 
 
 def run_meta(cfg, vocab_size: int, tokenizer=None) -> dict:
