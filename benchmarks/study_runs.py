@@ -43,18 +43,9 @@ def train(experiment: str, arm: str, changes: dict, workdir: str, cache: str) ->
 
 
 def training_seconds(cfg, workdir: str) -> float:
-  """Seconds from each training start to its last record, summed over a run's stages, from their
-  goodput records: the run's real time, however many calls it took."""
-  seconds = 0.0
-  for run_dir in run_dirs(cfg, workdir):
-    began = last = None
-    for record in goodput.read_records(run_dir):
-      if record.get('event') == 'start':
-        seconds += (last - began) if began is not None else 0.0
-        began = record['time']
-      last = record['time']
-    seconds += (last - began) if began is not None else 0.0
-  return seconds
+  """The running time of a run's stages (goodput.running_seconds: from each training start to its end),
+  however many calls it took."""
+  return sum(goodput.running_seconds(goodput.read_records(run_dir)) for run_dir in run_dirs(cfg, workdir))
 
 
 def val_curve(cfg, workdir: str) -> list[tuple[float, float]]:

@@ -256,6 +256,7 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
       if proc == 0:
         bar.write(goodput.describe(account.summary()))
   finally:
+    account.close()
     mngr.wait_until_finished()
     profiler.close()
     bar.close()
