@@ -110,8 +110,8 @@ def test_truncated_checkpoint_is_named_and_an_older_one_can_be_chosen(reference,
 
 def test_damaged_array_bytes_stop_eval_generate_and_train_naming_the_older_checkpoint(reference,
                                                                                        tmp_path):
-  """Bytes overwritten inside the largest data file, its size unchanged: eval, generate and train each
-  exit 2 with the corrupt-checkpoint line (not a NaN loss, a garbage sample or a divergence)."""
+  """Bytes of the embedding table overwritten in place (no file changes size): eval, generate and train
+  each exit 2 with the corrupt-checkpoint line (not a NaN loss, a garbage sample or a divergence)."""
   cache, whole = reference
   workdir = tmp_path / 'w'
   first = command(workdir, cache, '--stop_at_step=8')
@@ -123,8 +123,9 @@ def test_damaged_array_bytes_stop_eval_generate_and_train_naming_the_older_check
     errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
     assert proc.returncode == 2 and len(errors) == 1, (mode, proc.returncode, proc.stderr[-2000:])
     assert 'Traceback' not in proc.stderr and 'sample' not in proc.stdout, mode
-    assert f'checkpoint {workdir}/checkpoints/8 is corrupt or truncated (DamagedArrays: ' in errors[0]
-    assert errors[0].endswith('--restore_step (available: [4])'), errors[0]
+    assert errors[0] == (f'error: checkpoint {workdir}/checkpoints/8 is corrupt or truncated (DamagedArrays: '
+                         f'the digest written at save differs for 1 array: params/embedding); '
+                         f'choose an older one with --restore_step (available: [4])'), errors[0]
   rerun_matches(workdir, cache, whole, '--restore_step=4')
 
 

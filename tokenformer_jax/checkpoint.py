@@ -325,4 +325,5 @@ def _verify(saved_digests: dict, state) -> None:
   bad = digests.mismatches(saved_digests, _by_path(state))
   if bad:
     shown = ', '.join(bad[:3]) + (f' and {len(bad) - 3} more' if len(bad) > 3 else '')
-    raise DamagedArrays(f'{len(bad)} of its arrays differ from the digests written at save: {shown}')
+    plural = 's' if len(bad) > 1 else ''
+    raise DamagedArrays(f'the digest written at save differs for {len(bad)} array{plural}: {shown}')

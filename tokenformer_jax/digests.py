@@ -45,23 +45,29 @@ def _as_uint32(x):
   return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
 
 
-def _index(shape: tuple):
-  """Each element's row-major global index, modulo 2^32."""
-  index = jnp.zeros(shape, jnp.uint32)
-  stride = 1
-  for axis in reversed(range(len(shape))):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
-    stride *= shape[axis]
-  return index
+def _hashes(x, extent: tuple):
+  """Each element's bits hashed with its row-major index in `extent` (the saved shape); 0 outside it
+  (a grown token table's new rows were not saved). Elementwise, so a sharded x stays as it is sharded."""
+  coords = [jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) for axis in range(x.ndim)]
+  index, stride = jnp.zeros(x.shape, jnp.uint32), 1
+  for axis in reversed(range(x.ndim)):
+    index = index + coords[axis] * jnp.uint32(stride % 2**32)
+    stride *= extent[axis]
+  h = _fmix32(_as_uint32(x) ^ (index * jnp.uint32(_GOLDEN)))
+  if tuple(extent) != tuple(x.shape):
+    inside = functools.reduce(jnp.logical_and, [c < n for c, n in zip(coords, extent)])
+    h = jnp.where(inside, h, jnp.uint32(0))
+  return h
 
 
 def _fold(v):
-  """The uint32 sum of v, taken _FOLD rows of axis 0 at a time.
+  """The uint32 sum of an array on one device, taken _FOLD rows of axis 0 at a time.
 
   XLA's CPU backend rewrites a long integer reduction into a reduce-window over a materialised copy of
   its input, several times slower than the hash itself; a reduction over a short axis stays fused with
   the elementwise work that feeds it. The barrier keeps each step from being fused into the next (which
-  would bring the long reduction back). The sum is exact, so the steps change nothing but the speed."""
+  would bring the long reduction back). The sum is exact, so the steps change nothing but the speed.
+  Not for sharded arrays: padding and reshaping a sharded axis could make XLA gather it."""
   while v.ndim > 0:
     rows = v.shape[0]
     if rows > _FOLD:
@@ -73,23 +79,29 @@ def _fold(v):
   return v
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _digest(x, extent: tuple):
-  """uint32: the sum over the leading `extent` of x (a grown token table's new rows are not part of
-  what was saved) of each element's bits hashed with its index."""
-  x = x[tuple(slice(0, n) for n in extent)]
-  return _fold(_fmix32(_as_uint32(x) ^ (_index(extent) * jnp.uint32(_GOLDEN))))
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _digest(x, extent: tuple, one_device: bool):
+  """uint32: the sum of _hashes. A sharded array is summed where it lies (each device its part, then
+  one all-reduce of a scalar), never gathered."""
+  h = _hashes(x, extent)
+  return _fold(h) if one_device else jnp.sum(h, dtype=jnp.uint32)
+
+
+def _on_one_device(x) -> bool:
+  return not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1
 
 
 def compute(arrays: dict, extents: dict | None = None) -> dict[str, str]:
   """{name: 8 hex digits} of every array of {name: array}; `extents` ({name: shape}) digests only the
   leading part of an array. Every process must call it (the reduction spans all devices)."""
-  extents = extents or {}
-  # one jit per array (compiled once per shape, shared by the parameters and their Adam moments),
-  # all dispatched before the first result is read
-  out = {name: _digest(x, tuple(extents.get(name, np.shape(x)))) for name, x in arrays.items()}
-  # each result is replicated: every process holds it whole
-  return {name: f'{int(np.asarray(d.addressable_shards[0].data)):08x}' for name, d in out.items()}
+  extents, out = extents or {}, {}
+  for name, x in arrays.items():
+    # one jit per shape (shared by the parameters and their Adam moments); each waited for before the
+    # next starts, so no two programs' collectives are ever in flight together (XLA's CPU backend can
+    # deadlock on that)
+    digest = _digest(x, tuple(extents.get(name, np.shape(x))), _on_one_device(x))
+    out[name] = f'{int(np.asarray(digest.addressable_shards[0].data)):08x}'   # replicated: here whole
+  return out
 
 
 def record(arrays: dict) -> dict:
