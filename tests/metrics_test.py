@@ -144,3 +144,13 @@ def test_records_written_before_attempts_were_numbered_count_as_attempt_zero(tmp
   writer.close()
   assert [(r['step'], r.get('attempt', 0), r['loss']) for r in metrics.kept_records(str(tmp_path))] == [
       (1, 0, 1.0), (2, 0, 2.0), (3, 1, 30.0)]
+
+
+def test_a_half_written_last_line_does_not_swallow_the_next_attempts_start(tmp_path):
+  (tmp_path / 'metrics.jsonl').write_text(json.dumps({'step': 2, 'loss': 2.0, 'attempt': 1}) + '\n'
+                                          + json.dumps({'step': 4, 'loss': 4.0, 'attempt': 1}) + '\n'
+                                          + '{"step": 6, "lo')   # killed while writing step 6
+  writer = MetricsWriter(str(tmp_path), start_step=2)
+  writer.write(3, {'loss': 30.0})
+  writer.close()
+  assert [(r['step'], r['attempt']) for r in metrics.kept_records(str(tmp_path))] == [(2, 1), (3, 2)]

@@ -19,6 +19,8 @@ import time
 
 import jax
 
+from tokenformer_jax import metrics
+
 FILE = 'goodput.jsonl'
 BADPUT = ('startup', 'data', 'eval', 'checkpoint', 'profile', 'redone', 'other')
 _TIMED = ('startup', 'data', 'eval', 'checkpoint', 'profile')
@@ -111,7 +113,7 @@ class Goodput:
   def _append(self, record: dict) -> None:
     if self._writes:
       os.makedirs(os.path.dirname(self._path), exist_ok=True)
-      with open(self._path, 'a', encoding='utf-8') as f:
+      with metrics.open_for_append(self._path) as f:
         f.write(json.dumps(record) + '\n')
 
   def add_window(self, last_step: int, steps: int, times: dict) -> None:

@@ -41,13 +41,25 @@ def _summary_writer_class():
 FILE = 'metrics.jsonl'
 
 
+def open_for_append(path: str):
+  """`path` opened to append JSON lines, after a newline if a killed writer left its last line half
+  written (else the first new record would be glued to it, and both lost)."""
+  with open(path, 'ab+') as f:
+    f.seek(0, os.SEEK_END)
+    if f.tell():
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b'\n':
+        f.write(b'\n')
+  return open(path, 'a', encoding='utf-8')
+
+
 class JsonlSink:
   """WORKDIR/metrics.jsonl: one JSON object per record, flushed as written (what sweeps read back),
   each with its attempt's number; an attempt that trains starts with its 'start' record."""
 
   def __init__(self, workdir: str, attempt: int, start_step: int | None):
     self._attempt = attempt
-    self._file = open(os.path.join(workdir, FILE), 'a', encoding='utf-8')
+    self._file = open_for_append(os.path.join(workdir, FILE))
     if start_step is not None:
       self._append({'event': 'start', 'step': int(start_step), 'time': time.time(), 'attempt': attempt})
 
