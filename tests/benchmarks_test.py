@@ -199,6 +199,20 @@ def test_checkpoint_stall_benchmark_times_sync_and_async_saves(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
+def test_digest_cost_benchmark_times_saves_and_restores_with_and_without_digests(tmp_path):
+  out = tmp_path / 'digests.json'
+  proc = _run([sys.executable, 'benchmarks/digest_cost.py', '--rounds=1', '--num_layers=1', '--d_model=64',
+               f'--workdir={tmp_path / "w"}', f'--json={out}'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads(out.read_text())['results']
+  assert [r['model'] for r in results] == ['tiny', 'large']
+  for r in results:
+    assert min(r['digest_first_s'], r['digest_s'], r['save_s'], r['save_plain_s'], r['restore_s'],
+               r['restore_plain_s'], r['async_call_s'], r['async_call_plain_s']) > 0
+    assert r['save_added_s'] == pytest.approx(r['save_s'] - r['save_plain_s'])
+  assert not (tmp_path / 'w').exists()
+
+
 def test_init_scale_compares_the_kinds_branches():
   proc = _run([sys.executable, 'benchmarks/init_scale.py', '--quick'])
   assert proc.returncode == 0, proc.stderr[-3000:]

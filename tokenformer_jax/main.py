@@ -76,10 +76,15 @@ _GROW_FROM = flags.DEFINE_string('grow_from', None,
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter of Orbax and grain (one line per file written); warnings still pass."""
+  """Drops INFO chatter of Orbax and grain (one line per file written); warnings still pass, except the
+  tracebacks Orbax's threads log for a full disk, which the run reports in its one error line."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     noisy = any(f'{os.sep}{name}{os.sep}' in record.pathname for name in ('orbax', 'grain'))
+    if noisy and record.exc_info:
+      from tokenformer_jax import checkpoint   # already loaded: only a run that saves gets here
+      if checkpoint.out_of_space(record.exc_info[1]):
+        return False
     return record.levelno >= std_logging.WARNING or not noisy
 
 

@@ -179,7 +179,8 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
       (first < 0) & ~(jnp.isfinite(m['loss']) & jnp.isfinite(m['grad_norm'])), step, first))
   bar = tqdm(total=end, initial=start, desc='train', unit='step', disable=proc != 0 or start >= end,
              dynamic_ncols=True, file=sys.stderr)
-  writer = metrics.MetricsWriter(workdir, cfg.metrics, cfg.to_dict())
+  writer = metrics.MetricsWriter(workdir, cfg.metrics, cfg.to_dict(),
+                                 start_step=start if start < end else None)   # None: trains nothing
   profiler = profiling.Profiler(t, workdir)
   window_steps, step_metrics, done = 0, None, start
   clock.add('startup', time.perf_counter() - started[0])   # config, data, restore or init
@@ -255,6 +256,7 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
       if proc == 0:
         bar.write(goodput.describe(account.summary()))
   finally:
+    account.close()
     mngr.wait_until_finished()
     profiler.close()
     bar.close()
