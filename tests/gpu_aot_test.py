@@ -19,21 +19,11 @@ from tests.conftest import ROOT
 from tokenformer_jax import aot, gpu_aot
 from tokenformer_jax.errors import UserError
 
-needs_plugin = pytest.mark.skipif(importlib.util.find_spec('jax_plugins.xla_cuda12') is None,
+needs_plugin = pytest.mark.skipif(not gpu_aot.compiler_installed(),
                                   reason=f'the CUDA plugin of JAX is not installed ({gpu_aot.INSTALL})')
-
-
-def _cudnn_present() -> bool:
-  try:
-    gpu_aot.require_cudnn()
-    return True
-  except UserError:
-    return False
-
-
-needs_cudnn = pytest.mark.skipif(importlib.util.find_spec('jax_plugins.xla_cuda12') is None
-                                 or not _cudnn_present(),
-                                 reason=f'cuDNN is not installed ({gpu_aot.CUDNN_INSTALL})')
+needs_cudnn = pytest.mark.skipif(not gpu_aot.cudnn_loadable(),
+                                 reason=f'the CUDA plugin of JAX or cuDNN is not installed ({gpu_aot.INSTALL}; '
+                                        f'{gpu_aot.CUDNN_INSTALL})')
 
 
 def tiny_config(**mesh):

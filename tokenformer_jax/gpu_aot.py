@@ -104,11 +104,23 @@ def memory_fraction() -> float:
   return DEFAULT_MEM_FRACTION
 
 
+def _installed(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:      # its parent package is absent
+    return False
+
+
+def compiler_installed() -> bool:
+  """Whether JAX's CUDA plugin (XLA:GPU) is installed: what every GPU compile needs."""
+  return _installed('jax_plugins.xla_cuda12')
+
+
 def _require_compiler() -> None:
-  if importlib.util.find_spec('jax_plugins.xla_cuda12') is None:
+  if not compiler_installed():
     raise UserError(f'--topology for a GPU needs the CUDA plugin of JAX (XLA:GPU, usable without a GPU): '
                     f'{INSTALL}')
-  if importlib.util.find_spec('nvidia.cuda_nvcc') is None and shutil.which('ptxas') is None:
+  if not _installed('nvidia.cuda_nvcc') and shutil.which('ptxas') is None:
     raise UserError(f'--topology for a GPU needs ptxas (CUDA\'s assembler, from nvidia-cuda-nvcc-cu12): '
                     f'{INSTALL}')
 
@@ -121,18 +133,23 @@ def topology_devices(topology: GpuTopology) -> list:
                                            target_config=spec_text(topology.chip)).devices)
 
 
-def require_cudnn() -> None:
-  """JAX lowers `implementation='cudnn'` attention only after asking the cuDNN library its version, even
-  when it only compiles; without the library that is a RuntimeError deep in tracing."""
+def cudnn_loadable() -> bool:
+  """Whether the cuDNN library answers JAX's version check. JAX lowers `implementation='cudnn'` attention
+  only after asking it, even when it only compiles; without it that is a RuntimeError deep in tracing."""
+  if not compiler_installed():
+    return False
   from jax._src.lib import cuda_versions  # pylint: disable=import-outside-toplevel
   try:
-    if cuda_versions is None:
-      raise RuntimeError('no CUDA version module')
-    cuda_versions.cudnn_get_version()
+    return cuda_versions is not None and cuda_versions.cudnn_get_version() > 0
   except RuntimeError:
+    return False
+
+
+def require_cudnn() -> None:
+  if not cudnn_loadable():
     raise UserError(f'attention_impl=cudnn (the GPU default in bfloat16) needs the cuDNN library for JAX\'s '
                     f'version check: {CUDNN_INSTALL} (716 MB), or compile with '
-                    '--config.model.attention_impl=xla') from None
+                    '--config.model.attention_impl=xla')
 
 
 def cudnn_attention_calls(hlo_text: str) -> int:
