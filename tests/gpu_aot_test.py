@@ -88,6 +88,14 @@ def test_missing_plugin(monkeypatch):
     gpu_aot.topology_devices(gpu_aot.parse_topology('h100:1'))
 
 
+def test_missing_cudnn_names_the_install(monkeypatch):
+  monkeypatch.setattr(gpu_aot, 'compiler_installed', lambda: False)
+  with pytest.raises(UserError, match=r"attention_impl=cudnn .* needs the cuDNN library .*pip install "
+                                      r"--no-deps 'nvidia-cudnn-cu12>=9.8,<10' \(716 MB\), or compile with "
+                                      r'--config.model.attention_impl=xla'):
+    gpu_aot.require_cudnn()
+
+
 @needs_plugin
 @pytest.mark.parametrize('chip', sorted(gpu_aot.SPEC_FILES))
 def test_each_spec_compiles_a_small_step(chip):
@@ -157,6 +165,16 @@ def test_tiny_on_8_h100_with_cudnn_attention():
   assert result['memory']['cudnn_workspace'] == 2 * 4 * 128 * 33 * 4
   assert result['collectives']['all-reduce'] > 0        # the data-parallel gradient sum
   assert 'attention     cudnn (2 cuDNN fused-attention calls' in aot.format_report(result)
+
+
+@needs_cudnn
+def test_cudnn_head_dim_jax_refuses_without_a_device():
+  """JAX checks cuDNN attention against a live device; without one it applies the pre-Hopper limits."""
+  c = tiny_config()
+  c.model.attention_impl, c.model.d_model, c.model.num_heads = 'cudnn', 512, 2    # head dim 256
+  with pytest.raises(UserError, match=r'JAX refuses attention_impl=cudnn here: The head dim must be <= 128 '
+                                      r'.*pre-Hopper limits.*--config.model.attention_impl=xla'):
+    aot.compile_train_step(c, 'h100:1')
 
 
 def run_cli(*args, env=None):

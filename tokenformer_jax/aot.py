@@ -183,8 +183,9 @@ def _lower(spec, cfg, targets, tokens, platform: str):
     if platform != 'gpu':
       raise
     # JAX asks a live device for Hopper features: a compile-only target counts as pre-Hopper
-    raise UserError(f'JAX refuses attention_impl={spec.model_cfg.attention_impl} for this model without '
-                    f'a GPU attached ({str(e).splitlines()[0]}); check the memory with '
+    raise UserError(f'JAX refuses attention_impl={spec.model_cfg.attention_impl} here: '
+                    f'{str(e).splitlines()[0]} (without a GPU attached JAX applies its pre-Hopper limits, '
+                    'which an A100 has too and an H100 or H200 may not); check the memory with '
                     '--config.model.attention_impl=xla') from None
 
 
