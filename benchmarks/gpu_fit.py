@@ -7,8 +7,8 @@ for bf16's default cuDNN attention: see docs/scaling.md).
 
 For each config and topology the step is compiled (aot.compile_train_step, the config as it is apart from
 train.grad_accum) at 1 and 2 sequences per device per micro-batch; the bytes per device grow about
-linearly in that number, so the two give a first guess of the largest power of two that fits; it is
-compiled, halved while it does not fit, doubled while the next one does. Every compile is a row of the
+linearly in that number, so the two give a first guess of the largest power of two that fits; from
+there a bisection over powers of two, by compiling, finds the largest that fits. Every compile is a row of the
 JSON, written as it comes; the table printed at the end has, per pair, the largest power-of-two
 micro-batch that fits and so the least grad_accum, or the 1-sequence row where nothing fits.
 """
@@ -56,8 +56,8 @@ def rows_per_device(spec: str, topology: str) -> int:
 
 def search(spec: str, topology: str, record) -> dict:
   """The row of the largest power-of-two micro-batch that fits (the 1-sequence row if none does): the
-  linear estimate from 1 and 2 sequences is the first guess, then halved until it fits and doubled while
-  the next one fits, so the answer is a compiled fact, not the estimate."""
+  linear estimate from 1 and 2 sequences is the first guess, then a bisection between powers of two
+  known to fit and not to fit, so the answer is a compiled fact, not the estimate."""
   per_device = rows_per_device(spec, topology)
   compiled = {}
 
@@ -70,14 +70,23 @@ def search(spec: str, topology: str, record) -> dict:
     return compiled[1]
   one, two = compiled[1], compiled[2]
   slope = max(two['total_gib'] - one['total_gib'], 1e-9)
-  micro = 2
-  while micro * 2 <= per_device and one['total_gib'] + (micro * 2 - 1) * slope <= one['budget_gib']:
-    micro *= 2
-  while not fits(micro):
-    micro //= 2
-  while micro * 2 <= per_device and fits(micro * 2):
-    micro *= 2
-  return compiled[micro]
+  guess = 2
+  while guess * 2 <= per_device and one['total_gib'] + (guess * 2 - 1) * slope <= one['budget_gib']:
+    guess *= 2
+  fitting, failing = 2, None            # powers of two known to fit / not to fit
+  if guess > fitting:
+    fitting, failing = (guess, None) if fits(guess) else (fitting, guess)
+  while True:
+    if failing is None:
+      if fitting * 2 > per_device:
+        break
+      fitting, failing = (fitting * 2, None) if fits(fitting * 2) else (fitting, fitting * 2)
+    elif failing == fitting * 2:
+      break
+    else:
+      middle = 2 ** ((fitting.bit_length() + failing.bit_length()) // 2 - 1)
+      fitting, failing = (middle, failing) if fits(middle) else (fitting, middle)
+  return compiled[fitting]
 
 
 def table(best_rows: list[dict]) -> str:
