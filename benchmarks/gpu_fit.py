@@ -27,6 +27,7 @@ from tokenformer_jax.errors import UserError  # noqa: E402
 _CONFIGS = flags.DEFINE_list('configs', ['experiments/pile.py:150m'], 'Experiment files (FILE:ARG).')
 _TOPOLOGIES = flags.DEFINE_list('topologies', ['h100:8'], '--mode=compile topologies.')
 _JSON = flags.DEFINE_string('json', None, 'Write every compile here as a JSON list of rows.')
+_TABLE_FROM = flags.DEFINE_string('table_from', None, 'Only print the table of this JSON (no compiles).')
 GIB = aot.GIB
 
 
@@ -89,21 +90,35 @@ def search(spec: str, topology: str, record) -> dict:
   return compiled[fitting]
 
 
-def table(best_rows: list[dict]) -> str:
-  lines = ['| config | topology | micro-batch per device | grad_accum | GiB per device | of | fits | attention |',
-           '|---|---|---|---|---|---|---|---|']
-  for r in best_rows:
-    lines.append(f'| {r["config"]} | {r["topology"]} | {r["micro_batch_per_device"]} | {r["grad_accum"]} | '
-                 f'{r["total_gib"]:.2f} | {r["budget_gib"]:.2f} | {"yes" if r["fits"] else "no"} | '
-                 f'{r["attention"]} |')
+def table(rows: list[dict]) -> str:
+  """Per config and topology: the least grad_accum that fits, and what half of it would need."""
+  pairs = {}
+  for r in rows:
+    pairs.setdefault((r['config'], r['topology']), []).append(r)
+  lines = ['| config | GPUs | grad_accum (sequences per GPU per micro-batch) | GiB per GPU (% of JAX\'s pool) | '
+           'at half the grad_accum | compile s |', '|---|---|---|---|---|---|']
+  for (spec, topology), compiled in pairs.items():
+    fitting = [r for r in compiled if r['fits']]
+    best = max(fitting or compiled, key=lambda r: r['micro_batch_per_device'] * (1 if fitting else -1))
+    half = [r for r in compiled if r['micro_batch_per_device'] == 2 * best['micro_batch_per_device']]
+    gib = lambda r: f'{r["total_gib"]:.2f} ({100 * r["total_gib"] / r["budget_gib"]:.0f}%)'
+    lines.append(
+        f'| {spec.split("/")[-1]} | {topology} | {best["grad_accum"]} ({best["micro_batch_per_device"]}) | '
+        f'{gib(best) if best["fits"] else gib(best) + ": does not fit"} | '
+        f'{gib(half[0]) + ": does not fit" if half else "(one micro-batch already)"} | '
+        f'{best["wall_s"]:.0f} |')
   return '\n'.join(lines)
 
 
 def main(argv):
   del argv
+  if _TABLE_FROM.value:
+    with open(_TABLE_FROM.value, encoding='utf-8') as f:
+      print(table(json.load(f)['rows']))
+    return
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update('jax_platforms', 'cpu')   # compiles only, as --mode=compile
-  rows, best_rows = [], []
+  rows = []
   machine = {**harness.machine(), 'jax_cuda12_plugin': importlib.metadata.version('jax-cuda12-plugin')}
 
   def record(row):
@@ -119,10 +134,10 @@ def main(argv):
   for spec in _CONFIGS.value:
     for topology in _TOPOLOGIES.value:
       try:
-        best_rows.append(search(spec, topology, record))
+        search(spec, topology, record)
       except UserError as e:
         raise UserError(f'{spec} on {topology}: {e}') from None
-  print(table(best_rows))
+  print(table(rows))
 
 
 if __name__ == '__main__':

@@ -116,7 +116,20 @@ def test_gpu_fit_finds_the_least_grad_accum(tmp_path):
   (row,) = json.loads(out.read_text())['rows']
   assert (row['micro_batch_per_device'], row['grad_accum'], row['fits']) == (1, 1, True)
   assert row['device_kind'] == 'NVIDIA H100 80GB HBM3' and 0 < row['total_gib'] < row['budget_gib']
-  assert '| experiments/tiny.py | h100:2x8 | 1 | 1 |' in proc.stdout
+  assert '| tiny.py | h100:2x8 | 1 (1) | ' in proc.stdout and '(one micro-batch already)' in proc.stdout
+
+
+def test_gpu_fit_table_from_saved_rows(tmp_path):
+  """The table of a saved run: per pair the largest micro-batch that fits, and the next one up."""
+  row = lambda micro, total: {'config': 'experiments/pile.py:1.5b', 'topology': 'h100:8',
+                              'micro_batch_per_device': micro, 'grad_accum': 128 // micro,
+                              'total_gib': total, 'budget_gib': 59.39, 'fits': total <= 59.39, 'wall_s': 30.0}
+  saved = tmp_path / 'fit.json'
+  saved.write_text(json.dumps({'rows': [row(1, 5.2), row(2, 5.7), row(64, 56.8), row(128, 109.1)]}))
+  proc = _run([sys.executable, 'benchmarks/gpu_fit.py', f'--table_from={saved}'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert ('| pile.py:1.5b | h100:8 | 2 (64) | 56.80 (96%) | 109.10 (184%): does not fit | 30 |'
+          in proc.stdout.splitlines())
 
 
 @pytest.mark.parametrize('args, message', [
