@@ -132,8 +132,8 @@ def _advice(result: dict) -> str:
   if result['remat'] == 'none':
     steps.append('model.remat=block (recompute each block in the backward pass)')
   if result['mesh_shape']['data'] > 1:
-    steps.append(f'shard parameters and optimizer state over all devices (mesh.data=1 mesh.fsdp=-1; now '
-                 f'data {result["mesh_shape"]["data"]} holds a full copy per group)')
+    steps.append(f'shard parameters and optimizer state over all devices (mesh.data=1 mesh.fsdp=-1; the '
+                 f'data axis of {result["mesh_shape"]["data"]} replicates them)')
   steps.append('or use more chips' if steps else 'use more chips')
   return '; '.join(steps)
 
