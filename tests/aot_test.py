@@ -53,9 +53,9 @@ def test_parse_topology():
   assert aot.parse_topology('v4:2x2x2').name == 'v4:2x2x2'
 
 
-@pytest.mark.parametrize('text', ['', 'v5e', 'v5x:2x2', 'v5e:0x2', 'v5e:2x2x2x2', 'v5e-16', 'tpu:2x2'])
+@pytest.mark.parametrize('text', ['', 'v5e', 'v5x:2x2', 'v5e:0x2', 'v5e:2x2x2x2', 'v5e-16', 'tpu:2x2', 'b200:8'])
 def test_malformed_topology(text):
-  with pytest.raises(UserError, match='malformed --topology'):
+  with pytest.raises(UserError, match=r'malformed --topology.*v5e:4x4.*GPU one of h100, h200, a100-80g'):
     aot.parse_topology(text)
 
 

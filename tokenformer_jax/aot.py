@@ -56,7 +56,8 @@ def parse_topology(text: str) -> Topology:
   match = _TOPOLOGY_RE.match((text or '').strip())
   if not match:
     raise UserError(f'unknown or malformed --topology={text!r}: expected CHIP:XxY[xZ] with CHIP one of '
-                    f'{", ".join(HBM_GIB)} (e.g. v5e:4x4, v5p:2x2x1)')
+                    f'{", ".join(HBM_GIB)} (e.g. v5e:4x4, v5p:2x2x1), or GPU:N or GPU:HOSTSxN with GPU one of '
+                    f'{", ".join(gpu_aot.SPEC_FILES)} (e.g. h100:8, h100:2x8)')
   chip, *dims = match.groups()
   return Topology(chip, tuple(int(d) for d in dims if d))
 
