@@ -33,7 +33,8 @@ _HEARTBEAT = flags.DEFINE_integer(
     'end with an error naming it (distributed.py).')
 
 # --- compile ---
-_TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice for --mode=compile: v5p:2x2x1, v5e:4x4, ...')
+_TOPOLOGY = flags.DEFINE_string('topology', None, 'For --mode=compile: a TPU slice (v5p:2x2x1, v5e:4x4, '
+                                 '...) or GPUs (h100:8, h200:8, a100-80g:8; h100:2x8 is 2 hosts of 8).')
 
 # --- train ---
 _STOP_AT = flags.DEFINE_integer('stop_at_step', None,
@@ -102,7 +103,7 @@ def main(argv):
     cfg = config_lib.from_flag(_CONFIG)
   except UserError as e:
     fail(e)
-  if _MODE.value == 'compile':  # no workdir, data or runtime: compiles for TPUs this machine lacks
+  if _MODE.value == 'compile':  # no workdir, data or runtime: compiles for chips this machine lacks
     from tokenformer_jax import aot
     try:
       aot.run(cfg, _TOPOLOGY.value)
