@@ -80,11 +80,11 @@ def test_killed_prepare_never_looks_complete_and_reuses_finished_shards(jsonl_fi
   real = prepare._write_batch  # pylint: disable=protected-access
   calls = []
 
-  def dies_in_the_third_shard(batch, tokenizer, writers):
+  def dies_in_the_third_shard(batch, tokenizer, writers, parallel):
     calls.append(writers)
     if len({id(w) for w in calls}) == 3:
       raise KeyboardInterrupt
-    real(batch, tokenizer, writers)
+    real(batch, tokenizer, writers, parallel)
 
   monkeypatch.setattr(prepare, '_write_batch', dies_in_the_third_shard)
   with pytest.raises(KeyboardInterrupt):

@@ -25,8 +25,10 @@ from tokenformer_jax.errors import UserError
 # Training a tokenizer reads at most this much text: an equal share from each input file, from its
 # start, in file order (deterministic), then at most 2M lines of it (tokenizer.training_sentences).
 TOKENIZER_SAMPLE_BYTES = 64 << 20
-_BATCH_DOCUMENTS = 512
-_BATCH_CHARS = 8 << 20
+# A batch of documents is encoded, then written; per core that encodes it, so a batch holds a bounded
+# share of the tokenizer's output and all cores get work.
+_BATCH_DOCUMENTS_PER_CORE = 64
+_BATCH_CHARS_PER_CORE = 1 << 20
 _STATE_DIR = '.prepare'
 
 
@@ -93,14 +95,18 @@ def _completed(task: Task) -> dict | None:
   return done
 
 
-def process(task: Task, tokenizer) -> dict:
-  """Writes the task's train and validation shards (or finds them complete); returns their entries."""
+def process(task: Task, tokenizer, parallel: bool = True) -> dict:
+  """Writes the task's train and validation shards (or finds them complete); returns their entries.
+
+  parallel: the tokenizer encodes on all cores (one process doing all the work); else on one core
+  (a Beam worker: the runner runs a worker per core)."""
   done = _completed(task)
   if done is not None:
     return done
   writers = {split: shards.Writer(os.path.join(task.output, shard_file(split, task.index, task.num_shards)),
                                   np.dtype(task.dtype), task.record_tokens)
              for split in manifest_lib.SPLITS}
+  cores = (os.cpu_count() or 1) if parallel else 1
   try:
     batch, chars = [], 0
     for path in task.files:
@@ -108,10 +114,10 @@ def process(task: Task, tokenizer) -> dict:
       for number, doc in enumerate(sources.documents(path, task.text_key)):
         batch.append((is_validation(f'{name}:{number}', task.validation_fraction), doc))
         chars += len(doc)
-        if len(batch) >= _BATCH_DOCUMENTS or chars >= _BATCH_CHARS:
-          _write_batch(batch, tokenizer, writers)
+        if len(batch) >= _BATCH_DOCUMENTS_PER_CORE * cores or chars >= _BATCH_CHARS_PER_CORE * cores:
+          _write_batch(batch, tokenizer, writers, parallel)
           batch, chars = [], 0
-    _write_batch(batch, tokenizer, writers)
+    _write_batch(batch, tokenizer, writers, parallel)
     entries = {split: w.close() for split, w in writers.items()}
   except BaseException:
     for w in writers.values():
@@ -122,10 +128,10 @@ def process(task: Task, tokenizer) -> dict:
   return done
 
 
-def _write_batch(batch, tokenizer, writers) -> None:
+def _write_batch(batch, tokenizer, writers, parallel: bool) -> None:
   if not batch:
     return
-  for (validation, _), ids in zip(batch, tokenizer.encode_documents([d for _, d in batch])):
+  for (validation, _), ids in zip(batch, tokenizer.encode_documents([d for _, d in batch], parallel)):
     writers['validation' if validation else 'train'].add(ids)
 
 
@@ -203,19 +209,20 @@ def run(opts: Options, beam_args: list[str] | None = None, log=print) -> dict:
   tasks = [Task(i, num_shards, group, opts.output, opts.text_key, opts.validation_fraction, dtype,
                 opts.record_tokens, key)
            for i, group in enumerate(plan_shards(files, sizes, num_shards))]
+  tokenizer_entry = {'file': tokenizer.file_name, 'kind': tokenizer.kind, 'sha256': tokenizer.sha256,
+                     'vocab_size': tokenizer.vocab_size, 'eos_id': tokenizer.eos_id}
   if beam_args is None:
     results = [process(t, tokenizer) for t in tasks]
   else:
     from tokenformer_jax.data import beam_pipeline  # pylint: disable=import-outside-toplevel
-    beam_pipeline.run(tasks, tokenizer.file_bytes, beam_args)
+    beam_pipeline.run(tasks, tokenizer, beam_args)
     results = [_completed(t) for t in tasks]
     missing = [t.index for t, r in zip(tasks, results) if r is None]
     if missing:
       raise UserError(f'the pipeline finished without shards {missing}; rerun to complete them')
   m = {'version': manifest_lib.VERSION, 'format': 'array_record', 'dtype': dtype,
        'record_tokens': opts.record_tokens, 'request': req, 'input_bytes': sum(sizes),
-       'tokenizer': {'file': tokenizer.file_name, 'kind': tokenizer.kind, 'sha256': tokenizer.sha256,
-                     'vocab_size': tokenizer.vocab_size, 'eos_id': tokenizer.eos_id},
+       'tokenizer': tokenizer_entry,
        'splits': {}}
   for split in manifest_lib.SPLITS:
     entries = [r['shards'][split] for r in results]
