@@ -97,6 +97,47 @@ def test_adopting_frozen_tau_is_explicit_and_leaves_the_config_alone(saved):
   assert adopted.model.n_ref_ffn == 200 and c.model.n_ref_ffn == 0
 
 
+def test_vocab_size_is_compared_by_what_it_resolves_to(saved):
+  mngr, _ = saved
+  meta = checkpoint.read_meta(mngr, 5)     # model.vocab_size 0 resolved to 128; no tokenizer size on record
+  for explicit in (128, 100):              # 100 is padded to 128 too
+    checkpoint.check_config(meta, _spec(vocab_size=explicit)[0], 5)
+  with pytest.raises(UserError, match=r'model.vocab_size: checkpoint 0, config 256 \(padded vocab: '
+                                      r'checkpoint 128, config 256\)'):
+    checkpoint.check_config(meta, _spec(vocab_size=256)[0], 5)
+  meta['config']['model']['vocab_size'], meta['vocab_size'] = 256, 256
+  checkpoint.check_config(meta, _spec(vocab_size=256)[0], 5)
+  with pytest.raises(UserError, match='model.vocab_size: checkpoint 256, config 0$'):
+    checkpoint.check_config(meta, _spec()[0], 5)     # what 0 meant for its tokenizer is not on record
+  meta['tokenizer_vocab_size'] = 200                 # it is: 0 means 200, padded to 256
+  checkpoint.check_config(meta, _spec()[0], 5)
+  meta['tokenizer_vocab_size'] = 120                 # 0 means 128 now
+  with pytest.raises(UserError, match=r'checkpoint 256, config 0 \(padded vocab: checkpoint 256, '
+                                      r'config 128\)'):
+    checkpoint.check_config(meta, _spec()[0], 5)
+
+
+def test_a_run_trained_with_vocab_0_resumes_and_evaluates_with_the_size_it_resolved_to(data_cache,
+                                                                                       tmp_path):
+  from tests.conftest import train_small
+  from tokenformer_jax import inference, train
+  c, workdir = train_small(tmp_path / 'w', data_cache, steps=2, checkpoint_every=2)
+  meta = checkpoint.read_meta(checkpoint.manager(workdir), 2)
+  assert c.model.vocab_size == 0 and meta['vocab_size'] == 512 and meta['tokenizer_vocab_size'] <= 512
+  other = c.copy_and_resolve_references()
+  other.model.vocab_size = 1024
+  for refused in (lambda: inference.load(other, workdir), lambda: train.train(other, workdir)):
+    with pytest.raises(UserError, match=r'of a different model config.*model.vocab_size: checkpoint 0, '
+                                        r'config 1024'):
+      refused()
+  explicit = c.copy_and_resolve_references()
+  explicit.model.vocab_size = 512
+  assert inference.load(explicit, workdir).vocab_size == 512
+  explicit.train.steps = 3
+  assert train.train(explicit, workdir).step == 3
+  assert inference.load(c, workdir).step == 3      # and back: 0 is what 512 was
+
+
 def test_one_restore_reads_the_parameters_alone(saved):
   mngr, state = saved
   _, spec = _spec()

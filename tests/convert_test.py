@@ -3,6 +3,7 @@ logits must equal the independent NumPy forward pass on the same weights; every 
 import os
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
@@ -125,6 +126,15 @@ def test_rotary_buffers_and_tied_head_are_checked():
   sd[f'sequential.{m.num_layers + 4}.word_embeddings.weight'] = sd['sequential.0.word_embeddings.weight']
   params = convert.to_params(sd, m, VOCAB)
   assert params['blocks/mlp/key_tokens'].shape == (2, 256, 64) and 'embedding' in params
+  # a bfloat16 run of the reference saves them (with rotary_save_freqs_buffer) in bfloat16
+  rounded = inv_freq.astype(ml_dtypes.bfloat16)
+  assert rounded[1] != np.float32(inv_freq[1])
+  sd['sequential.3.attention.rotary_emb.inv_freq'] = rounded
+  assert convert.to_params(sd, m, VOCAB).keys() == params.keys()
+  sd['sequential.3.attention.rotary_emb.inv_freq'] = (1.0 / 500000.0 ** (np.arange(0, 4, 2) / 4)).astype(
+      ml_dtypes.bfloat16)   # another rotary_base
+  with pytest.raises(UserError, match='sequential.3.attention.rotary_emb.inv_freq .2. differs'):
+    convert.to_params(sd, m, VOCAB)
   sd['sequential.2.attention.rotary_emb.inv_freq'] = np.ones(2, np.float32)
   sd[f'sequential.{m.num_layers + 4}.word_embeddings.weight'] = np.zeros((VOCAB, 64), np.float32)
   with pytest.raises(UserError, match='rotary frequencies') as err:

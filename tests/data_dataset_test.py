@@ -1,19 +1,22 @@
 """A run's data: raw text prepared once and never rebuilt silently, prepared datasets and mixtures,
 and the tokenizer as part of a checkpoint's identity."""
+import json
 import os
+import re
+import shutil
 
 import ml_collections
 import pytest
 
-from tests.conftest import tree_digest, write_hf_tokenizer
+from tests.conftest import FAST, error_line, run_main, tree_digest, write_hf_tokenizer
 from tokenformer_jax import checkpoint
-from tokenformer_jax.data import dataset, prepare
+from tokenformer_jax.data import dataset, pipeline, prepare
 from tokenformer_jax.errors import UserError
 
 
 def _cfg(**overrides):
-  fields = dict(prepared='', mixture='', corpus='kjv', tokenizer='', vocab_size=256, val_fraction=0.05,
-                text_key='text', cache_dir='', seq_len=32)
+  fields = dict(prepared='', mixture='', validation='', corpus='kjv', tokenizer='', vocab_size=256,
+                val_fraction=0.05, text_key='text', cache_dir='', seq_len=32)
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -102,7 +105,6 @@ def test_bad_dataset_settings(two_datasets, tmp_path, overrides, match):
 
 
 def test_damaged_datasets_are_named(two_datasets, tmp_path):
-  import shutil
   _, _, (d0, _) = two_datasets
   d = str(tmp_path / 'd')
   shutil.copytree(d0, d)
@@ -134,3 +136,79 @@ def test_checkpoint_refuses_another_tokenizer(two_datasets, tmp_path):
   with pytest.raises(UserError, match=f'step 7 was trained with tokenizer sha256 {run.tokenizer.sha256}, '
                                       f".*tokenizer is sha256 {other.sha256}"):
     checkpoint.check_tokenizer(meta, other, 7)
+
+
+def _raise_count(dataset_dir, key, by):
+  """Rewrites the manifest with the first train shard's `key` raised: valid JSON that lies."""
+  path = os.path.join(dataset_dir, 'manifest.json')
+  with open(path) as f:
+    m = json.load(f)
+  entry = m['splits']['train']['shards'][0]
+  entry[key] += by
+  with open(path, 'w') as f:
+    json.dump(m, f)
+  return entry
+
+
+@pytest.mark.parametrize('key', ['tokens', 'records'])
+def test_a_manifest_that_lies_about_a_shard_is_refused_when_opened(two_datasets, tmp_path, key):
+  _, _, (d0, _) = two_datasets
+  d = str(tmp_path / 'd')
+  shutil.copytree(d0, d)
+  entry = _raise_count(d, key, 22)
+  records, tokens = entry['records'] - (key == 'records') * 22, entry['tokens'] - (key == 'tokens') * 22
+  with pytest.raises(UserError, match=f'shard .*train-00000-of-00001.array_record holds {records} records '
+                                      f'of {tokens} tokens, but the manifest says {entry["records"]} '
+                                      f'records of {entry["tokens"]} tokens'):
+    dataset.open_run_data(_cfg(prepared=d), str(tmp_path / 'w'))
+
+
+def test_training_on_a_lying_manifest_stops_before_writing(two_datasets, tmp_path):
+  _, _, (d0, _) = two_datasets
+  d = str(tmp_path / 'd')
+  shutil.copytree(d0, d)
+  entry = _raise_count(d, 'tokens', 22)
+  code, _, err = run_main(*FAST, f'--config.data.prepared={d}',
+                          workdir=tmp_path / 'w')
+  assert code == 2, err
+  assert len([line for line in err.splitlines() if line.startswith('error: ')]) == 1
+  assert re.fullmatch(f'error: shard .*train-00000-of-00001.array_record holds .* tokens, but the '
+                      f'manifest says .* of {entry["tokens"]} tokens; prepare the dataset again',
+                      error_line(err)), err
+  assert not (tmp_path / 'w').exists()  # no metrics, no checkpoints, no workdir
+
+
+def test_data_validation_is_a_whole_dataset_of_the_same_tokenizer(two_datasets, tmp_path):
+  root, _, (d0, d1) = two_datasets
+  run = dataset.open_run_data(_cfg(prepared=d0, validation=d1), str(tmp_path / 'w'))
+  splits = [pipeline.Windows(d1, run.validation_manifest, s, 32) for s in ('train', 'validation')]
+  assert len(run.validation(32)) == sum(map(len, splits)) and min(map(len, splits)) > 0
+  assert run.validation(32)[0].tolist() == splits[0][0].tolist()
+  assert run.validation(32)[len(splits[0])].tolist() == splits[1][0].tolist()
+  with pytest.raises(UserError, match='data.validation=.*d0 is a dataset this run trains on'):
+    dataset.open_run_data(_cfg(mixture=f'{d1}:1,{d0}:1', validation=d0), str(tmp_path / 'w'))
+  other_tok = write_hf_tokenizer(tmp_path / 'other.json', vocab_size=280)
+  other = prepare.run(prepare.Options(inputs=str(root / '1.jsonl'), output=str(tmp_path / 'other'),
+                                      tokenizer=other_tok), log=lambda _: None)
+  with pytest.raises(UserError, match=f'data.validation=.*other was prepared with tokenizer sha256 '
+                                      f'{other["tokenizer"]["sha256"]}, the training data with '
+                                      f'{run.tokenizer.sha256}'):
+    dataset.open_run_data(_cfg(prepared=d0, validation=str(tmp_path / 'other')), str(tmp_path / 'w'))
+
+
+def test_no_validation_split_only_when_prepared_without_one(two_datasets, tmp_path):
+  root, tok, (d0, _) = two_datasets
+  assert dataset.open_run_data(_cfg(prepared=d0), str(tmp_path / 'w')).validation(32) is not None
+  for fraction in (0.0, 0.01):  # 0.01 of these two documents is none of them: a split, too small
+    out = str(tmp_path / f'd{fraction}')
+    (tmp_path / 'two.jsonl').write_text('{"text": "In the beginning"}\n{"text": "God created"}\n')
+    m = prepare.run(prepare.Options(inputs=str(tmp_path / 'two.jsonl'), output=out, tokenizer=tok,
+                                    validation_fraction=fraction), log=lambda _: None)
+    assert m['splits']['validation']['tokens'] == 0
+    run = dataset.open_run_data(_cfg(prepared=out), str(tmp_path / 'w'))
+    if fraction == 0.0:
+      assert run.validation(32) is None
+      assert 'prepared without a validation split' in run.no_validation_reason()
+    else:
+      with pytest.raises(UserError, match=r'validation split too small: .*\(validation\) has 0 tokens'):
+        pipeline.eval_batches(run.validation(32), 4, 1)

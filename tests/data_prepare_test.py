@@ -94,9 +94,14 @@ def test_killed_prepare_never_looks_complete_and_reuses_finished_shards(jsonl_fi
     manifest_lib.read(out)
   done = sorted(os.listdir(os.path.join(out, '.prepare')))
   assert len(done) == 2 and not [f for f in os.listdir(out) if f.endswith('.tmp')]
+  # what is left is the resumable state: the finished tasks' shards and their records, no tokenizer
+  assert sorted(os.listdir(out)) == ['.prepare'] + sorted(
+      prepare.shard_file(split, i, 4) for split in ('train', 'validation') for i in (0, 1))
   times = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out) if '-of-' in f}
   monkeypatch.setattr(prepare, '_write_batch', real)
-  m = prepare.run(opts)
+  said = []
+  m = prepare.run(opts, log=said.append)
+  assert said == [f'{out}: reusing 2 of 4 shards that an earlier prepare finished']
   reused = [f for f, t in times.items() if os.stat(os.path.join(out, f)).st_mtime_ns == t]
   assert len(reused) == 4  # train and validation shards of the two finished tasks
   assert m['splits']['train']['documents'] + m['splits']['validation']['documents'] == sum(
@@ -125,12 +130,19 @@ def _prepare_cli(*args):
 
 
 def test_cli_prepares_and_reports(jsonl_files, tmp_path):
-  code, out, err = _prepare_cli(f'--input={tmp_path}/in/*.jsonl', f'--output={tmp_path}/d',
-                                '--train_tokenizer=300', '--validation_fraction=0.1', '--',
-                                '--direct_num_workers=2')
+  args = (f'--input={tmp_path}/in/*.jsonl', f'--output={tmp_path}/d', '--train_tokenizer=300',
+          '--validation_fraction=0.1', '--', '--direct_num_workers=2')
+  code, out, err = _prepare_cli(*args)
   assert code == 0, err
-  assert 'train: ' in out and '4 shards' in out and 'sentencepiece, 300 ids' in out
-  assert manifest_lib.read(str(tmp_path / 'd'))['splits']['train']['tokens'] > 10_000
+  assert 'train: ' in out and '4 shards' in out and 'sentencepiece, 300 ids' in out and 'reusing' not in out
+  m = manifest_lib.read(str(tmp_path / 'd'))
+  assert m['splits']['train']['tokens'] > 10_000
+  os.remove(manifest_lib.path(str(tmp_path / 'd')))  # as if stopped before its last shard
+  os.remove(tmp_path / 'd' / '.prepare' / '00003-of-00004.json')
+  code, out, err = _prepare_cli(*args)
+  assert code == 0, err
+  assert f'{tmp_path}/d: reusing 3 of 4 shards that an earlier prepare finished' in out
+  assert manifest_lib.read(str(tmp_path / 'd')) == m
 
 
 @pytest.mark.parametrize('content, args, match', [
@@ -150,7 +162,50 @@ def test_cli_bad_input(tmp_path, content, args, match):
   assert code == 2 and error_line(err).startswith('error: ')
   assert len([l for l in err.splitlines() if l.startswith('error: ')]) == 1
   assert re.search(match, error_line(err)), error_line(err)
-  assert not os.path.exists(tmp_path / 'd' / 'manifest.json')
+  assert not os.path.exists(tmp_path / 'd')  # refused before any shard was finished: nothing left
+
+
+@pytest.mark.parametrize('content, beam_args', [
+    ('', None), ('\n  \n', []),                       # no text: found before any work
+    ('{"text": "fine"}\nnot json\n', None),           # bad input in the only shard: none finished
+    ('{"text": "fine"}\nnot json\n', [])])
+def test_a_failed_prepare_leaves_the_output_as_it_was(tmp_path, content, beam_args):
+  (tmp_path / 'in.jsonl').write_text(content)
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'notes.txt').write_text('mine')
+  before = tree_digest(out)
+  tok = write_hf_tokenizer(tmp_path / 'tokenizer.json')
+  with pytest.raises(UserError, match='has no text|not a JSON object'):
+    prepare.run(prepare.Options(inputs=str(tmp_path / 'in.jsonl'), output=str(out), tokenizer=tok),
+                beam_args=beam_args, log=lambda _: None)
+  assert sorted(os.listdir(out)) == ['notes.txt'] and tree_digest(out) == before
+
+
+def test_a_second_prepare_into_a_held_output_is_refused(jsonl_files, tmp_path):
+  from tokenformer_jax import workdir_lock
+  out = tmp_path / 'd'
+  with workdir_lock.hold_here(str(out)):  # as a prepare (or a run) in progress holds it
+    code, _, err = _prepare_cli(f'--input={tmp_path}/in/*.jsonl', f'--output={out}', '--train_tokenizer=300')
+    assert code == 2, err
+    assert [line for line in err.splitlines() if line.startswith('error: ')] == [error_line(err)]
+    assert re.fullmatch(f'error: {out} is in use by another run \\(host .*, pid {os.getpid()}, since .*',
+                        error_line(err)), err
+    assert os.listdir(out) == ['.lock']
+  assert not out.exists()
+
+
+def test_a_prepare_holds_its_output_until_done(jsonl_files, tmp_path, monkeypatch):
+  out = tmp_path / 'd'
+  real, seen = prepare.process, []
+
+  def process(task, tokenizer):
+    seen.append(os.path.exists(out / '.lock'))
+    return real(task, tokenizer)
+  monkeypatch.setattr(prepare, 'process', process)
+  prepare.run(prepare.Options(inputs=','.join(jsonl_files), output=str(out), train_vocab=300),
+              log=lambda _: None)
+  assert seen == [True] * 4 and not (out / '.lock').exists()
 
 
 def test_without_beam_installed_nothing_is_written(tmp_path, monkeypatch):

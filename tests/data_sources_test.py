@@ -39,6 +39,25 @@ def test_every_format_gives_the_same_documents(tmp_path):
   assert list(sources.documents(str(tmp_path / 'e.txt'))) == ['one document\nof two lines']
 
 
+def test_every_format_normalises_line_ends_alike(tmp_path):
+  saved = ['one document\r\nof two lines\n\n', 'another\n', '\n\nindented\r\n  text\r\n']
+  want = ['one document\nof two lines', 'another', '\n\nindented\n  text']
+  (tmp_path / 'a.jsonl').write_text(_jsonl(saved))
+  pq.write_table(pa.table({'text': saved}), tmp_path / 'b.parquet')
+  for k, doc in enumerate(saved):
+    (tmp_path / f'c{k}.txt').write_bytes(doc.encode())  # bytes: \r\n kept as saved
+  assert list(sources.documents(str(tmp_path / 'a.jsonl'))) == want
+  assert list(sources.documents(str(tmp_path / 'b.parquet'))) == want
+  assert [d for k in range(3) for d in sources.documents(str(tmp_path / f'c{k}.txt'))] == want
+
+
+def test_the_bundled_corpus_is_already_normalised():
+  """Normalising every format changed no document of the default corpus, so nor its tokens."""
+  books = sources.kjv_documents()
+  assert all(sources.normalize(book) == book for book in books)
+  assert list(sources.documents(sources.KJV)) == books
+
+
 def test_globs_sorted_and_deduplicated(tmp_path):
   for name in ('b.txt', 'a.txt', 'notes.md'):
     (tmp_path / name).write_text(name)

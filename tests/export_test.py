@@ -1,6 +1,9 @@
 """export.py: a checkpoint → the reference's .safetensors; import of it gives the same parameters bit
 for bit, and an independent PyTorch model with the reference's names loads it strictly and computes our
-logits. A τ-frozen (exact-grown) model is refused unless allowed."""
+logits. The rotary buffers are exported only when asked (the reference saves them only with
+rotary_save_freqs_buffer), and the file's metadata says what it is. A τ-frozen (exact-grown) model is
+refused unless allowed."""
+import importlib.metadata
 import json
 import struct
 
@@ -33,7 +36,7 @@ def test_export_then_import_gives_the_same_parameters_bit_for_bit(trained, tmp_p
   out = export.export(c, workdir, str(tmp_path / 'model.safetensors'))
   header = _header(out)
   assert header['sequential.0.word_embeddings.weight']['shape'] == [512, 64]
-  assert header['sequential.3.attention.rotary_emb.inv_freq']['dtype'] == 'F32'
+  assert not [name for name in header if 'rotary_emb' in name]   # the reference's default saves none
   convert.convert(c, str(tmp_path / 'imported'), out)   # reads it as a released checkpoint
   before = inference.load(c, workdir).params
   after = inference.load(c, str(tmp_path / 'imported')).params
@@ -56,6 +59,47 @@ def test_the_reference_pytorch_model_loads_it_strictly_and_computes_our_logits(t
     theirs = model(torch.from_numpy(tokens)).numpy()
   ours = np.asarray(nnx.merge(restored.graphdef, restored.params)(jnp.asarray(tokens)))
   assert np.max(np.abs(theirs - ours)) <= 1e-4 * np.max(np.abs(ours))
+
+
+def test_rotary_buffers_only_when_asked_for_a_reference_that_saves_them(trained, tmp_path):
+  """A reference built with rotary_save_freqs_buffer loads only a file with the buffers, one built
+  without it only a file without them; convert reads both to the same parameters."""
+  torch = pytest.importorskip('torch', reason='torch is an optional extra')
+  from safetensors.torch import load_file
+  from tests import reference_torch
+  c, workdir = trained
+  plain = export.export(c, workdir, str(tmp_path / 'plain.safetensors'))
+  buffers = export.export(c, workdir, str(tmp_path / 'buffers.safetensors'), rotary_buffers=True)
+  assert _header(buffers)['sequential.3.attention.rotary_emb.inv_freq']['dtype'] == 'F32'
+  restored = inference.load(c, workdir)
+  m, vocab = restored.spec.model_cfg, restored.vocab_size
+  reference_torch.TokenFormer(m, vocab, save_rotary_buffers=True).load_state_dict(load_file(buffers),
+                                                                                  strict=True)
+  with pytest.raises(RuntimeError, match='Missing key.*rotary_emb.inv_freq'):
+    reference_torch.TokenFormer(m, vocab, save_rotary_buffers=True).load_state_dict(load_file(plain),
+                                                                                    strict=True)
+  with pytest.raises(RuntimeError, match='Unexpected key.*rotary_emb.inv_freq'):
+    reference_torch.TokenFormer(m, vocab).load_state_dict(load_file(buffers), strict=True)
+  convert.convert(c, str(tmp_path / 'imported'), buffers)
+  after = inference.load(c, str(tmp_path / 'imported')).params
+  for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  del torch
+
+
+def test_the_file_says_what_it_is(trained, tmp_path):
+  """safetensors metadata: the model config, the tokenizer's sha256, our version, vocab and step."""
+  safetensors = pytest.importorskip('safetensors')
+  c, workdir = trained
+  out = export.export(c, workdir, str(tmp_path / 'model.safetensors'))
+  with safetensors.safe_open(out, 'np') as f:
+    meta = f.metadata()
+  restored = inference.load(c, workdir)
+  model = json.loads(meta['model_config'])
+  assert model == c.model.to_dict() and model['n_ffn'] == 256
+  assert meta['tokenizer_sha256'] == restored.meta['tokenizer_sha256'] and len(meta['tokenizer_sha256']) == 64
+  assert meta['tokenformer_jax_version'] == importlib.metadata.version('tokenformer_jax')
+  assert (meta['vocab_size'], meta['step'], meta['format']) == ('512', str(restored.step), 'pt')
 
 
 def test_bfloat16_export(trained, tmp_path):

@@ -182,3 +182,23 @@ def test_random_rows_do_not_depend_on_how_rows_are_split():
   assert not np.array_equal(full, growth.random_rows(3, 2, 2, 0, 10, 6))    # layers differ
   big = growth.random_rows(seed=0, leaf=0, layer=0, first=0, count=200, width=512)
   assert abs(big.mean()) < 0.01 and abs(big.std() - 1.0) < 0.01
+
+def test_a_grown_workdir_evaluates_and_generates_before_it_trains(tmp_path):
+  """The grown workdir has no prepared data of its own until it trains: eval and generate read the data
+  its source prepared (through a chain of growths), and write nothing there or in the source."""
+  from tests.conftest import FAST, run_main
+  source, grown, twice = tmp_path / 'source', tmp_path / 'grown', tmp_path / 'twice'
+  code, _, err = run_main(*FAST, workdir=source)
+  assert code == 0, err
+  before = tree_digest(source)
+  for dst, src, n_ffn in ((grown, source, 96), (twice, grown, 128)):
+    code, _, err = run_main(*FAST, f'--config.model.n_ffn={n_ffn}', '--mode=grow', f'--grow_from={src}',
+                            workdir=dst)
+    assert code == 0, err
+  code, out, err = run_main(*FAST, '--config.model.n_ffn=96', '--mode=eval', workdir=grown)
+  assert code == 0 and 'eval of step 2 on the validation split: loss' in out, err
+  code, out, err = run_main(*FAST, '--config.model.n_ffn=128', '--mode=generate', '--prompt=And God',
+                            '--max_new_tokens=3', workdir=twice)   # two growths back
+  assert code == 0 and 'And God' in out, err
+  assert tree_digest(source) == before
+  assert not (grown / 'data').exists() and not (twice / 'data').exists()

@@ -1,6 +1,10 @@
 """An independent PyTorch TokenFormer whose state_dict has the released checkpoints' names (GPT-NeoX
 sequential form, written from ../shared/REFERENCE.md): what `load_state_dict(strict=True)` of an exported
-file is checked against. τ = √n always, as in the reference."""
+file is checked against. τ = √n always, as in the reference.
+
+The rotary frequencies are a buffer that the reference's state dict holds only when it is built with its
+`rotary_save_freqs_buffer` option (default off: the buffer is registered non-persistent, so its checkpoints
+lack it and a strict load refuses it); `save_rotary_buffers` mirrors that option."""
 import math
 
 import torch
@@ -23,21 +27,22 @@ class Pattention(nn.Module):
 
 class Rotary(nn.Module):
 
-  def __init__(self, dim: int, base: float):
+  def __init__(self, dim: int, base: float, persistent: bool):
     super().__init__()
-    self.register_buffer('inv_freq', 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    self.register_buffer('inv_freq', 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim),
+                         persistent=persistent)
 
 
 class Attention(nn.Module):
 
-  def __init__(self, m):
+  def __init__(self, m, save_rotary_buffers: bool):
     super().__init__()
     d = m.d_model
     self.query, self.key, self.value = (Pattention(m.n_qkv, d, d) for _ in range(3))
     self.proj = Pattention(m.n_proj, d, d)
     self.heads, self.head_dim = m.num_heads, d // m.num_heads
     self.rot = int(self.head_dim * m.rotary_pct) // 2 * 2
-    self.rotary_emb = Rotary(self.rot, m.rotary_base)
+    self.rotary_emb = Rotary(self.rot, m.rotary_base, save_rotary_buffers)
 
   def _rotate(self, x, cos, sin):
     r, half = self.rot, self.rot // 2
@@ -59,10 +64,10 @@ class Attention(nn.Module):
 
 class Layer(nn.Module):
 
-  def __init__(self, m):
+  def __init__(self, m, save_rotary_buffers: bool):
     super().__init__()
     self.eps = m.ln_eps
-    self.attention = Attention(m)
+    self.attention = Attention(m, save_rotary_buffers)
     self.mlp = Pattention(m.n_ffn, m.d_model, m.d_model)
 
   def forward(self, x):
@@ -94,10 +99,11 @@ class Norm(nn.Module):
 class TokenFormer(nn.Module):
   """sequential: 0 embedding, 1 (no parameters), 2..L+1 layers, L+2 (no parameters), L+3 final norm."""
 
-  def __init__(self, m, vocab: int):
+  def __init__(self, m, vocab: int, save_rotary_buffers: bool = False):
     super().__init__()
     self.sequential = nn.Sequential(Embedding(vocab, m.d_model), nn.Identity(),
-                                    *(Layer(m) for _ in range(m.num_layers)), nn.Identity(),
+                                    *(Layer(m, save_rotary_buffers) for _ in range(m.num_layers)),
+                                    nn.Identity(),
                                     Norm(m.d_model, m.ln_eps))
 
   def forward(self, tokens):

@@ -1,6 +1,7 @@
 """End-to-end training on the bundled corpus: learning, exact stop/resume, gradient accumulation, the
 time breakdown and MFU of each log window."""
 import json
+import os
 
 import jax
 import numpy as np
@@ -99,3 +100,57 @@ def test_each_window_breaks_down_its_time_and_logs_mfu_against_the_given_peak(da
     assert r['tokens_per_s'] == pytest.approx(
         2 * c.train.batch_size * c.data.seq_len / (r['time_step_s'] + r['time_data_s']))
   assert 0 < windows[-1]['goodput'] < 1
+
+
+@pytest.fixture(scope='module')
+def no_validation_set(data_cache, tmp_path_factory):
+  """The bundled corpus prepared with the defaults (no validation split) and a one-verse dataset, both
+  with the tokenizer of `data_cache` (whose own dataset has both splits)."""
+  from tokenformer_jax.data import dataset, prepare
+  c = small_config(data_cache)
+  tok = dataset.open_run_data(c.data, str(tmp_path_factory.mktemp('w'))).tokenizer
+  root = tmp_path_factory.mktemp('prepared')
+  tok_file = root / tok.file_name
+  tok_file.write_bytes(tok.file_bytes)
+  (root / 'verse.txt').write_text('In the beginning God created the heaven and the earth.\n')
+  for name, inputs in [('kjv', 'kjv'), ('verse', str(root / 'verse.txt'))]:
+    prepare.run(prepare.Options(inputs=inputs, output=str(root / name), tokenizer=str(tok_file)),
+                log=lambda _: None)
+  return str(root / 'kjv'), str(root / 'verse')
+
+
+def _short(c):
+  c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2, 4
+  return c
+
+
+def test_a_dataset_without_validation_trains_without_evaluating(data_cache, no_validation_set, tmp_path,
+                                                                 caplog):
+  c = _short(small_config(data_cache))
+  c.data.prepared = no_validation_set[0]
+  result = train.train(c, str(tmp_path))
+  assert result.step == 4 and sorted(result.train_losses) == [2, 4] and result.val_losses == {}
+  assert caplog.text.count('training without evaluation') == 1, caplog.text
+  assert 'prepared without a validation split' in caplog.text
+  with open(tmp_path / 'metrics.jsonl') as f:
+    assert not [r for r in map(json.loads, f) if 'val_loss' in r]
+  from tokenformer_jax import evaluate
+  with pytest.raises(UserError, match='nothing to evaluate: .*prepared without a validation split.*'
+                                      'give --eval_file=FILE or data.validation=DIR'):
+    evaluate.run(c, str(tmp_path))
+
+
+def test_data_validation_names_a_separate_dataset(data_cache, no_validation_set, tmp_path):
+  c = _short(small_config(data_cache))
+  c.data.prepared, c.data.validation = no_validation_set[0], data_cache
+  result = train.train(c, str(tmp_path))
+  assert sorted(result.val_losses) == [2, 4] and all(np.isfinite(list(result.val_losses.values())))
+
+
+def test_a_small_validation_set_is_still_refused(data_cache, no_validation_set, tmp_path):
+  c = _short(small_config(data_cache))
+  c.data.prepared, c.data.validation = no_validation_set
+  with pytest.raises(UserError, match=r'validation split too small: .*verse \(train \+ validation\) has '
+                                      r'\d+ tokens, 0 windows of length 65, fewer than batch 8'):
+    train.train(c, str(tmp_path))
+  assert not (tmp_path).exists() or not os.listdir(tmp_path)

@@ -62,3 +62,18 @@ def test_second_training_run_on_a_held_workdir(tmp_path):
   assert sorted(os.listdir(workdir)) == [workdir_lock.FILE]
   code, _, err = run_main(*FAST, '--stop_at_step=0', workdir=tmp_path / 'x')
   assert code == 2 and '--stop_at_step must be positive' in error_line(err), err
+
+
+def test_hold_here_locks_for_one_process_without_jax(tmp_path):
+  """A prepare's lock: the same file and refusal, taken without importing jax (Beam workers import
+  the prepare code and stay lean)."""
+  with workdir_lock.hold_here(str(tmp_path / 'd')):
+    with pytest.raises(UserError, match=f'in use by another run \\(host {socket.gethostname()}, pid '
+                                        f'{os.getpid()}'):
+      with workdir_lock.hold(str(tmp_path / 'd')):
+        pass
+  assert not (tmp_path / 'd').exists()  # created by the lock, released empty
+  code = ('import sys; from tokenformer_jax import workdir_lock; from tokenformer_jax.data import prepare; '
+          f'cm = workdir_lock.hold_here({str(tmp_path / "e")!r}); cm.__enter__(); '
+          "assert 'jax' not in sys.modules, 'jax imported'")
+  subprocess.run([sys.executable, '-c', code], check=True, timeout=120)

@@ -50,10 +50,12 @@ def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool =
 
 def run_meta(cfg, vocab_size: int, tokenizer=None) -> dict:
   """What is saved beside the arrays: the config (as JSON), the model's padded vocab size and the
-  sha256 of the tokenizer whose ids it was trained on."""
+  sha256 and size of the tokenizer whose ids it was trained on (the size says what model.vocab_size=0
+  means for this checkpoint, see resolved_vocab)."""
   meta = {'config': cfg.to_dict(), 'vocab_size': vocab_size}
   if tokenizer is not None:
     meta['tokenizer_sha256'] = tokenizer.sha256
+    meta['tokenizer_vocab_size'] = tokenizer.vocab_size
   return meta
 
 
@@ -123,10 +125,25 @@ def adopt_frozen_tau(cfg, saved_meta: dict) -> ml_collections.ConfigDict:
   return out
 
 
-def model_differences(saved_model: dict, m, ignore: tuple = ()) -> list[str]:
+def resolved_vocab(m, saved_meta: dict) -> int | None:
+  """The padded vocabulary that model config m means with the checkpoint's tokenizer
+  (config.padded_vocab): an explicit model.vocab_size rounded up to 128, 0 the tokenizer's size rounded
+  up. None where m leaves it to the tokenizer and the checkpoint does not say what that came to (one
+  saved before run_meta recorded the tokenizer's size, with an explicit model.vocab_size)."""
+  tokenizer_vocab = saved_meta.get('tokenizer_vocab_size')
+  if m.vocab_size or tokenizer_vocab is not None:
+    return config_lib.padded_vocab(m, tokenizer_vocab or 0)
+  if not saved_meta['config'].get('model', {}).get('vocab_size'):
+    return saved_meta['vocab_size']     # 0 then and now: the same tokenizer's size (sha256-checked)
+  return None
+
+
+def model_differences(saved_model: dict, m, ignore: tuple = (), saved_meta: dict | None = None) -> list[str]:
   """'model.KEY: checkpoint OLD, config NEW' for every model key that defines the function and
   differs: all keys but config.RUNTIME_MODEL_KEYS, INIT_MODEL_KEYS and `ignore`. A key the checkpoint's
-  config lacks (saved before the key existed) counts as its base_config default."""
+  config lacks (saved before the key existed) counts as its base_config default. Given the checkpoint's
+  `saved_meta`, model.vocab_size is compared by what it resolves to (resolved_vocab) against the padded
+  vocabulary the checkpoint was built with, so 0 and the size it stands for are the same model."""
   defaults = config_lib.base_config().model
   skip = set(config_lib.RUNTIME_MODEL_KEYS) | set(config_lib.INIT_MODEL_KEYS) | set(ignore)
   diffs = []
@@ -134,6 +151,14 @@ def model_differences(saved_model: dict, m, ignore: tuple = ()) -> list[str]:
     if key in skip:
       continue
     old = saved_model.get(key, defaults.get(key))
+    if key == 'vocab_size' and saved_meta is not None:
+      now = resolved_vocab(m, saved_meta)
+      if now == saved_meta['vocab_size']:
+        continue
+      if now is not None:
+        diffs.append(f'model.{key}: checkpoint {old!r}, config {m[key]!r} (padded vocab: checkpoint '
+                     f'{saved_meta["vocab_size"]}, config {now})')
+        continue
     if old != m[key]:
       diffs.append(f'model.{key}: checkpoint {old!r}, config {m[key]!r}')
   return diffs
@@ -143,7 +168,7 @@ def check_config(saved_meta: dict, cfg, step: int) -> None:
   """Refuses a checkpoint whose model config differs from cfg (see adopt_frozen_tau for the frozen-τ
   counts a grown checkpoint carries; the tokenizer is checked by its sha256, check_tokenizer)."""
   saved = saved_meta['config']
-  diffs = model_differences(saved.get('model', {}), cfg.model)
+  diffs = model_differences(saved.get('model', {}), cfg.model, saved_meta=saved_meta)
   if diffs:
     raise UserError(f'the workdir holds a checkpoint (step {step}) of a different model config; use '
                     f'another --workdir or the same config. Differences: ' + '; '.join(diffs))

@@ -63,6 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.prepared = ''                # a dataset made by `python -m tokenformer_jax.prepare` (then corpus,
                                  # tokenizer, vocab_size, val_fraction, text_key are its own)
   d.mixture = ''                 # or several: 'DIR1:WEIGHT,DIR2:WEIGHT' (validation: DIR1's)
+  d.validation = ''              # a prepared dataset (same tokenizer) evaluated, all of it, instead of
+                                 # the training data's validation split
   # Raw text instead, prepared in-process into cache_dir on first use (the same format):
   d.corpus = 'kjv'               # 'kjv' (ships with the install) or comma-separated files / globs
   d.tokenizer = ''               # a sentencepiece .model or a tokenizer.json; '' trains a BPE

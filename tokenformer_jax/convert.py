@@ -13,9 +13,11 @@ Names, reference → ours, for L layers (layer i at sequential index i + 2), d =
                                                         → blocks/{query,key,value,proj}/{key,value}_tokens[i]
   sequential.{i+2}.mlp.{key,value}_param_tokens [n_ffn, d] → blocks/mlp/{key,value}_tokens[i]
   sequential.{L+3}.norm.{weight,bias} [d]               → final_norm_{scale,bias}
-Also accepted, checked and dropped: rotary `...attention.rotary_emb.inv_freq` buffers (must equal the
-config's frequencies) and a tied copy of the embedding at index L+4 (must equal index 0). Any name
-missing, unexpected or of another shape is an error that lists every problem and the sizes the file has.
+Also accepted, checked and dropped: rotary `...attention.rotary_emb.inv_freq` buffers, which only a
+reference run with `rotary_save_freqs_buffer` saves (they must equal the config's frequencies, to the
+bfloat16 rounding the reference stores them with), and a tied copy of the embedding at index L+4 (must
+equal index 0). Any name missing, unexpected or of another shape is an error that lists every problem
+and the sizes the file has.
 
 The result is a params-only checkpoint at step 0 whose meta records the source file: --mode=generate and
 --mode=eval read it; training cannot resume from it (it has no optimizer or data-iterator state).
@@ -36,6 +38,10 @@ from tokenformer_jax.errors import UserError
 TORCH_FILES = ('.bin', '.pt', '.pth')
 _WRAPPERS = ('module', 'state_dict', 'model')   # keys that trainers nest a state dict under
 _INSTALL = "pip install 'tokenformer_jax[torch]'"
+# The reference saves its rotary buffers (with rotary_save_freqs_buffer) in the parameters' dtype, so
+# a bfloat16 run's are rounded to 8 significant bits: within 2^-8 of the exact values, plus the float32
+# computation's last bit.
+INV_FREQ_RTOL = 2.0 ** -7
 
 
 def _read_safetensors(path: str) -> dict:
@@ -139,7 +145,8 @@ def to_params(state: dict[str, np.ndarray], m, vocab_size: int) -> dict[str, np.
       else:
         layers.setdefault(path, {})[layer] = array.astype(np.float32, copy=False)
     elif re.fullmatch(r'sequential\.\d+\.attention\.rotary_emb\.inv_freq', name):
-      if array.shape != inv_freq.shape or not np.allclose(array, inv_freq, rtol=1e-5):
+      if array.shape != inv_freq.shape or not np.allclose(array.astype(np.float32), inv_freq,
+                                                           rtol=INV_FREQ_RTOL, atol=0):
         problems.append(f'{name} {list(array.shape)} differs from the config\'s rotary frequencies '
                         f'(rotary_pct {m.rotary_pct}, rotary_base {m.rotary_base}: {inv_freq.size} values)')
     elif name == f'sequential.{m.num_layers + 4}.word_embeddings.weight':

@@ -111,15 +111,19 @@ def run(cfg, workdir: str, eval_file: str | None = None, step: int | None = None
   text = read_text(eval_file) if eval_file else None
   restored = inference.load(cfg, workdir, step)
   if text is not None:
-    tokenizer = dataset_lib.tokenizer_for_inference(cfg.data, workdir)
+    tokenizer = dataset_lib.tokenizer_for_inference(inference.data_config(cfg, workdir, restored), workdir)
     inference.check_tokenizer(tokenizer, restored)
     result = evaluate_text(restored.spec, cfg, restored.params, tokenizer, text)
   else:
-    run_data = dataset_lib.open_run_data(cfg.data, workdir, create=False)
+    run_data = dataset_lib.open_run_data(inference.data_config(cfg, workdir, restored), workdir,
+                                         create=False)
     inference.check_tokenizer(run_data.tokenizer, restored)
-    result = evaluate_split(restored.spec, cfg, restored.params, run_data.tokenizer,
-                            run_data.validation(cfg.data.seq_len))
+    validation = run_data.validation(cfg.data.seq_len)
+    if validation is None:
+      raise UserError(f'nothing to evaluate: {run_data.no_validation_reason()}; give --eval_file=FILE or '
+                      f'data.validation=DIR')
+    result = evaluate_split(restored.spec, cfg, restored.params, run_data.tokenizer, validation)
   if jax.process_index() == 0:
-    what = eval_file or 'the validation split'
+    what = eval_file or cfg.data.validation or 'the validation split'
     print(f'eval of step {restored.step} on {what}: {result.line()}', file=out, flush=True)
   return result

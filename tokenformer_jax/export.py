@@ -9,13 +9,19 @@ Any checkpoint (trained, grown, imported; saved on any mesh, by any number of pr
 onto this run's mesh, then written one tensor at a time: each of our stacked [L, n, d] tables is gathered
 whole (the only thing held whole), split into the reference's per-layer tensors and appended to the file,
 whose header (names, dtypes, shapes, offsets) is known before any array is read. Only process 0
-writes, to a temporary name renamed at the end. Besides the parameters the file holds each layer's
-rotary `attention.rotary_emb.inv_freq` buffer (the reference registers it, so a strict load wants it).
+writes, to a temporary name renamed at the end.
+
+The file holds the parameters only: the reference registers its rotary `attention.rotary_emb.inv_freq`
+buffers as non-persistent unless it runs with `rotary_save_freqs_buffer` (default off), so its strict load
+refuses them. `--export_rotary_buffers` adds them, for a reference model built with that option. The
+header's `__metadata__` says what the file is: the model config (JSON), the padded vocab, the step, the
+tokenizer's sha256 (when the checkpoint records one) and the tokenformer_jax version.
 
 A model with τ frozen by exact growth (n_ref_* ≠ n_*) computes Θ with τ = √n_ref, which the reference
 code cannot express (it always uses τ = √n). It is refused unless `allow_tau_change`, which exports the
 same parameters and reports how far the logits move on a sample when τ becomes √n.
 """
+import importlib.metadata
 import json
 import os
 import struct
@@ -43,24 +49,48 @@ def frozen_tau(m) -> list[str]:
           if m[f'n_ref_{g}'] and m[f'n_ref_{g}'] != m[f'n_{g}']]
 
 
-def _layout(m, vocab: int) -> list[tuple[str, str, int | None, tuple]]:
-  """(reference name, our params path or 'inv_freq', layer, shape), in the file's order."""
+def _layout(m, vocab: int, rotary_buffers: bool) -> list[tuple[str, str, int | None, tuple]]:
+  """(reference name, our params path or 'inv_freq', layer, shape), in the file's order; the rotary
+  buffers only when asked (`rotary_buffers`)."""
   by_path = {}
   for name, (path, layer, shape) in convert.expected_names(m, vocab).items():
     by_path.setdefault(path, []).append((name, path, layer, shape))
   rows = []
   for path in sorted(by_path):
     rows += sorted(by_path[path], key=lambda r: (r[2] is not None, r[2] or 0, r[0]))
-  rot = convert.rotary_inv_freq(m)
-  rows += [(f'sequential.{i + 2}.attention.rotary_emb.inv_freq', 'inv_freq', i, rot.shape)
-           for i in range(m.num_layers)]
+  if rotary_buffers:
+    rot = convert.rotary_inv_freq(m)
+    rows += [(f'sequential.{i + 2}.attention.rotary_emb.inv_freq', 'inv_freq', i, rot.shape)
+             for i in range(m.num_layers)]
   return rows
 
 
-def _header(rows, dtype_name: str) -> bytes:
-  """The safetensors header: 8-byte little-endian length, then JSON names → dtype, shape, offsets."""
+def package_version() -> str:
+  """The installed distribution's version (a checkout run without installing has none)."""
+  try:
+    return importlib.metadata.version('tokenformer_jax')
+  except importlib.metadata.PackageNotFoundError:
+    return 'unknown (not installed)'
+
+
+def file_metadata(restored, model_cfg) -> dict[str, str]:
+  """The safetensors `__metadata__` (string → string): what the file is and where it came from.
+  model_cfg: the run's model config with the checkpoint's frozen τ (the model the parameters are of;
+  check_config has compared it with the checkpoint's). 'format': 'pt' is the key Hugging Face loaders
+  look for in PyTorch-layout files."""
+  meta = {'format': 'pt', 'tokenformer_jax_version': package_version(),
+          'model_config': json.dumps(model_cfg.to_dict(), sort_keys=True),
+          'vocab_size': str(restored.vocab_size), 'step': str(restored.step)}
+  if restored.meta.get('tokenizer_sha256'):
+    meta['tokenizer_sha256'] = restored.meta['tokenizer_sha256']
+  return meta
+
+
+def _header(rows, dtype_name: str, metadata: dict[str, str]) -> bytes:
+  """The safetensors header: 8-byte little-endian length, then JSON names → dtype, shape, offsets
+  (and `__metadata__`)."""
   itemsize = np.dtype(DTYPES[dtype_name][0]).itemsize
-  table, offset = {}, 0
+  table, offset = {'__metadata__': metadata}, 0
   for name, path, _, shape in rows:
     code = 'F32' if path == 'inv_freq' else DTYPES[dtype_name][1]
     size = int(np.prod(shape)) * (4 if path == 'inv_freq' else itemsize)
@@ -93,8 +123,9 @@ def logit_shift(restored, cfg) -> float:
 
 
 def export(cfg, workdir: str, out_file: str, step: int | None = None, dtype: str = 'float32',
-           allow_tau_change: bool = False) -> str:
-  """Writes the workdir's latest (or `step`) checkpoint as `out_file`; returns its path."""
+           allow_tau_change: bool = False, rotary_buffers: bool = False) -> str:
+  """Writes the workdir's latest (or `step`) checkpoint as `out_file`; returns its path. `rotary_buffers`:
+  also each layer's rotary inv_freq (for a reference built with rotary_save_freqs_buffer)."""
   if not out_file or not out_file.endswith('.safetensors'):
     raise UserError(f'--mode=export writes a .safetensors file: pass --checkpoint_file=OUT.safetensors '
                     f'(got {out_file or "nothing"})')
@@ -116,7 +147,8 @@ def export(cfg, workdir: str, out_file: str, step: int | None = None, dtype: str
                       f'how far), or grow with growth.policy=paper (τ = √n) and train on')
     logging.warning('%s: exporting as asked (--allow_tau_change); on a sample the logits move by up to '
                     '%.3g of their largest magnitude', why, logit_shift(restored, cfg))
-  rows = _layout(m, restored.vocab_size)
+  rows = _layout(m, restored.vocab_size, rotary_buffers)
+  metadata = file_metadata(restored, checkpoint.adopt_frozen_tau(cfg, restored.meta).model)
   flat = {checkpoint.path_string(path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(restored.params)[0]}
   np_dtype = DTYPES[dtype][0]
@@ -125,7 +157,7 @@ def export(cfg, workdir: str, out_file: str, step: int | None = None, dtype: str
   try:
     f = open(tmp, 'wb') if writer else None  # pylint: disable=consider-using-with
     if f:
-      f.write(_header(rows, dtype))
+      f.write(_header(rows, dtype, metadata))
     current_path, whole = None, None
     inv_freq = convert.rotary_inv_freq(m).astype(np.float32)
     for _, path, layer, _ in rows:

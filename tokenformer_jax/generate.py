@@ -202,7 +202,7 @@ def run(cfg, workdir: str, prompts: list[str], max_new_tokens: int, sampling: Sa
         step: int | None = None, out=sys.stdout) -> list[str]:
   """Samples continuations of `prompts` from the workdir's latest (or given) checkpoint; prints them."""
   restored = inference.load(cfg, workdir, step)
-  tokenizer = dataset_lib.tokenizer_for_inference(cfg.data, workdir)
+  tokenizer = dataset_lib.tokenizer_for_inference(inference.data_config(cfg, workdir, restored), workdir)
   inference.check_tokenizer(tokenizer, restored)
   generator = Generator(restored.graphdef, context=cfg.data.seq_len, vocab_limit=tokenizer.vocab_size,
                         eos_id=tokenizer.eos_id, sampling=sampling)

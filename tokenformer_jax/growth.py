@@ -35,12 +35,15 @@ from tokenformer_jax.errors import UserError
 from tokenformer_jax.pattention import wang_std
 
 GROWABLE_KEYS = tuple(f'n_{group}' for group in model_lib.TOKEN_GROUPS) + checkpoint.N_REF_KEYS
+# What the grown checkpoint keeps of the source's meta about its tokenizer (checkpoint.run_meta).
+TOKENIZER_META = ('tokenizer_sha256', 'tokenizer_vocab_size')
 
 
-def grown_config(cfg_b, model_s: dict) -> ml_collections.ConfigDict:
-  """B's config with τ settled by the policy; refuses anything but more tokens (naming it)."""
+def grown_config(cfg_b, model_s: dict, meta_s: dict | None = None) -> ml_collections.ConfigDict:
+  """B's config with τ settled by the policy; refuses anything but more tokens (naming it). meta_s: the
+  source checkpoint's, when it has one (model.vocab_size is then compared by what it resolves to)."""
   m = cfg_b.model
-  diffs = checkpoint.model_differences(model_s, m, ignore=GROWABLE_KEYS)
+  diffs = checkpoint.model_differences(model_s, m, ignore=GROWABLE_KEYS, saved_meta=meta_s)
   if diffs:
     raise UserError('growth only adds parameter tokens; the config also changes ' + '; '.join(diffs))
   for group, layers in model_lib.TOKEN_GROUPS.items():
@@ -153,14 +156,13 @@ def plan(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> 
   dst = _empty_destination(cfg_b, dst_workdir)
   meta_s = checkpoint.read_meta(src, step)
   cfg_s = ml_collections.ConfigDict(meta_s['config'])
-  grown_cfg = grown_config(cfg_b, meta_s['config']['model'])
+  grown_cfg = grown_config(cfg_b, meta_s['config']['model'], meta_s)
   vocab = meta_s['vocab_size']
   spec_b = state_lib.make_spec(grown_cfg, vocab, sharding.make_mesh(cfg_b.mesh))
   data_position = pipeline.Position()  # the source's, read with its state; no data is opened
   old_counts = model_lib.token_counts(cfg_s.model)
   meta = checkpoint.run_meta(grown_cfg, vocab)
-  if 'tokenizer_sha256' in meta_s:
-    meta['tokenizer_sha256'] = meta_s['tokenizer_sha256']
+  meta.update({k: meta_s[k] for k in TOKENIZER_META if k in meta_s})
   meta['grown_from'] = {'workdir': os.path.abspath(src_workdir), 'step': step, 'counts': old_counts,
                         'policy': cfg_b.growth.policy, 'optimizer': cfg_b.growth.optimizer}
   return Plan(src, step, dst, grown_cfg, old_counts, spec_b, data_position, meta)
@@ -177,12 +179,11 @@ def _plan_from_params(cfg_b, source, dst_workdir: str) -> Plan:
   """A source with parameters only (an imported checkpoint, a released file): the grown state gets
   Adam moments of zero and step 0, and the data iterator starts at the beginning."""
   dst = _empty_destination(cfg_b, dst_workdir)
-  grown_cfg = grown_config(cfg_b, source.model)
+  grown_cfg = grown_config(cfg_b, source.model, source.meta)
   spec_b = state_lib.make_spec(grown_cfg, source.vocab_size, sharding.make_mesh(cfg_b.mesh))
   old_counts = {group: int(source.model[f'n_{group}']) for group in model_lib.TOKEN_GROUPS}
   meta = checkpoint.run_meta(grown_cfg, source.vocab_size)
-  if source.meta and 'tokenizer_sha256' in source.meta:
-    meta['tokenizer_sha256'] = source.meta['tokenizer_sha256']
+  meta.update({k: source.meta[k] for k in TOKENIZER_META if k in (source.meta or {})})
   meta['grown_from'] = {'workdir': source.path, 'step': source.step or 0, 'counts': old_counts,
                         'policy': cfg_b.growth.policy, 'optimizer': cfg_b.growth.optimizer}
   return Plan(None, source.step or 0, dst, grown_cfg, old_counts, spec_b, pipeline.Position(), meta,

@@ -5,12 +5,21 @@ checkpoint or an imported one (convert.py), saved on any mesh: Orbax reads each 
 mesh's devices. The config must describe the same model as the checkpoint (checkpoint.check_config),
 after taking the checkpoint's frozen-τ counts as training does (checkpoint.adopt_frozen_tau), so a grown
 checkpoint is sampled with its growth config or its base config alike.
+
+A raw corpus is prepared into the workdir by training, so a workdir grown by `--mode=grow` holds no
+prepared data until it trains; `data_config` points generation and evaluation at the data the source run
+prepared (read only), so a grown model is sampled and evaluated before it trains.
 """
 import dataclasses
+import os
 from typing import Any
+
+import ml_collections
+from absl import logging
 
 from tokenformer_jax import checkpoint, config as config_lib, sharding
 from tokenformer_jax import state as state_lib
+from tokenformer_jax.data import dataset as dataset_lib, manifest as manifest_lib
 from tokenformer_jax.errors import UserError
 
 
@@ -55,3 +64,47 @@ def check_tokenizer(tokenizer, restored: Restored) -> None:
   if tokenizer.vocab_size > restored.vocab_size:
     raise UserError(f'the tokenizer has {tokenizer.vocab_size} ids but the model only '
                     f'{restored.vocab_size} embedding rows: a different tokenizer?')
+
+
+def _prepared(cache_dir: str) -> bool:
+  return os.path.isfile(manifest_lib.path(cache_dir))
+
+
+def grown_source_data(meta: dict) -> str | None:
+  """The raw-corpus data folder that the run a checkpoint was grown from prepared, following growths of
+  growths (each `grown_from` names its source workdir and step); None when no source holds one."""
+  seen = set()
+  while meta.get('grown_from') and meta['grown_from']['workdir'] not in seen:
+    source, step = meta['grown_from']['workdir'], meta['grown_from']['step']
+    seen.add(source)
+    if not os.path.isdir(source):   # a released checkpoint file, or a workdir since removed
+      return None
+    mngr = checkpoint.manager(source, create=False)
+    steps = mngr.all_steps()
+    if not steps:
+      return None
+    meta = checkpoint.read_meta(mngr, step if step in steps else max(steps))
+    saved_data = meta['config'].get('data', {})
+    if not saved_data.get('prepared') and not saved_data.get('mixture'):
+      cache_dir = dataset_lib.cache_dir_for(ml_collections.ConfigDict(saved_data), source)
+      if _prepared(cache_dir):
+        return cache_dir
+  return None
+
+
+def data_config(cfg, workdir: str, restored: Restored):
+  """cfg.data, where the workdir holds the data it names; for a raw corpus that a grown workdir has not
+  prepared yet (training prepares it), cfg.data pointed at the folder its source prepared. Opening it
+  still checks that it was prepared from cfg's corpus and options, and the tokenizer against the
+  checkpoint's."""
+  data = cfg.data
+  if data.prepared or data.mixture or _prepared(dataset_lib.cache_dir_for(data, workdir)):
+    return data
+  found = grown_source_data(restored.meta)
+  if found is None:
+    return data
+  logging.info('%s has no prepared data of its own (it was grown and has not trained): reading %s, '
+               'which its source run prepared', workdir, found)
+  pointed = ml_collections.ConfigDict(data.to_dict())
+  pointed.cache_dir = found
+  return pointed

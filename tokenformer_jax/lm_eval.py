@@ -40,7 +40,7 @@ def load_model(cfg, workdir: str, batch_size: int, step: int | None = None, seed
   if batch_size < 1:
     raise UserError(f'--batch_size must be positive, got {batch_size}')
   restored = inference.load(cfg, workdir, step)
-  tokenizer = dataset_lib.tokenizer_for_inference(cfg.data, workdir)
+  tokenizer = dataset_lib.tokenizer_for_inference(inference.data_config(cfg, workdir, restored), workdir)
   inference.check_tokenizer(tokenizer, restored)
   return eval_harness.TokenFormerLM(restored.graphdef, restored.params, restored.spec.mesh, tokenizer,
                                context=cfg.data.seq_len, batch_size=batch_size, seed=seed)

@@ -64,6 +64,9 @@ _CHECKPOINT_FILE = flags.DEFINE_string('checkpoint_file', None,
 _EXPORT_DTYPE = flags.DEFINE_enum('export_dtype', 'float32', ['float32', 'bfloat16'], 'Exported dtype.')
 _ALLOW_TAU = flags.DEFINE_bool('allow_tau_change', False,
                                'Export a model with τ frozen by growth anyway (the reference uses τ = √n).')
+_EXPORT_ROTARY = flags.DEFINE_bool('export_rotary_buffers', False,
+                                   'Also export the rotary inv_freq buffers, which only a reference model '
+                                   'built with rotary_save_freqs_buffer loads.')
 
 # --- grow ---
 _GROW_FROM = flags.DEFINE_string('grow_from', None,
@@ -136,7 +139,8 @@ def main(argv):
     elif _MODE.value == 'export':
       from tokenformer_jax import export
       export.export(cfg, workdir, _CHECKPOINT_FILE.value, step=_RESTORE_STEP.value,
-                    dtype=_EXPORT_DTYPE.value, allow_tau_change=_ALLOW_TAU.value)
+                    dtype=_EXPORT_DTYPE.value, allow_tau_change=_ALLOW_TAU.value,
+                    rotary_buffers=_EXPORT_ROTARY.value)
   except UserError as e:
     fail(str(e))
 

@@ -133,9 +133,7 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
   seq_len = cfg.data.seq_len
   train_iter = pipeline.BatchIterator(run_data.train_stream(seq_len, cfg.seed, t.batch_size),
                                       t.batch_size, proc, n_proc)
-  # Validation rows are split over processes so each global batch holds every row once.
-  val_rows = pipeline.eval_batches(run_data.validation(seq_len), t.batch_size, t.eval_batches)
-  val_batches = [b[proc * local_batch:(proc + 1) * local_batch] for b in val_rows]
+  val_batches = _validation_batches(run_data, seq_len, t, proc, local_batch)
   meta = checkpoint.run_meta(cfg, spec.vocab_size, run_data.tokenizer)
   for key in ('grown_from', 'initialized_from'):  # where the weights came from stays on record
     if key in (prep.saved_meta or {}):
@@ -211,7 +209,7 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
             profiler.stop()
         preempted = preemption.reached(done)
         saving = done % t.checkpoint_every == 0 or done == end or preempted
-        evaluating = done % t.eval_every == 0 or done == end
+        evaluating = val_batches is not None and (done % t.eval_every == 0 or done == end)
         if saving or done % t.log_every == 0:
           _stop_if_diverged(int(first_bad), mngr)
         if done % t.log_every == 0 or done == end:
@@ -267,6 +265,19 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
     if proc == 0:
       print('--- sample ---\n' + result.sample + '\n--------------', flush=True)
   return result
+
+
+def _validation_batches(run_data, seq_len: int, t, proc: int, local_batch: int) -> list | None:
+  """This process's rows of the validation batches; None (said once) when there is no validation data.
+  Rows are split over processes so each global batch holds every row once."""
+  validation = run_data.validation(seq_len)
+  if validation is None:
+    if proc == 0:
+      logging.warning('%s: training without evaluation (name a prepared validation dataset with '
+                      'data.validation=DIR to evaluate)', run_data.no_validation_reason())
+    return None
+  val_rows = pipeline.eval_batches(validation, t.batch_size, t.eval_batches)
+  return [b[proc * local_batch:(proc + 1) * local_batch] for b in val_rows]
 
 
 def _close_window(clock, account, done: int, steps: int, tokens: int, flop: float, peak) -> dict:

@@ -84,7 +84,7 @@ def check_same_model(source: Source, cfg) -> ml_collections.ConfigDict:
   """cfg with the source's frozen τ adopted; a UserError naming every model key that differs."""
   if source.meta is not None:
     cfg = checkpoint.adopt_frozen_tau(cfg, source.meta)
-  diffs = checkpoint.model_differences(source.model, cfg.model)
+  diffs = checkpoint.model_differences(source.model, cfg.model, saved_meta=source.meta)
   if diffs:
     raise UserError(f'{source.text} holds another model than the config: ' + '; '.join(diffs))
   return cfg

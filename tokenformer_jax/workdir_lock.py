@@ -4,7 +4,8 @@
 started at once exactly one gets it. A lock left by a run that died (kill -9, a lost node) is stale:
 on the same host its pid is gone; from another host its heartbeat (the file's modification time,
 refreshed while the run lives) is older than STALE_S. A stale lock is taken over, and the run says so.
-In a multi-process run process 0 holds it for all, and every process learns the outcome.
+In a multi-process run process 0 holds it for all, and every process learns the outcome. A prepare
+locks its output folder the same way, from its one driver process (`hold_here`).
 """
 import contextlib
 import json
@@ -13,10 +14,8 @@ import socket
 import threading
 import time
 
-import jax
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from tokenformer_jax.errors import UserError
 
@@ -65,43 +64,76 @@ def _try_take(path: str) -> str | None:
   return f'could not take the lock {path}'
 
 
+def _take(path: str) -> str | None:
+  """Creates the lock's directory and takes the lock (returns None), or returns why not."""
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return _try_take(path)
+  except OSError as e:
+    return f'cannot lock {os.path.dirname(path)}: {e.strerror}'
+
+
+def _remove_dir_if_empty(directory: str) -> None:
+  """A run refused or ended before writing anything leaves no empty directory behind."""
+  with contextlib.suppress(OSError):
+    os.rmdir(directory)
+
+
+@contextlib.contextmanager
+def _held(path: str, created: bool):
+  """Refreshes the lock's heartbeat while the body runs, then releases it."""
+  stop = threading.Event()
+
+  def heartbeat():
+    while not stop.wait(_HEARTBEAT_S):
+      with contextlib.suppress(OSError):
+        os.utime(path)
+  threading.Thread(target=heartbeat, daemon=True).start()
+  try:
+    yield
+  finally:
+    stop.set()
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
+    if created:
+      _remove_dir_if_empty(os.path.dirname(path))
+
+
 @contextlib.contextmanager
 def hold(workdir: str):
   """Holds WORKDIR/.lock for the duration (process 0 for all processes); a UserError if it is held."""
+  # jax only here, where the processes must agree: `hold_here` (prepare) runs without importing it.
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   path = os.path.join(os.path.abspath(workdir), FILE)
   created = not os.path.exists(os.path.dirname(path))
-  reason = None
-  if jax.process_index() == 0:
-    try:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      reason = _try_take(path)
-    except OSError as e:
-      reason = f'cannot lock {workdir}: {e.strerror}'
+  first = jax.process_index() == 0
+  reason = _take(path) if first else None
   if jax.process_count() > 1:
     taken = multihost_utils.broadcast_one_to_all(np.int32(reason is None))
     if not taken and reason is None:
       reason = f'{workdir} is in use by another run (see process 0)'
   if reason:
-    if created and jax.process_index() == 0:
-      with contextlib.suppress(OSError):
-        os.rmdir(os.path.dirname(path))
+    if created and first:
+      _remove_dir_if_empty(os.path.dirname(path))
     raise UserError(reason)
-  stop = threading.Event()
-  beat = None
-  if jax.process_index() == 0:
-    def heartbeat():
-      while not stop.wait(_HEARTBEAT_S):
-        with contextlib.suppress(OSError):
-          os.utime(path)
-    beat = threading.Thread(target=heartbeat, daemon=True)
-    beat.start()
-  try:
+  if not first:
     yield
-  finally:
-    stop.set()
-    if jax.process_index() == 0:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-      if created:  # a run refused before writing anything leaves no empty workdir behind
-        with contextlib.suppress(OSError):
-          os.rmdir(os.path.dirname(path))
+    return
+  with _held(path, created):
+    yield
+
+
+@contextlib.contextmanager
+def hold_here(directory: str):
+  """Holds DIRECTORY/.lock for the duration, asking no other process: for a prepare, whose driver is
+  one process (in a multi-process run, process 0 alone prepares raw text). A UserError if it is held."""
+  path = os.path.join(os.path.abspath(directory), FILE)
+  created = not os.path.exists(os.path.dirname(path))
+  reason = _take(path)
+  if reason:
+    if created:
+      _remove_dir_if_empty(os.path.dirname(path))
+    raise UserError(reason)
+  with _held(path, created):
+    yield

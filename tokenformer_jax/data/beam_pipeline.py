@@ -9,6 +9,7 @@ process share one tokenizer (the encoder runs outside the GIL).
 A shard's bad input (a line that is not JSON, undecodable bytes, ...) is not retried: the worker
 records it beside the output and the driver reports it as a one-line error after the pipeline ends.
 """
+import contextlib
 import importlib.util
 import os
 
@@ -107,9 +108,15 @@ def local_defaults(beam_args: list[str]) -> list[str]:
 
 
 def _errors(tasks) -> list[str]:
+  """The recorded errors; local records are removed once read (reported, they are no resumable state)."""
   found = []
   for task in tasks:
     record = manifest_lib.read_json(_error_path(task))
     if record:
       found.append(record['error'])
+      if not sources.is_remote(task.output):
+        os.remove(_error_path(task))
+  if tasks and not sources.is_remote(tasks[0].output):
+    with contextlib.suppress(OSError):  # only when empty
+      os.rmdir(os.path.dirname(_error_path(tasks[0])))
   return found

@@ -9,6 +9,7 @@ import os
 import shutil
 
 import jax
+from absl import logging
 from jax.experimental import multihost_utils
 
 from tokenformer_jax.data import manifest as manifest_lib
@@ -28,6 +29,8 @@ class RunData:
   weights: list
   manifests: list
   tokenizer: tokenizer_lib.Tokenizer
+  validation_dir: str = ''          # data.validation: a prepared dataset evaluated as a whole
+  validation_manifest: dict | None = None
 
   @property
   def vocab_size(self) -> int:
@@ -43,8 +46,19 @@ class RunData:
       pipeline.check_size(w, global_batch, 'training split')
     return pipeline.shuffled_stream(windows, self.weights, seed)
 
-  def validation(self, seq_len: int) -> pipeline.Windows:
-    return pipeline.Windows(self.dirs[0], self.manifests[0], 'validation', seq_len)
+  def validation(self, seq_len: int) -> pipeline.Windows | None:
+    """The windows evaluated: all of data.validation's dataset when set, else the first dataset's
+    validation split; None when that dataset was prepared without one (validation fraction 0)."""
+    if self.validation_dir:
+      return pipeline.Windows(self.validation_dir, self.validation_manifest, manifest_lib.SPLITS, seq_len)
+    m = self.manifests[0]
+    if not m['splits']['validation'].get('shards') and not m.get('request', {}).get('validation_fraction'):
+      return None
+    return pipeline.Windows(self.dirs[0], m, 'validation', seq_len)
+
+  def no_validation_reason(self) -> str:
+    """Why `validation` is None."""
+    return f'{self.dirs[0]} was prepared without a validation split (--validation_fraction=0)'
 
 
 def cache_dir_for(data_cfg, workdir: str) -> str:
@@ -89,7 +103,7 @@ def _prepare_raw(data_cfg, cache_dir: str, create: bool, tokenizer_sha256: str |
       raise UserError(f'no prepared data in {cache_dir}: name a dataset (data.prepared) or a tokenizer '
                       f'(data.tokenizer); without a dataset, evaluate a text file instead (--eval_file)')
     if jax.process_index() == 0:
-      prepare.run(opts, log=lambda _: None)
+      prepare.run(opts, log=logging.info)  # e.g. the shards reused from a stopped run's prepare
     _sync('data prepared')
     got = manifest_lib.read(cache_dir)['tokenizer']['sha256']
     if tokenizer_sha256 and got != tokenizer_sha256:
@@ -146,7 +160,24 @@ def open_run_data(data_cfg, workdir: str, create: bool = True,
                       f'prepared dataset\'s tokenizer (sha256 {tokenizer.sha256[:12]}…)')
   if tokenizer_sha256 and tokenizer.sha256 != tokenizer_sha256:
     raise _other_tokenizer(tokenizer_sha256, tokenizer.sha256, first_dir)
-  return RunData([d for d, _ in pairs], [w for _, w in pairs], manifests, tokenizer)
+  run = RunData([d for d, _ in pairs], [w for _, w in pairs], manifests, tokenizer)
+  if data_cfg.validation:
+    run.validation_dir, run.validation_manifest = data_cfg.validation, _validation_manifest(
+        data_cfg.validation, run)
+  return run
+
+
+def _validation_manifest(validation_dir: str, run: RunData) -> dict:
+  """data.validation's manifest: a dataset of the run's tokenizer that the run does not train on."""
+  if os.path.abspath(validation_dir) in [os.path.abspath(d) for d in run.dirs]:
+    raise UserError(f'data.validation={validation_dir} is a dataset this run trains on; name a '
+                    f'dataset of held-out text')
+  m = manifest_lib.read(validation_dir)
+  if m['tokenizer']['sha256'] != run.tokenizer.sha256:
+    raise UserError(f'data.validation={validation_dir} was prepared with tokenizer sha256 '
+                    f'{m["tokenizer"]["sha256"]}, the training data with {run.tokenizer.sha256}: its ids '
+                    f'mean other pieces; prepare it with the training data\'s tokenizer')
+  return m
 
 
 def tokenizer_for_inference(data_cfg, workdir: str) -> tokenizer_lib.Tokenizer:

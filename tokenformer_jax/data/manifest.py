@@ -3,12 +3,14 @@
 It records the shards of each split (train, validation) with their token, document, record and byte
 counts, the token dtype and record size, the tokenizer (its file in DIR, kind, sha256, vocabulary size,
 end-of-text id) and what was prepared from (the inputs' fingerprint and the options). Opening a dataset
-reads this file and stats the shards; no token is read before training starts.
+reads this file, stats the shards and checks their record and token counts against it (each shard's
+record index and last record); no other token is read before training starts.
 """
 import json
 import os
+from concurrent import futures
 
-from tokenformer_jax.data import sources
+from tokenformer_jax.data import shards, sources
 from tokenformer_jax.errors import UserError
 
 FILE = 'manifest.json'
@@ -16,6 +18,7 @@ VERSION = 1
 SPLITS = ('train', 'validation')
 _REQUIRED = ('version', 'dtype', 'record_tokens', 'tokenizer', 'splits')
 _REQUIRED_TOKENIZER = ('file', 'sha256')
+_CHECK_THREADS = 16
 
 
 def path(dataset_dir: str) -> str:
@@ -52,7 +55,8 @@ def read_json(file_path: str) -> dict | None:
 
 
 def read(dataset_dir: str) -> dict:
-  """The manifest of a complete prepared dataset, its shards checked present and of full size."""
+  """The manifest of a complete prepared dataset, its shards checked present, of full size and
+  holding the records and tokens it says."""
   m = read_json(path(dataset_dir))
   if m is None:
     raise UserError(f'no prepared dataset in {dataset_dir}: {FILE} is missing (a prepare that did not '
@@ -65,10 +69,15 @@ def read(dataset_dir: str) -> dict:
   if m['version'] != VERSION:
     raise UserError(f'{path(dataset_dir)} has format version {m["version"]}, this code reads {VERSION}; '
                     f'prepare the dataset again')
-  for split in SPLITS:
-    for shard in m['splits'][split].get('shards', []):
-      check_shard(dataset_dir, shard)
+  entries = [shard for split in SPLITS for shard in m['splits'][split].get('shards', [])]
+  with futures.ThreadPoolExecutor(_CHECK_THREADS) as pool:  # remote shards: a round trip or two each
+    list(pool.map(lambda shard: _check_complete(dataset_dir, shard, m), entries))
   return m
+
+
+def _check_complete(dataset_dir: str, shard: dict, m: dict) -> None:
+  check_shard(dataset_dir, shard)
+  shards.check_counts(os.path.join(dataset_dir, shard['file']), shard, m['dtype'], m['record_tokens'])
 
 
 def check_shard(dataset_dir: str, shard: dict) -> None:

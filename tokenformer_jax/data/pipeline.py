@@ -26,12 +26,15 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=32)
 class Windows(grain.sources.RandomAccessDataSource):
   """Random access to the int32 windows of one split of a prepared dataset."""
 
-  def __init__(self, dataset_dir: str, manifest: dict, split: str, seq_len: int):
+  def __init__(self, dataset_dir: str, manifest: dict, split: str | tuple, seq_len: int):
+    """`split`: a split's name, or several names whose shards follow one another (a whole dataset
+    used as validation data)."""
     if seq_len < 1:
       raise UserError(f'sequence length must be positive, got {seq_len}')
-    self.name = f'{dataset_dir} ({split})'
+    names = (split,) if isinstance(split, str) else tuple(split)
+    self.name = f'{dataset_dir} ({" + ".join(names)})'
     self.seq_len = seq_len
-    entries = manifest['splits'][split]['shards']
+    entries = [e for name in names for e in manifest['splits'][name]['shards']]
     self._readers = [shards.Reader(os.path.join(dataset_dir, e['file']), e['tokens'], manifest['dtype'],
                                    manifest['record_tokens']) for e in entries]
     counts = [max(e['tokens'] - 1, 0) // seq_len for e in entries]

@@ -10,13 +10,16 @@ files, so a worker holds one batch of documents at a time, whatever the corpus s
 A document goes to validation when the hash of its name (`<file name>:<index in the file>`) falls
 below `validation_fraction`: deterministic, independent of the runner and the shard count.
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+from concurrent import futures
 
 import numpy as np
 
+from tokenformer_jax import workdir_lock
 from tokenformer_jax.data import manifest as manifest_lib
 from tokenformer_jax.data import shards, sources
 from tokenformer_jax.data import tokenizer as tokenizer_lib
@@ -95,6 +98,12 @@ def _completed(task: Task) -> dict | None:
   return done
 
 
+def _count_finished(tasks: list[Task]) -> int:
+  """How many tasks an earlier, stopped prepare completed (their shards are kept, not rewritten)."""
+  with futures.ThreadPoolExecutor(16) as pool:  # remote outputs: a round trip or two each
+    return sum(done is not None for done in pool.map(_completed, tasks))
+
+
 def process(task: Task, tokenizer, parallel: bool = True) -> dict:
   """Writes the task's train and validation shards (or finds them complete); returns their entries.
 
@@ -153,10 +162,7 @@ def _tokenizer(opts: Options, files: list[str]):
   if opts.train_vocab <= 0:
     raise UserError('give a tokenizer file (--tokenizer) or a vocabulary size to train one '
                     '(--train_tokenizer)')
-  sample = list(sample_documents(files, opts.text_key))
-  if not sample:
-    raise UserError(f'the input has no text: {opts.inputs}')
-  return tokenizer_lib.train_sentencepiece(sample, opts.train_vocab)
+  return tokenizer_lib.train_sentencepiece(list(sample_documents(files, opts.text_key)), opts.train_vocab)
 
 
 def request(opts: Options, files: list[str]) -> dict:
@@ -175,7 +181,9 @@ def _file_sha256(path: str) -> str:
 def run(opts: Options, beam_args: list[str] | None = None, log=print) -> dict:
   """Prepares opts.inputs into opts.output (in-process, or on Beam with `beam_args`); returns the
   manifest. An output that already holds this preparation is returned as it is; one that holds
-  another is refused, never overwritten."""
+  another is refused, never overwritten. A local output is locked for the duration (one prepare or
+  run at a time). Bad input found before the shards are written leaves the output as it was; a
+  prepare stopped later leaves its finished shards and their records in `.prepare/` for a rerun."""
   if not 0.0 <= opts.validation_fraction < 1.0:
     raise UserError(f'validation fraction must be in [0, 1), got {opts.validation_fraction}')
   if opts.num_shards < 0 or opts.record_tokens < 1:
@@ -183,6 +191,30 @@ def run(opts: Options, beam_args: list[str] | None = None, log=print) -> dict:
   if beam_args is not None:
     from tokenformer_jax.data import beam_pipeline  # pylint: disable=import-outside-toplevel
     beam_pipeline.check_installed()
+  # An object store has no exclusive create: a remote output is not locked (docs/data.md).
+  remote = sources.is_remote(opts.output)
+  with contextlib.nullcontext() if remote else workdir_lock.hold_here(opts.output):
+    try:
+      return _prepare(opts, beam_args, log)
+    finally:  # stopped before any shard was finished: no state to resume, so none is left
+      _remove_if_empty(os.path.join(opts.output, _STATE_DIR))
+
+
+def _remove_if_empty(directory: str) -> None:
+  if not sources.is_remote(directory):
+    with contextlib.suppress(OSError):
+      os.rmdir(directory)
+
+
+def _check_has_text(files: list[str], opts: Options) -> None:
+  """Reads up to the first document, so an input without text is refused before anything is written."""
+  for path in files:
+    for _ in sources.documents(path, opts.text_key):
+      return
+  raise UserError(f'the input has no text: {opts.inputs}')
+
+
+def _prepare(opts: Options, beam_args: list[str] | None, log) -> dict:
   files = sources.expand(opts.inputs)
   req = request(opts, files)
   existing = manifest_lib.read_json(manifest_lib.path(opts.output))
@@ -192,14 +224,15 @@ def run(opts: Options, beam_args: list[str] | None = None, log=print) -> dict:
       return manifest_lib.read(opts.output)
     raise UserError(f'{opts.output} already holds a dataset prepared from other inputs or options; '
                     f'prepare into a new directory')
+  _check_has_text(files, opts)
   tokenizer = _tokenizer(opts, files)
-  key = hashlib.sha256(json.dumps({**req, 'sha256': tokenizer.sha256}, sort_keys=True).encode()).hexdigest()
+  key = hashlib.sha256(json.dumps({**req, 'sha256': tokenizer.sha256, 'normalization': sources.NORMALIZATION},
+                                  sort_keys=True).encode()).hexdigest()
   if not sources.is_remote(opts.output):
     try:
       os.makedirs(os.path.join(opts.output, _STATE_DIR), exist_ok=True)
     except OSError as e:
       raise UserError(f'cannot create {opts.output}: {e.strerror}') from e
-  sources.write_bytes(os.path.join(opts.output, tokenizer.file_name), tokenizer.file_bytes)
   sizes = [sources.size(f) for f in files]
   num_shards = min(opts.num_shards or min(len(files), 256), len(files))
   if opts.num_shards > len(files):
@@ -209,8 +242,9 @@ def run(opts: Options, beam_args: list[str] | None = None, log=print) -> dict:
   tasks = [Task(i, num_shards, group, opts.output, opts.text_key, opts.validation_fraction, dtype,
                 opts.record_tokens, key)
            for i, group in enumerate(plan_shards(files, sizes, num_shards))]
-  tokenizer_entry = {'file': tokenizer.file_name, 'kind': tokenizer.kind, 'sha256': tokenizer.sha256,
-                     'vocab_size': tokenizer.vocab_size, 'eos_id': tokenizer.eos_id}
+  reused = _count_finished(tasks)
+  if reused:
+    log(f'{opts.output}: reusing {reused} of {len(tasks)} shards that an earlier prepare finished')
   if beam_args is None:
     results = [process(t, tokenizer) for t in tasks]
   else:
@@ -222,7 +256,8 @@ def run(opts: Options, beam_args: list[str] | None = None, log=print) -> dict:
       raise UserError(f'the pipeline finished without shards {missing}; rerun to complete them')
   m = {'version': manifest_lib.VERSION, 'format': 'array_record', 'dtype': dtype,
        'record_tokens': opts.record_tokens, 'request': req, 'input_bytes': sum(sizes),
-       'tokenizer': tokenizer_entry,
+       'tokenizer': {'file': tokenizer.file_name, 'kind': tokenizer.kind, 'sha256': tokenizer.sha256,
+                     'vocab_size': tokenizer.vocab_size, 'eos_id': tokenizer.eos_id},
        'splits': {}}
   for split in manifest_lib.SPLITS:
     entries = [r['shards'][split] for r in results]
@@ -230,7 +265,9 @@ def run(opts: Options, beam_args: list[str] | None = None, log=print) -> dict:
                           'documents': sum(e['documents'] for e in entries),
                           'shards': [e for e in entries if e['tokens']]}
   if m['splits']['train']['tokens'] == 0:
-    raise UserError(f'the input has no text: {opts.inputs}')
+    raise UserError(f'all {m["splits"]["validation"]["documents"]} documents of {opts.inputs} fell in '
+                    f'the validation split: lower --validation_fraction')
+  sources.write_bytes(os.path.join(opts.output, tokenizer.file_name), tokenizer.file_bytes)
   manifest_lib.write_json(manifest_lib.path(opts.output), m)
   return m
 

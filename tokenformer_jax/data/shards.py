@@ -85,6 +85,26 @@ class Writer:
         os.remove(self._tmp)
 
 
+def check_counts(path: str, entry: dict, dtype: str, record_tokens: int) -> None:
+  """The shard holds the records and tokens its manifest entry says. A count raised in the manifest
+  would otherwise surface as a failed read deep in the input pipeline, after the run has started
+  writing; the reader knows the record count from the file's index, and the last record's length
+  gives the token count, so this reads one record, not the data."""
+  try:
+    reader = array_record_module.ArrayRecordReader(path, _READER_OPTIONS)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise UserError(f'shard {path} is unreadable ({str(e)[:200]}); prepare the dataset again') from e
+  try:
+    records = reader.num_records()
+    last = reader.read([records - 1])[0] if records else b''
+  finally:
+    reader.close()
+  tokens = (records - 1) * record_tokens + len(last) // np.dtype(dtype).itemsize if records else 0
+  if records != entry['records'] or tokens != entry['tokens']:
+    raise UserError(f'shard {path} holds {records} records of {tokens} tokens, but the manifest says '
+                    f'{entry["records"]} records of {entry["tokens"]} tokens; prepare the dataset again')
+
+
 class Reader:
   """Random access to a shard's tokens; opened lazily, so it pickles (grain may copy sources)."""
 

@@ -5,8 +5,10 @@ Formats, told apart by the file name:
   per line, a JSON object whose `text_key` field holds the text;
 - `*.parquet`: one document per row of the `text_key` column;
 - anything else: plain UTF-8 text, one document per file.
-Undecodable bytes are refused (file and line), never replaced. Paths with a scheme (`gs://...`) go
-through Apache Beam's filesystem layer; local ones through the OS.
+Every format's documents are normalised alike: `\r\n` line ends become `\n` and trailing newlines are
+dropped, so a document's tokens do not depend on how it was saved. Undecodable bytes are refused (file
+and line), never replaced. Paths with a scheme (`gs://...`) go through Apache Beam's filesystem layer;
+local ones through the OS.
 
 The inputs' fingerprint is built from file names, sizes and modification times, so telling whether a
 corpus changed never reads it.
@@ -25,6 +27,9 @@ from typing import Iterator
 from tokenformer_jax.errors import UserError
 
 KJV = 'kjv'
+# Which normalisation made a document's text (`normalize`); part of a preparation's identity, so a
+# prepare resumed by other code does not mix shards of two normalisations.
+NORMALIZATION = 'crlf-to-lf, no trailing newlines, every format'
 _JSONL = ('.jsonl', '.jsonl.gz', '.jsonl.zst', '.json', '.json.gz', '.json.zst')
 
 
@@ -199,14 +204,19 @@ def _text_document(path: str) -> Iterator[str]:
   except OSError as e:
     raise UserError(f'cannot read input file {path}: {e}') from e
   try:
-    yield data.decode('utf-8').replace('\r\n', '\n').rstrip('\n')
+    yield data.decode('utf-8')
   except UnicodeDecodeError as e:
     line = data[:e.start].count(b'\n') + 1
     raise UserError(f'{path}:{line}: not UTF-8 (undecodable bytes are refused)') from e
 
 
+def normalize(text: str) -> str:
+  """`\r\n` → `\n`, trailing newlines dropped (both return the text itself when there is nothing to do)."""
+  return text.replace('\r\n', '\n').rstrip('\n')
+
+
 def documents(path: str, text_key: str = 'text') -> Iterator[str]:
-  """The non-blank documents of one input, in file order."""
+  """The non-blank documents of one input, in file order, normalised."""
   if path == KJV:
     docs = iter(kjv_documents())
   elif path.endswith(_JSONL):
@@ -218,6 +228,6 @@ def documents(path: str, text_key: str = 'text') -> Iterator[str]:
   try:
     for doc in docs:
       if doc.strip():
-        yield doc
+        yield normalize(doc)
   except (OSError, EOFError) as e:  # a truncated or corrupt compressed file
     raise UserError(f'cannot read input file {path}: {e}') from e
