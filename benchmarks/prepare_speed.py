@@ -14,8 +14,8 @@ of outputs is checked to be the same token stream, byte for byte. Ours is also r
 
 The corpus is real source text, made here (`make_corpus`): the Python standard library's .py files, then
 those of the installed packages, in sorted order, one document per file (files that are not UTF-8, have
-carriage returns or are blank are skipped; trailing newlines are dropped), as JSON Lines in --files
-files of about equal size, up to --mb megabytes.
+carriage returns or are blank are skipped; trailing newlines are dropped), up to --mb megabytes, as
+JSON Lines in --files files of about equal size (each document onto the smallest file so far).
 """
 import glob
 import json
@@ -43,6 +43,8 @@ _ROOT = flags.DEFINE_string('root', '/tmp/tokenformer_prepare_speed', 'Scratch d
 _JSON = flags.DEFINE_string('json', None, 'Write the results here.')
 _CEILING = flags.DEFINE_bool('ceiling', True, 'Also time the tokenizer alone on the corpus.')
 _IN_PROCESS = flags.DEFINE_bool('in_process', True, 'Also run our in-process path (--mode=train).')
+_MODES = flags.DEFINE_list('modes', ['multi_threading', 'multi_processing'],
+                           "Beam's local running modes for ours at more than one worker.")
 
 
 def source_files() -> list[str]:
@@ -71,11 +73,12 @@ def make_corpus(path: str, megabytes: float, num_files: int) -> list[str]:
     total += len(lines[-1])
     if total >= megabytes * 1e6:
       break
-  per_file, written = total / num_files, 0
   outs = [open(n, 'w', encoding='utf-8') for n in names]  # pylint: disable=consider-using-with
-  for line in lines:
-    outs[min(int(written / per_file), num_files - 1)].write(line)
-    written += len(line)
+  sizes = [0] * num_files
+  for line in lines:  # each document onto the smallest file so far: files of about equal size
+    k = sizes.index(min(sizes))
+    outs[k].write(line)
+    sizes[k] += len(line)
   for f in outs:
     f.close()
   with open(os.path.join(path, 'done'), 'w', encoding='utf-8') as f:
@@ -113,8 +116,16 @@ def _our_stream(out_dir: str, files: list[str]) -> bytes:
   return b''.join(by_file[f] for f in files)
 
 
-def run_ours(files: list[str], out_dir: str, workers: int | None) -> tuple[dict, bytes]:
-  """workers=None: in-process, as --mode=train prepares a raw corpus; else Beam with that many."""
+def _our_env() -> dict:
+  """This checkout's package first, for the processes that run ours."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get('PYTHONPATH')) if p))
+
+
+def run_ours(files: list[str], out_dir: str, workers: int | None, mode: str | None = None
+             ) -> tuple[dict, bytes]:
+  """workers=None: in-process, as --mode=train prepares a raw corpus; else Beam's local runner with that
+  many workers (threads or processes: mode)."""
   shutil.rmtree(out_dir, ignore_errors=True)
   inputs = ','.join(files)
   if workers is None:
@@ -122,22 +133,21 @@ def run_ours(files: list[str], out_dir: str, workers: int | None) -> tuple[dict,
             'prepare.run(prepare.Options(inputs=sys.argv[1], output=sys.argv[2], tokenizer=sys.argv[3]))')
     cmd = [sys.executable, '-c', code, inputs, out_dir, _TOKENIZER.value]
   else:
-    beam = [f'--direct_num_workers={workers}'] + (
-        ['--direct_running_mode=multi_processing'] if workers > 1 else [])
+    beam = [f'--direct_num_workers={workers}'] + ([f'--direct_running_mode={mode}'] if mode else [])
     cmd = [sys.executable, '-m', 'tokenformer_jax.prepare', f'--input={inputs}', f'--output={out_dir}',
            f'--tokenizer={_TOKENIZER.value}', '--', *beam]
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (
-      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get('PYTHONPATH')) if p))
-  r = process_tree.run(cmd, env=env, log_path=out_dir + '.log')
+  r = process_tree.run(cmd, env=_our_env(), log_path=out_dir + '.log')
   return r, _our_stream(out_dir, files)
 
 
 _CEILING_CODE = r'''
 import json, sys, time
 import tokenizers
+from tokenformer_jax.data import tokenizer as tokenizer_lib
 files, tokenizer_path = sys.argv[1].split(','), sys.argv[2]
 docs = [json.loads(line)['text'] for file in files for line in open(file, encoding='utf-8')]
 tok = tokenizers.Tokenizer.from_file(tokenizer_path)
+ours = tokenizer_lib.load_file(tokenizer_path)
 chunk = 256
 
 def timed(encode):
@@ -148,12 +158,17 @@ def timed(encode):
 runs = {
   'encode, one document per call (one thread)':
     lambda: sum(len(tok.encode(d, add_special_tokens=False).ids) for d in docs),
+  'ours: encode_documents, one core (a Beam worker)':
+    lambda: sum(len(ids) - 1 for ids in ours.encode_documents(docs, parallel=False)),
   'encode_batch, all cores':
     lambda: sum(len(e.ids) for i in range(0, len(docs), chunk)
                 for e in tok.encode_batch(docs[i:i + chunk], add_special_tokens=False)),
   'encode_batch_fast (no offsets), all cores':
     lambda: sum(len(e.ids) for i in range(0, len(docs), chunk)
                 for e in tok.encode_batch_fast(docs[i:i + chunk], add_special_tokens=False)),
+  'ours: encode_documents, all cores (in-process)':
+    lambda: sum(len(ids) - 1 for i in range(0, len(docs), chunk)
+                for ids in ours.encode_documents(docs[i:i + chunk], parallel=True)),
 }
 print(json.dumps({name: timed(fn) for name, fn in runs.items()}))
 '''
@@ -162,7 +177,7 @@ print(json.dumps({name: timed(fn) for name, fn in runs.items()}))
 def ceiling(files: list[str]) -> dict:
   import subprocess  # pylint: disable=import-outside-toplevel
   out = subprocess.run([sys.executable, '-c', _CEILING_CODE, ','.join(files), _TOKENIZER.value],
-                       capture_output=True, text=True, check=True).stdout
+                       capture_output=True, text=True, check=True, env=_our_env()).stdout
   rows = json.loads(out.strip().splitlines()[-1])
   for row in rows.values():
     row['tokens_per_s'] = row['tokens'] / row['wall_s']
@@ -178,71 +193,95 @@ def summary(runs: list[dict]) -> dict:
   return out
 
 
+def _measure(name: str, fn, results: dict, **fields) -> bytes:
+  r, stream = fn()
+  r.update(tool=name, **fields, tokens=len(stream) // 2)
+  r['tokens_per_s'] = r['tokens'] / r['wall_s']
+  results['runs'].append(r)
+  print(json.dumps({k: v for k, v in r.items() if k != 'processes'}), flush=True)
+  return stream
+
+
+def _round(files: list[str], workers: int, repeat: int, results: dict) -> bytes:
+  """The reference and ours (each mode) at one worker count, in an order that alternates by round; the
+  streams checked equal. Returns the reference's."""
+  root = _ROOT.value
+  runs = {'reference': lambda: run_reference(files, os.path.join(root, f'out_reference_{workers}'), workers)}
+  for mode in (_MODES.value if workers > 1 else [None]):
+    runs[f'ours ({mode})' if mode else 'ours'] = (
+        lambda mode=mode: run_ours(files, os.path.join(root, f'out_ours_{workers}'), workers, mode))
+  names = list(runs) if (repeat + workers) % 2 else list(runs)[::-1]
+  streams = {name: _measure(name, runs[name], results, workers=workers, repeat=repeat) for name in names}
+  for name, stream in streams.items():
+    if stream != streams['reference']:
+      raise SystemExit(f'the token streams differ: {name} at {workers} workers, {len(stream) // 2} against '
+                       f'{len(streams["reference"]) // 2} tokens')
+  return streams['reference']
+
+
+def _summaries(results: dict) -> dict:
+  table = {}
+  for r in results['runs']:
+    key = f'{r["tool"]}, {r["workers"]} workers' if r['workers'] else r['tool']
+    table.setdefault(key, []).append(r)
+  return {key: summary(runs) for key, runs in table.items()}
+
+
+def _ratios(table: dict, workers: list[int]) -> dict:
+  """Ours over the reference (ratios of medians) at each worker count, and each tool's scaling."""
+  out = {}
+  median = lambda key, measure: table[key][measure]['median']
+  ours_names = sorted({k.split(',')[0] for k in table if k.startswith('ours') and 'in-process' not in k})
+  for w in workers:
+    for name in ours_names:
+      if f'{name}, {w} workers' in table:
+        out[f'{name} / reference, {w} workers'] = {
+            m: median(f'{name}, {w} workers', m) / median(f'reference, {w} workers', m)
+            for m in ('tokens_per_s', 'cpu_s', 'peak_rss_sum_MiB')}
+  if len(workers) == 2:
+    lo, hi = workers
+    for name in ['reference', *ours_names]:
+      if f'{name}, {hi} workers' in table:
+        base = f'{name}, {lo} workers' if f'{name}, {lo} workers' in table else f'ours, {lo} workers'
+        out[f'{name}: {hi} workers / {lo}'] = (median(f'{name}, {hi} workers', 'tokens_per_s')
+                                              / median(base, 'tokens_per_s'))
+  return out
+
+
 def main(_):
   if not _REFERENCE.value or not _TOKENIZER.value:
     raise SystemExit('give --reference=CHECKOUT and --tokenizer=tokenizer.json')
   process_tree.become_subreaper()
-  root = _ROOT.value
-  files = make_corpus(os.path.join(root, f'corpus_{_MB.value:g}MB_{_FILES.value}'), _MB.value,
+  files = make_corpus(os.path.join(_ROOT.value, f'corpus_{_MB.value:g}MB_{_FILES.value}'), _MB.value,
                       _FILES.value)
   results = {'machine': {'cpu_count': os.cpu_count(), 'python': sys.version.split()[0],
                          'load_at_start': os.getloadavg()},
              'corpus': {'MB': sum(os.path.getsize(f) for f in files) / 1e6, 'files': len(files)},
              'tokenizer': _TOKENIZER.value, 'runs': []}
   workers = [int(w) for w in _WORKERS.value]
-  tools = {'reference': run_reference, 'ours': run_ours}
   for repeat in range(_REPEATS.value):
     for w in workers:
-      # Alternate which tool goes first, so neither always meets the same machine state.
-      order = ('ours', 'reference') if (repeat + w) % 2 == 0 else ('reference', 'ours')
-      streams = {}
-      for tool in order:
-        r, streams[tool] = tools[tool](files, os.path.join(root, f'out_{tool}_{w}'), w)
-        r.update(tool=tool, workers=w, repeat=repeat, tokens=len(streams[tool]) // 2)
-        r['tokens_per_s'] = r['tokens'] / r['wall_s']
-        results['runs'].append(r)
-        print(json.dumps({k: v for k, v in r.items() if k != 'processes'}), flush=True)
-      if streams['ours'] != streams['reference']:
-        raise SystemExit(f'the token streams differ ({w} workers): {len(streams["ours"]) // 2} against '
-                         f'{len(streams["reference"]) // 2} tokens')
+      reference_stream = _round(files, w, repeat, results)
     if _IN_PROCESS.value:
-      r, stream = run_ours(files, os.path.join(root, 'out_ours_in_process'), None)
-      if stream != streams['reference']:
+      stream = _measure('ours in-process', lambda: run_ours(files, os.path.join(_ROOT.value, 'out_in'), None),
+                        results, workers=None, repeat=repeat)
+      if stream != reference_stream:
         raise SystemExit('the in-process token stream differs from the reference')
-      r.update(tool='ours in-process', workers=None, repeat=repeat, tokens=len(stream) // 2)
-      r['tokens_per_s'] = r['tokens'] / r['wall_s']
-      results['runs'].append(r)
-      print(json.dumps({k: v for k, v in r.items() if k != 'processes'}), flush=True)
   results['same_token_stream'] = True
   results['tokens'] = results['runs'][0]['tokens']
-  table = {}
-  for tool in ('ours', 'reference', 'ours in-process'):
-    for w in (workers if tool != 'ours in-process' else [None]):
-      runs = [r for r in results['runs'] if r['tool'] == tool and r['workers'] == w]
-      if runs:
-        table[f'{tool}, {w} workers' if w else tool] = summary(runs)
-  results['summary'] = table
-  for w in workers:
-    ours, ref = table[f'ours, {w} workers'], table[f'reference, {w} workers']
-    results[f'ours_over_reference_{w}_workers'] = {
-        'tokens_per_s': ours['tokens_per_s']['median'] / ref['tokens_per_s']['median'],
-        'cpu_s': ours['cpu_s']['median'] / ref['cpu_s']['median'],
-        'peak_rss_sum_MiB': ours['peak_rss_sum_MiB']['median'] / ref['peak_rss_sum_MiB']['median']}
-  if len(workers) == 2:
-    lo, hi = workers
-    results['scaling'] = {tool: table[f'{tool}, {hi} workers']['tokens_per_s']['median']
-                          / table[f'{tool}, {lo} workers']['tokens_per_s']['median']
-                          for tool in ('ours', 'reference')}
+  results['summary'] = _summaries(results)
+  results['ratios'] = _ratios(results['summary'], workers)
   if _CEILING.value:
     results['ceiling'] = ceiling(files)
   results['machine']['load_at_end'] = os.getloadavg()
-  for key, value in results.items():
-    if key not in ('runs', 'summary', 'machine'):
-      print(key, json.dumps(value))
-  for name, s in table.items():
+  for name, s in results['summary'].items():
     print(f'{name}: {s["tokens_per_s"]["median"] / 1e6:.3f}M tokens/s '
           f'[{s["tokens_per_s"]["min"] / 1e6:.3f}, {s["tokens_per_s"]["max"] / 1e6:.3f}], '
           f'{s["cpu_s"]["median"]:.1f} CPU s, {s["peak_rss_sum_MiB"]["median"]:.0f} MiB summed peak RSS')
+  for name, value in results['ratios'].items():
+    print(name, json.dumps(value))
+  for name, row in results.get('ceiling', {}).items():
+    print(f'ceiling, {name}: {row["tokens_per_s"] / 1e6:.3f}M tokens/s ({row["cpu_s"]:.1f} CPU s)')
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
       json.dump(results, f, indent=2)
