@@ -277,3 +277,90 @@ def test_init_scale_compares_the_kinds_branches():
     assert rows[(f'tokenformer {scale}', '0.0625')][1] == pytest.approx(tf[1] / 16, rel=0.02)  # printed to 3 decimals
     assert rows[(f'tokenformer {scale}', '0.0625')][0] == pytest.approx(tf[0] / 16, rel=0.02)
     assert rows[(f'dense {scale}', '0.0625')][0] == pytest.approx(dense[0])
+
+
+_STAND_IN_REFERENCE = '''
+"""Stands in for the reference's tools/datasets/preprocess_data.py: ids and end-of-text, uint16 .bin."""
+import argparse, json
+import numpy as np
+import tokenizers
+parser = argparse.ArgumentParser()
+for name in ('--input', '--output-prefix', '--tokenizer-type', '--vocab-file', '--workers'):
+  parser.add_argument(name)
+parser.add_argument('--append-eod', action='store_true')
+args = parser.parse_args()
+tok = tokenizers.Tokenizer.from_file(args.vocab_file)
+with open(args.output_prefix + '_text_document.bin', 'wb') as out:
+  for path in args.input.split(','):
+    for line in open(path, encoding='utf-8'):
+      ids = tok.encode(json.loads(line)['text']).ids + [tok.token_to_id('<|endoftext|>')]
+      out.write(np.array(ids, np.uint16).tobytes())
+'''
+
+
+def test_prepare_speed_compares_token_streams_and_measures_process_trees(tmp_path):
+  from tests.conftest import write_hf_tokenizer
+  script = tmp_path / 'reference' / 'tools' / 'datasets' / 'preprocess_data.py'
+  script.parent.mkdir(parents=True)
+  script.write_text(_STAND_IN_REFERENCE)
+  tok = write_hf_tokenizer(tmp_path / 'tokenizer.json')
+  out = tmp_path / 'speed.json'
+  args = [sys.executable, 'benchmarks/prepare_speed.py', f'--reference={tmp_path / "reference"}',
+          f'--tokenizer={tok}', '--mb=0.05', '--files=2', '--repeats=1', '--workers=2',
+          '--modes=multi_threading', '--noin_process', '--noceiling', f'--root={tmp_path / "scratch"}']
+  proc = _run([*args, f'--json={out}'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(out.read_text())
+  assert results['same_token_stream'] and results['tokens'] > 1000
+  assert {r['tool'] for r in results['runs']} == {'reference', 'ours (multi_threading)'}
+  for r in results['runs']:
+    assert r['wall_s'] > 0 and r['cpu_s'] > 0 and r['peak_rss_sum_MiB'] > 20 and r['processes']
+  assert set(results['ratios']) == {'ours (multi_threading) / reference, 2 workers'}
+  # a reference that writes other tokens is caught
+  script.write_text(_STAND_IN_REFERENCE.replace('[tok.token_to_id', '[1, tok.token_to_id'))
+  proc = _run(args)
+  assert proc.returncode != 0 and 'the token streams differ' in proc.stderr + proc.stdout
+
+
+_FAN_OUT = '''
+import multiprocessing, subprocess, sys, time
+def work(_):
+  block = bytearray(64 << 20)  # touched: 64 MiB resident in each worker
+  end = time.process_time() + 0.3
+  while time.process_time() < end:
+    pass
+  return len(block)
+if __name__ == '__main__':
+  # an orphan: outlives this process, is reaped by the measuring process and counted there
+  subprocess.Popen([sys.executable, '-c', 'import time\\nend = time.process_time() + 0.3\\n'
+                    'while time.process_time() < end: pass'])
+  with multiprocessing.get_context('spawn').Pool(2) as pool:
+    print(sum(pool.map(work, range(2))))
+'''
+
+
+def test_process_tree_sums_every_process(tmp_path):
+  script = tmp_path / 'fan_out.py'
+  script.write_text(_FAN_OUT)
+  code = ('import json, sys; from benchmarks import process_tree; process_tree.become_subreaper(); '
+          'print(json.dumps(process_tree.run([sys.executable, sys.argv[1]])))')
+  proc = _run([sys.executable, '-c', code, str(script)])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  r = json.loads(proc.stdout)
+  assert r['peak_rss_sum_MiB'] > 2 * 64 and len(r['processes']) >= 4
+  assert r['cpu_s'] >= 0.85  # two workers and the orphan, 0.3 s each
+
+
+def test_prepare_profile_splits_a_workers_time(tmp_path):
+  from tests.conftest import write_hf_tokenizer
+  data = tmp_path / 'in.jsonl'
+  data.write_text(''.join(json.dumps({'text': f'{i}: In the beginning God created.'}) + '\n'
+                          for i in range(200)))
+  out = tmp_path / 'profile.json'
+  proc = _run([sys.executable, 'benchmarks/prepare_profile.py', f'--input={data}',
+               f'--tokenizer={write_hf_tokenizer(tmp_path / "tokenizer.json")}', f'--json={out}'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  parts = json.loads(out.read_text())['parts']
+  named = ('reading and JSON', 'tokenizer', 'Python around the tokenizer', 'writing', 'other')
+  assert all(parts[k]['cpu_s'] >= 0 for k in named) and parts['tokenizer']['cpu_s'] > 0
+  assert sum(parts[k]['wall_s'] for k in named) == pytest.approx(parts['total']['wall_s'])

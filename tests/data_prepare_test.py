@@ -80,11 +80,11 @@ def test_killed_prepare_never_looks_complete_and_reuses_finished_shards(jsonl_fi
   real = prepare._write_batch  # pylint: disable=protected-access
   calls = []
 
-  def dies_in_the_third_shard(batch, tokenizer, writers):
+  def dies_in_the_third_shard(batch, tokenizer, writers, parallel):
     calls.append(writers)
     if len({id(w) for w in calls}) == 3:
       raise KeyboardInterrupt
-    real(batch, tokenizer, writers)
+    real(batch, tokenizer, writers, parallel)
 
   monkeypatch.setattr(prepare, '_write_batch', dies_in_the_third_shard)
   with pytest.raises(KeyboardInterrupt):
@@ -214,3 +214,17 @@ def test_without_beam_installed_nothing_is_written(tmp_path, monkeypatch):
   with pytest.raises(UserError, match=r"runs on Apache Beam: pip install 'tokenformer_jax\[prepare\]'"):
     prepare.run(prepare.Options(inputs='kjv', output=str(tmp_path / 'd'), train_vocab=256), beam_args=[])
   assert not (tmp_path / 'd').exists()
+
+
+@pytest.mark.parametrize('given, expected', [
+    ([], ['--runner=FnApiRunner', '--direct_num_workers=0', '--direct_running_mode=multi_threading']),
+    (['--direct_num_workers=3'], ['--runner=FnApiRunner', '--direct_running_mode=multi_threading',
+                                  '--direct_num_workers=3']),
+    (['--direct_num_workers', '1'], ['--runner=FnApiRunner', '--direct_num_workers', '1']),
+    (['--direct_num_workers=2', '--direct_running_mode=multi_processing'],
+     ['--runner=FnApiRunner', '--direct_num_workers=2', '--direct_running_mode=multi_processing']),
+    (['--runner=DataflowRunner', '--project=p'], ['--runner=DataflowRunner', '--project=p'])])
+def test_local_runner_defaults_to_a_worker_per_core(given, expected):
+  """A worker encodes on one core, so the local runner without options runs a worker thread per core."""
+  from tokenformer_jax.data import beam_pipeline
+  assert beam_pipeline.local_defaults(given) == expected

@@ -79,3 +79,32 @@ def test_byte_fallback_only_for_large_vocab():
     tokenizer_lib.trainer_settings([''.join(chr(c) for c in range(33, 127))], 96)
   with pytest.raises(UserError, match='at least 64'):
     tokenizer_lib.trainer_settings(sentences, 32)
+
+
+@pytest.mark.parametrize('normalizer, skipped', [('NFC', True), ('NFKC+NFD', True), ('Lowercase', False),
+                                                 (None, False)])
+def test_documents_encode_as_encode_does_on_one_core_or_all(tmp_path, normalizer, skipped):
+  """ASCII documents skip a Unicode normalizer (the identity on ASCII), others go through it; on one
+  core or all, documents get exactly `encode`'s ids."""
+  from tokenizers import Tokenizer, normalizers
+  hf = Tokenizer.from_file(write_hf_tokenizer(tmp_path / 'base.json'))
+  hf.normalizer = {'NFC': normalizers.NFC(), 'Lowercase': normalizers.Lowercase(), None: None,
+                   'NFKC+NFD': normalizers.Sequence([normalizers.NFKC(), normalizers.NFD()])}[normalizer]
+  hf.save(str(tmp_path / 'tokenizer.json'))
+  tok = tokenizer_lib.load_file(str(tmp_path / 'tokenizer.json'))
+  assert (tok._hf_ascii is not tok._hf) == skipped  # pylint: disable=protected-access
+  if skipped:
+    assert tok._hf_ascii.normalizer is None  # pylint: disable=protected-access
+  docs = [TEXT, 'God', 'cafe\u0301 \ufb01', 'And GOD said', 'x  y\n\n  z']  # decomposed é, a ligature
+  expected = [tok.encode(d) + [tok.eos_id] for d in docs]
+  for parallel in (True, False):
+    assert [d.tolist() for d in tok.encode_documents(docs, parallel)] == expected
+  if normalizer == 'NFC':  # without its normalizer a decomposed é encodes otherwise: the routing matters
+    assert tok.encode('cafe\u0301') == tok.encode('caf\u00e9') != tok._hf_ascii.encode(  # pylint: disable=protected-access
+        'cafe\u0301', add_special_tokens=False).ids
+
+
+def test_sentencepiece_documents_on_one_core_or_all(kjv_bpe):
+  docs = [TEXT, 'x', 'In the\n\nbeginning']
+  assert [d.tolist() for d in kjv_bpe.encode_documents(docs, parallel=False)] == [
+      d.tolist() for d in kjv_bpe.encode_documents(docs, parallel=True)]

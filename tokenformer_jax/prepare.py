@@ -3,9 +3,10 @@
   python -m tokenformer_jax.prepare --input=GLOB[,GLOB...] --output=DIR --tokenizer=FILE \
       [--text_key=text] [--num_shards=N] [--validation_fraction=F] [-- BEAM_PIPELINE_OPTIONS]
 
-Without Beam options the DirectRunner runs it in this process; `-- --direct_num_workers=4
---direct_running_mode=multi_processing` uses 4 local processes, and `-- --runner=DataflowRunner ...`
-(or Flink, Spark) the same pipeline on a cluster. Training reads DIR with `--config.data.prepared=DIR`.
+Without Beam options the DirectRunner runs it in this process with a worker thread per core (a worker
+encodes on one core); `-- --direct_num_workers=4` uses 4 workers, `--direct_running_mode=multi_processing`
+makes them processes, and `-- --runner=DataflowRunner ...` (or Flink, Spark) runs the same pipeline on a
+cluster. Training reads DIR with `--config.data.prepared=DIR`.
 Rerunning a killed prepare reuses its completed shards; the manifest is written last.
 """
 from absl import app, flags

@@ -1,9 +1,11 @@
 """The prepare pipeline on Apache Beam: one element per shard task, spread over the runner's workers.
 
 Beam's own options choose the runner: by default Beam's local one, the FnApiRunner that the DirectRunner
-runs this pipeline on (`--direct_num_workers=N --direct_running_mode=multi_processing` for N local
-processes), or Dataflow, Flink and Spark with
-their options; the workers need this package installed (e.g. `--setup_file` or a container image).
+runs this pipeline on, with a worker thread per core (`--direct_num_workers=N` for N;
+`--direct_running_mode=multi_processing` for processes instead of threads), or Dataflow, Flink and Spark
+with their options; the workers need this package installed (e.g. `--setup_file` or a container image).
+A worker encodes on one core, so a runner's parallelism is its number of workers; the threads of one
+process share one tokenizer (the encoder runs outside the GIL).
 A shard's bad input (a line that is not JSON, undecodable bytes, ...) is not retried: the worker
 records it beside the output and the driver reports it as a one-line error after the pipeline ends.
 """
@@ -27,28 +29,34 @@ def check_installed() -> None:
     raise UserError("the prepare pipeline runs on Apache Beam: pip install 'tokenformer_jax[prepare]'")
 
 
-def run(tasks: list, tokenizer_bytes: bytes, beam_args: list[str]) -> None:
-  """Runs prepare.process for every task on Beam; raises the first recorded bad-input error."""
+def run(tasks: list, tokenizer, beam_args: list[str]) -> None:
+  """Runs prepare.process for every task on Beam; raises the first recorded bad-input error.
+
+  Workers in this process (the local runner's threads) use `tokenizer` itself; others load its file."""
   check_installed()
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+  from apache_beam.utils import shared  # pylint: disable=import-outside-toplevel
 
   class PrepareShard(beam.DoFn):
-    """Loads the tokenizer once per worker, then writes each task's shards."""
+    """Loads the tokenizer once per worker process, then writes each task's shards, encoding on one core."""
 
-    def __init__(self, file_bytes: bytes):
+    def __init__(self, file_bytes: bytes, handle: shared.Shared):
       super().__init__()
       self._file_bytes = file_bytes
+      self._shared = handle
       self._tokenizer = None
 
     def setup(self):
       from tokenformer_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-      self._tokenizer = tokenizer_lib.Tokenizer(self._file_bytes, 'the dataset tokenizer')
+      self._tokenizer = self._shared.acquire(
+          lambda: tokenizer_lib.Tokenizer(self._file_bytes, 'the dataset tokenizer'))
 
     def process(self, task):
       from tokenformer_jax.data import prepare  # pylint: disable=import-outside-toplevel
       try:
-        done = prepare.process(task, self._tokenizer)
+        # One core per worker: the runner starts a worker per core (or as many as asked).
+        done = prepare.process(task, self._tokenizer, parallel=False)
       except UserError as e:
         if not sources.is_remote(task.output):
           os.makedirs(os.path.dirname(_error_path(task)), exist_ok=True)
@@ -56,17 +64,17 @@ def run(tasks: list, tokenizer_bytes: bytes, beam_args: list[str]) -> None:
         return
       yield {split: entry['tokens'] for split, entry in done['shards'].items()}
 
+  handle = shared.Shared()
+  handle.acquire(lambda: tokenizer)  # held by the caller for the whole run
   for task in tasks:  # errors of an earlier run do not count
     if not sources.is_remote(task.output) and os.path.exists(_error_path(task)):
       os.remove(_error_path(task))
-  if not any(a == '--runner' or a.startswith('--runner=') for a in beam_args):
-    # The DirectRunner's own engine for this pipeline; DirectRunner itself first tries to download Prism.
-    beam_args = ['--runner=FnApiRunner', *beam_args]
+  beam_args = local_defaults(beam_args)
   options = PipelineOptions(beam_args)
   try:
     with beam.Pipeline(options=options) as p:
       _ = (p | 'tasks' >> beam.Create(tasks) | 'spread' >> beam.Reshuffle()
-           | 'prepare shards' >> beam.ParDo(PrepareShard(tokenizer_bytes)))
+           | 'prepare shards' >> beam.ParDo(PrepareShard(tokenizer.file_bytes, handle)))
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-exception-caught
@@ -78,6 +86,25 @@ def run(tasks: list, tokenizer_bytes: bytes, beam_args: list[str]) -> None:
   if errors:
     more = f' (and {len(errors) - 1} more shards with errors)' if len(errors) > 1 else ''
     raise UserError(errors[0] + more)
+
+
+def _given(beam_args: list[str], name: str) -> bool:
+  return any(a == name or a.startswith(f'{name}=') for a in beam_args)
+
+
+def local_defaults(beam_args: list[str]) -> list[str]:
+  """Without a runner: the DirectRunner's own engine for this pipeline (DirectRunner itself first tries
+  to download Prism), with a worker thread per core unless the worker count or mode is given."""
+  from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions  # pylint: disable=import-outside-toplevel
+  if _given(beam_args, '--runner'):
+    return beam_args
+  defaults = ['--runner=FnApiRunner']
+  if not _given(beam_args, '--direct_num_workers'):
+    defaults.append('--direct_num_workers=0')  # 0: one per core
+  workers = PipelineOptions([*defaults, *beam_args]).view_as(DirectOptions).direct_num_workers
+  if not _given(beam_args, '--direct_running_mode') and workers != 1:
+    defaults.append('--direct_running_mode=multi_threading')
+  return [*defaults, *beam_args]
 
 
 def _errors(tasks) -> list[str]:

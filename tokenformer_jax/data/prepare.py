@@ -28,8 +28,10 @@ from tokenformer_jax.errors import UserError
 # Training a tokenizer reads at most this much text: an equal share from each input file, from its
 # start, in file order (deterministic), then at most 2M lines of it (tokenizer.training_sentences).
 TOKENIZER_SAMPLE_BYTES = 64 << 20
-_BATCH_DOCUMENTS = 512
-_BATCH_CHARS = 8 << 20
+# A batch of documents is encoded, then written; per core that encodes it, so a batch holds a bounded
+# share of the tokenizer's output and all cores get work.
+_BATCH_DOCUMENTS_PER_CORE = 64
+_BATCH_CHARS_PER_CORE = 1 << 20
 _STATE_DIR = '.prepare'
 
 
@@ -102,14 +104,18 @@ def _count_finished(tasks: list[Task]) -> int:
     return sum(done is not None for done in pool.map(_completed, tasks))
 
 
-def process(task: Task, tokenizer) -> dict:
-  """Writes the task's train and validation shards (or finds them complete); returns their entries."""
+def process(task: Task, tokenizer, parallel: bool = True) -> dict:
+  """Writes the task's train and validation shards (or finds them complete); returns their entries.
+
+  parallel: the tokenizer encodes on all cores (one process doing all the work); else on one core
+  (a Beam worker: the runner runs a worker per core)."""
   done = _completed(task)
   if done is not None:
     return done
   writers = {split: shards.Writer(os.path.join(task.output, shard_file(split, task.index, task.num_shards)),
                                   np.dtype(task.dtype), task.record_tokens)
              for split in manifest_lib.SPLITS}
+  cores = (os.cpu_count() or 1) if parallel else 1
   try:
     batch, chars = [], 0
     for path in task.files:
@@ -117,10 +123,10 @@ def process(task: Task, tokenizer) -> dict:
       for number, doc in enumerate(sources.documents(path, task.text_key)):
         batch.append((is_validation(f'{name}:{number}', task.validation_fraction), doc))
         chars += len(doc)
-        if len(batch) >= _BATCH_DOCUMENTS or chars >= _BATCH_CHARS:
-          _write_batch(batch, tokenizer, writers)
+        if len(batch) >= _BATCH_DOCUMENTS_PER_CORE * cores or chars >= _BATCH_CHARS_PER_CORE * cores:
+          _write_batch(batch, tokenizer, writers, parallel)
           batch, chars = [], 0
-    _write_batch(batch, tokenizer, writers)
+    _write_batch(batch, tokenizer, writers, parallel)
     entries = {split: w.close() for split, w in writers.items()}
   except BaseException:
     for w in writers.values():
@@ -131,10 +137,10 @@ def process(task: Task, tokenizer) -> dict:
   return done
 
 
-def _write_batch(batch, tokenizer, writers) -> None:
+def _write_batch(batch, tokenizer, writers, parallel: bool) -> None:
   if not batch:
     return
-  for (validation, _), ids in zip(batch, tokenizer.encode_documents([d for _, d in batch])):
+  for (validation, _), ids in zip(batch, tokenizer.encode_documents([d for _, d in batch], parallel)):
     writers['validation' if validation else 'train'].add(ids)
 
 
@@ -243,7 +249,7 @@ def _prepare(opts: Options, beam_args: list[str] | None, log) -> dict:
     results = [process(t, tokenizer) for t in tasks]
   else:
     from tokenformer_jax.data import beam_pipeline  # pylint: disable=import-outside-toplevel
-    beam_pipeline.run(tasks, tokenizer.file_bytes, beam_args)
+    beam_pipeline.run(tasks, tokenizer, beam_args)
     results = [_completed(t) for t in tasks]
     missing = [t.index for t, r in zip(tasks, results) if r is None]
     if missing:

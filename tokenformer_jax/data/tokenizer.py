@@ -8,6 +8,7 @@ on a sample of it (`train_sentencepiece`).
 import hashlib
 import io
 import itertools
+import json
 import os
 
 import numpy as np
@@ -30,6 +31,8 @@ _NUM_META_PIECES = 3
 _NUM_BYTE_PIECES = 256
 # Below this, byte pieces would take over a quarter of the ids.
 _MIN_BYTE_FALLBACK_VOCAB = 1024
+# Unicode normalization forms: each leaves ASCII text unchanged.
+_UNICODE_FORMS = ('NFC', 'NFD', 'NFKC', 'NFKD')
 
 
 class Tokenizer:
@@ -44,6 +47,7 @@ class Tokenizer:
         self._hf = tokenizers.Tokenizer.from_str(file_bytes.decode('utf-8'))
       except Exception as e:  # pylint: disable=broad-exception-caught
         raise UserError(f'not a Hugging Face tokenizer.json: {name} ({str(e)[:200]})') from e
+      self._hf_ascii = _without_unicode_normalizer(self._hf, file_bytes)
       self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
       ids = [i for i in (self._hf.token_to_id(n) for n in EOS_NAMES) if i is not None]
       if not ids:
@@ -73,18 +77,22 @@ class Tokenizer:
   def encode(self, text: str) -> list[int]:
     return self.encode_batch([text])[0]
 
-  def encode_documents(self, docs: list[str]) -> list[np.ndarray]:
-    """Each document's ids followed by end-of-text, as int64 arrays. sentencepiece models are fed
-    line by line (newline is a piece of its own, so this changes nothing but the batch's parallelism)."""
+  def encode_documents(self, docs: list[str], parallel: bool = True) -> list[np.ndarray]:
+    """Each document's ids followed by end-of-text, as int64 arrays: the same ids as `encode`.
+
+    parallel: the tokenizer's own threads share the batch over all cores; else one document at a time
+    on one core, so that a process per core (Beam's workers) scales without oversubscribing the cores.
+    sentencepiece models are fed line by line (newline is a piece of its own, so this changes nothing
+    but the batch's parallelism)."""
     if self.kind == HUGGING_FACE:
-      return [np.array(ids + [self.eos_id], np.int64) for ids in self.encode_batch(docs)]
+      return [np.array(ids + [self.eos_id], np.int64) for ids in self._hf_ids(docs, parallel)]
     chunks, counts = [], []
     for doc in docs:
       lines = doc.split('\n')
       chunks.extend(line + '\n' for line in lines[:-1])
       chunks.append(lines[-1])
       counts.append(len(lines))
-    ids = self.encode_batch(chunks)
+    ids = self._sp.encode(chunks, out_type=int, num_threads=(os.cpu_count() or 1) if parallel else 1)
     out, start = [], 0
     for count in counts:
       doc_ids = ids[start:start + count]
@@ -93,11 +101,42 @@ class Tokenizer:
       start += count
     return out
 
+  def _hf_ids(self, docs: list[str], parallel: bool) -> list[list[int]]:
+    """encode_batch_fast skips the character offsets (ids are unchanged); ASCII documents skip a
+    Unicode normalizer (the identity on ASCII)."""
+    if not parallel:
+      return [(self._hf_ascii if doc.isascii() else self._hf).encode_batch_fast(
+          [doc], add_special_tokens=False)[0].ids for doc in docs]
+    ascii_docs = [i for i, doc in enumerate(docs) if doc.isascii()]
+    other_docs = [i for i, doc in enumerate(docs) if not doc.isascii()]
+    ids = [None] * len(docs)
+    for tok, group in ((self._hf_ascii, ascii_docs), (self._hf, other_docs)):
+      encodings = tok.encode_batch_fast([docs[i] for i in group], add_special_tokens=False)
+      for i, e in zip(group, encodings):
+        ids[i] = e.ids
+    return ids
+
   def decode(self, ids) -> str:
     ids = [int(i) for i in ids]
     if self.kind == HUGGING_FACE:
       return self._hf.decode(ids, skip_special_tokens=True)
     return self._sp.decode(ids)
+
+
+def _without_unicode_normalizer(hf: tokenizers.Tokenizer, file_bytes: bytes) -> tokenizers.Tokenizer:
+  """`hf` without its normalizer when that is only Unicode normalization (NFC for GPT-NeoX-20B), which
+  leaves ASCII text as it is: the tokenizer for ASCII documents. It shares `hf`'s model (the vocabulary
+  and merges); with any other normalizer, or none, this is `hf` itself."""
+  if hf.normalizer is None:
+    return hf
+  norm = json.loads(hf.normalizer.__getstate__())
+  forms = norm.get('normalizers', []) if norm.get('type') == 'Sequence' else [norm]
+  if not forms or any(n.get('type') not in _UNICODE_FORMS for n in forms):
+    return hf
+  ascii_tok = tokenizers.Tokenizer.from_str(file_bytes.decode('utf-8'))
+  ascii_tok.normalizer = None
+  ascii_tok.model = hf.model
+  return ascii_tok
 
 
 def _looks_like_json(data: bytes) -> bool:
