@@ -78,15 +78,29 @@ _GROW_FROM = flags.DEFINE_string('grow_from', None,
 
 class _QuietLibraries(std_logging.Filter):
   """Drops INFO chatter of Orbax and grain (one line per file written); warnings still pass, except the
-  tracebacks Orbax's threads log for a full disk, which the run reports in its one error line."""
+  tracebacks that Orbax's threads, and asyncio for Orbax's writer tasks, log for a full disk: the run
+  reports it in its one error line."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     noisy = any(f'{os.sep}{name}{os.sep}' in record.pathname for name in ('orbax', 'grain'))
-    if noisy and record.exc_info:
+    if (noisy or record.name == 'asyncio') and record.exc_info:
       from tokenformer_jax import checkpoint   # already loaded: only a run that saves gets here
       if checkpoint.out_of_space(record.exc_info[1]):
         return False
     return record.levelno >= std_logging.WARNING or not noisy
+
+
+def _unraisable(unraisable) -> None:
+  """sys.unraisablehook without the noise of a failed save: when one write of an Orbax save fails, Orbax
+  stops waiting and closes its event loop, and TensorStore then cannot report each write still in flight
+  to it ('Event loop is closed', once per write). The failure itself is reported (one error line)."""
+  error, tb = unraisable.exc_value, unraisable.exc_traceback
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  abandoned_write = (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+                     and tb is not None and tb.tb_frame.f_code.co_name == '_check_closed')
+  if not abandoned_write:
+    sys.__unraisablehook__(unraisable)
 
 
 def _run_flags() -> dict:
@@ -114,6 +128,7 @@ def main(argv):
     fail('--workdir is required')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.unraisablehook = _unraisable
   status, message = _run(cfg, os.path.abspath(_WORKDIR.value))
   if message:
     print(message, file=sys.stderr, flush=True)
