@@ -101,7 +101,7 @@ start = time.perf_counter()
 import ml_collections
 from tokenformer_jax.data import dataset, pipeline
 imported = time.perf_counter()
-cfg = ml_collections.ConfigDict(dict(prepared=sys.argv[1], mixture='', tokenizer='', corpus='',
+cfg = ml_collections.ConfigDict(dict(prepared=sys.argv[1], mixture='', validation='', tokenizer='', corpus='',
                                      vocab_size=0, val_fraction=0.05, text_key='text', cache_dir=''))
 seq, batch, seconds = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 run = dataset.open_run_data(cfg, '/nonexistent')

@@ -5,12 +5,15 @@
 
 The reference is GPT-NeoX's `tools/datasets/preprocess_data.py` (a multiprocessing pool, one document
 per call to the Hugging Face tokenizer, Megatron's mmap .bin/.idx), run from a checkout of the reference
-repository given by --reference, with a Python that has its imports (--reference_python); nothing of it
-is imported here. Both get the same corpus and the same tokenizer.json, with 1 and 2 workers, runs
-alternating (ours, reference, ours, ...), every run a fresh process tree measured for wall seconds,
-tokens/s, CPU seconds of all its processes and the sum of their peak RSS (process_tree.py). Each pair
-of outputs is checked to be the same token stream, byte for byte. Ours is also run in-process (the path
-`--mode=train` takes for a raw corpus) and, for the ceiling, the tokenizer alone on the same documents.
+repository given by --reference, with a Python that has its imports (--reference_python: ftfy,
+lm_dataformat, transformers, deepspeed and, for `pkg_resources`, setuptools<70, e.g. a virtual
+environment over a Python with torch); nothing of it is imported here. Both get the same corpus and the
+same tokenizer.json, with 1 and 2 workers (ours at 2 as threads and as processes: --modes), runs
+alternating, after one unmeasured warm-up of each; every run is a fresh process tree measured for wall
+seconds, tokens/s, CPU seconds of all its processes and the sum of their peak RSS (process_tree.py). Each
+pair of outputs is checked to be the same token stream, byte for byte. Ours is also run in-process (the
+path `--mode=train` takes for a raw corpus) and, for the ceiling, the tokenizer alone on the same
+documents.
 
 The corpus is real source text, made here (`make_corpus`): the Python standard library's .py files, then
 those of the installed packages, in sorted order, one document per file (files that are not UTF-8, have
