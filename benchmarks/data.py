@@ -101,8 +101,9 @@ start = time.perf_counter()
 import ml_collections
 from tokenformer_jax.data import dataset, pipeline
 imported = time.perf_counter()
-cfg = ml_collections.ConfigDict(dict(prepared=sys.argv[1], mixture='', validation='', tokenizer='', corpus='',
-                                     vocab_size=0, val_fraction=0.05, text_key='text', cache_dir=''))
+cfg = ml_collections.ConfigDict(dict(prepared=sys.argv[1], mixture='', tokenizer='', corpus='',
+                                     vocab_size=0, val_fraction=0.05, text_key='text', cache_dir='',
+                                     validation=''))
 seq, batch, seconds = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 run = dataset.open_run_data(cfg, '/nonexistent')
 it = pipeline.BatchIterator(run.train_stream(seq, 0, batch), batch)

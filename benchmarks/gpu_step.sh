@@ -9,6 +9,13 @@
 #   bash benchmarks/gpu_step.sh                                 # on a machine with one GPU
 #   BATCH=32 REMAT=block bash benchmarks/gpu_step.sh --steps=20 # any extra flags go to step.py
 #   WHEELS=.wheels bash benchmarks/gpu_step.sh                  # an offline machine: see below
+#   CHECK=h100:1 bash benchmarks/gpu_step.sh                    # before renting: see below
+#
+# Before renting the GPU, CHECK=TOPOLOGY compiles this very step (same CONFIG, BATCH, REMAT, bf16) for
+# that GPU on the machine at hand, which needs no GPU (pip install -e '.[gpu-compile]', and cuDNN for the
+# cuDNN attention: docs/scaling.md), prints the memory per device against what JAX may use of the GPU's,
+# the collectives and the attention that lowered, fails with what to change if it does not fit, and
+# runs nothing.
 #
 # A GPU machine with JAX but no package index (and none of flax, optax, orbax-checkpoint, grain,
 # ml_collections at our versions): download the wheels where pip works, for that machine's Python,
@@ -27,6 +34,10 @@ CONFIG="${CONFIG:-experiments/progressive.py:354m}"
 SPEC_PEAK_TFLOPS="${SPEC_PEAK_TFLOPS:-989}"
 OUT="${OUT:-gpu_step.json}"
 PYTHON="${PYTHON:-python3}"
+if [[ -n "${CHECK:-}" ]]; then
+  exec "$PYTHON" -m tokenformer_jax.main --mode=compile --config="$CONFIG" --topology="$CHECK" \
+    --config.train.batch_size="$BATCH" --config.model.remat="$REMAT" --config.model.dtype=bfloat16
+fi
 if [[ -n "${WHEELS:-}" ]]; then
   shopt -s nullglob
   wheels=("$WHEELS"/*.whl)

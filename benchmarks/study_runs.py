@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax import flops, goodput, stages  # noqa: E402
+from tokenformer_jax import flops, goodput, metrics, stages  # noqa: E402
 
 
 def fail(message: str):
@@ -43,18 +43,9 @@ def train(experiment: str, arm: str, changes: dict, workdir: str, cache: str) ->
 
 
 def training_seconds(cfg, workdir: str) -> float:
-  """Seconds from each training start to its last record, summed over a run's stages, from their
-  goodput records: the run's real time, however many calls it took."""
-  seconds = 0.0
-  for run_dir in run_dirs(cfg, workdir):
-    began = last = None
-    for record in goodput.read_records(run_dir):
-      if record.get('event') == 'start':
-        seconds += (last - began) if began is not None else 0.0
-        began = record['time']
-      last = record['time']
-    seconds += (last - began) if began is not None else 0.0
-  return seconds
+  """The running time of a run's stages (goodput.running_seconds: from each training start to its end),
+  however many calls it took."""
+  return sum(goodput.running_seconds(goodput.read_records(run_dir)) for run_dir in run_dirs(cfg, workdir))
 
 
 def val_curve(cfg, workdir: str) -> list[tuple[float, float]]:
@@ -68,9 +59,8 @@ def val_curve(cfg, workdir: str) -> list[tuple[float, float]]:
     step_flops = flops.train_flops_per_token(run_cfg.model, vocab, cfg.data.seq_len) * tokens_per_step
     # carry: the step count goes on across stages; reset: each stage counts from 0
     start = prev_end if cfg.growth.optimizer == 'carry' and cfg.stages else 0
-    with open(os.path.join(run_dir, 'metrics.jsonl'), encoding='utf-8') as f:
-      records = [json.loads(line) for line in f]
-    evals = {r['step']: r['val_loss'] for r in records if 'val_loss' in r}  # last record per step wins
+    # the records of the attempt that last reached each step (a resumed run evaluates some again)
+    evals = {r['step']: r['val_loss'] for r in metrics.kept_records(run_dir) if 'val_loss' in r}
     for step in sorted(evals):
       curve.append((spent + (step - start) * step_flops, evals[step]))
     spent += (run_cfg.train.steps - start) * step_flops

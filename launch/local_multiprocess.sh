@@ -7,7 +7,8 @@
 #
 # Every process gets the same arguments plus --coordinator_address/--num_processes/--process_id;
 # process i logs to WORKDIR/logs/process_i.log (process 0 also to the terminal). The script exits
-# with the first non-zero status of any process.
+# with the status of the first process to end with a non-zero one (in time, to 0.2 s, not in process
+# order: the first to fail is usually the cause, and the others end because of it), or 0 when all succeed.
 set -euo pipefail
 
 num_processes=2
@@ -57,11 +58,19 @@ for ((i = 0; i < num_processes; i++)); do
   fi
   pids+=($!)
 done
+# Polls for the processes that ended (bash reaps them as they end; `wait PID` then gives the status):
+# portable, unlike `wait -n`, which can miss a job that ended while bash was reporting another.
 status=0
-for pid in "${pids[@]}"; do
-  if ! wait "$pid"; then
-    code=$?
+running=("${pids[@]}")
+while [[ ${#running[@]} -gt 0 ]]; do
+  still=()
+  for pid in "${running[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then still+=("$pid"); continue; fi
+    code=0
+    wait "$pid" || code=$?
     [[ $status == 0 ]] && status=$code
-  fi
+  done
+  running=("${still[@]+"${still[@]}"}")
+  [[ ${#running[@]} -gt 0 ]] && sleep 0.2
 done
 exit "$status"

@@ -53,9 +53,9 @@ def test_parse_topology():
   assert aot.parse_topology('v4:2x2x2').name == 'v4:2x2x2'
 
 
-@pytest.mark.parametrize('text', ['', 'v5e', 'v5x:2x2', 'v5e:0x2', 'v5e:2x2x2x2', 'v5e-16', 'tpu:2x2'])
+@pytest.mark.parametrize('text', ['', 'v5e', 'v5x:2x2', 'v5e:0x2', 'v5e:2x2x2x2', 'v5e-16', 'tpu:2x2', 'b200:8'])
 def test_malformed_topology(text):
-  with pytest.raises(UserError, match='malformed --topology'):
+  with pytest.raises(UserError, match=r'malformed --topology.*v5e:4x4.*GPU one of h100, h200, a100-80g'):
     aot.parse_topology(text)
 
 
@@ -72,9 +72,16 @@ def test_count_collectives():
 
 
 def test_check_fits_message():
-  result = {'memory': {'total': 17 * aot.GIB}, 'hbm': 16 * aot.GIB, 'chip': 'v5e',
-            'mesh_shape': {'data': 1, 'fsdp': 1, 'tensor': 1}, 'batch_size': 8, 'grad_accum': 1}
-  with pytest.raises(UserError, match='does not fit: 17.00 GiB per device > 16 GiB HBM of v5e'):
+  result = {'memory': {'total': 17 * aot.GIB}, 'budget': 16 * aot.GIB, 'budget_note': '16 GiB HBM',
+            'chip': 'v5e', 'mesh_shape': {'data': 2, 'fsdp': 1, 'tensor': 1}, 'batch_size': 8,
+            'grad_accum': 1, 'micro_batch_per_device': 4, 'remat': 'none'}
+  with pytest.raises(UserError, match=r'does not fit: 17.00 GiB per device > 16 GiB HBM of v5e .*; to fit: '
+                                      r'raise train.grad_accum \(now 1: 4 sequences per device per '
+                                      r'micro-batch\); model.remat=block .*; shard parameters and optimizer '
+                                      r'state over all devices \(mesh.data=1 mesh.fsdp=-1'):
+    aot.check_fits(result)
+  result.update(micro_batch_per_device=1, remat='block', mesh_shape={'data': 1, 'fsdp': 2, 'tensor': 1})
+  with pytest.raises(UserError, match=r'; to fit: use more chips$'):
     aot.check_fits(result)
 
 
@@ -116,7 +123,8 @@ def test_cli_bad_topology_needs_no_workdir():
   code, _, line = run_cli('--topology=v5e:4')
   assert code != 0 and line.startswith('error: unknown or malformed --topology'), line
   code, _, line = run_cli()
-  assert code != 0 and line == 'error: --mode=compile needs --topology (e.g. --topology=v5p:2x2x1 or v5e:4x4)'
+  assert code != 0 and line == ('error: --mode=compile needs --topology (e.g. --topology=v5p:2x2x1, v5e:4x4 or '
+                                  'h100:8)')
 
 
 @needs_libtpu

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from tokenformer_jax import gpu_aot
 
 SMALL = ['--config.train.batch_size=4', '--config.data.seq_len=32']
 
@@ -81,6 +82,54 @@ def test_gpu_script_refuses_an_empty_wheel_folder(tmp_path):
               WHEELS=str(tmp_path / 'wheels'), OUT=str(tmp_path / 'gpu.json'))
   assert proc.returncode == 2 and 'holds no .whl files' in proc.stderr
   assert not (tmp_path / 'gpu.json').exists()
+
+
+def test_gpu_script_checks_the_step_for_a_gpu_first(tmp_path):
+  """CHECK=TOPOLOGY compiles instead of running: a bad topology is the compile mode's own error."""
+  out = tmp_path / 'gpu.json'
+  proc = _run(['bash', 'benchmarks/gpu_step.sh'], CHECK='h100:9x', PYTHON=sys.executable, OUT=str(out))
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and lines[-1].startswith("error: unknown or malformed --topology='h100:9x'")
+  assert not out.exists()
+
+
+@pytest.mark.skipif(not gpu_aot.cudnn_loadable(),
+                    reason="needs JAX's CUDA plugin (pip install -e '.[gpu-compile]') and cuDNN "
+                           "(pip install --no-deps 'nvidia-cudnn-cu12>=9.8,<10')")
+def test_gpu_script_check_compiles_the_same_step_for_an_h100():
+  proc = _run(['bash', 'benchmarks/gpu_step.sh'], CHECK='h100:1', CONFIG='experiments/tiny.py', BATCH='4',
+              REMAT='block', PYTHON=sys.executable)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'h100:1 (NVIDIA H100 80GB HBM3, 1 device)' in proc.stdout
+  assert 'batch 4 x 128 tokens' in proc.stdout and 'bfloat16, remat block' in proc.stdout
+  assert 'attention     cudnn' in proc.stdout
+
+
+@pytest.mark.skipif(not gpu_aot.compiler_installed(),
+                    reason="needs JAX's CUDA plugin (pip install -e '.[gpu-compile]')")
+def test_gpu_fit_finds_the_least_grad_accum(tmp_path):
+  """tiny's 16 sequences over 2 hosts of 8 H100: one per device, so one compile answers."""
+  out = tmp_path / 'fit.json'
+  proc = _run([sys.executable, 'benchmarks/gpu_fit.py', '--configs=experiments/tiny.py',
+               '--topologies=h100:2x8', f'--json={out}'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (row,) = json.loads(out.read_text())['rows']
+  assert (row['micro_batch_per_device'], row['grad_accum'], row['fits']) == (1, 1, True)
+  assert row['device_kind'] == 'NVIDIA H100 80GB HBM3' and 0 < row['total_gib'] < row['budget_gib']
+  assert '| tiny.py | h100:2x8 | 1 (1) | ' in proc.stdout and '(one micro-batch already)' in proc.stdout
+
+
+def test_gpu_fit_table_from_saved_rows(tmp_path):
+  """The table of a saved run: per pair the largest micro-batch that fits, and the next one up."""
+  row = lambda micro, total: {'config': 'experiments/pile.py:1.5b', 'topology': 'h100:8',
+                              'micro_batch_per_device': micro, 'grad_accum': 128 // micro,
+                              'total_gib': total, 'budget_gib': 59.39, 'fits': total <= 59.39, 'wall_s': 30.0}
+  saved = tmp_path / 'fit.json'
+  saved.write_text(json.dumps({'rows': [row(1, 5.2), row(2, 5.7), row(64, 56.8), row(128, 109.1)]}))
+  proc = _run([sys.executable, 'benchmarks/gpu_fit.py', f'--table_from={saved}'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert ('| pile.py:1.5b | h100:8 | 2 (64) | 56.80 (96%) | 109.10 (184%): does not fit | 30 |'
+          in proc.stdout.splitlines())
 
 
 @pytest.mark.parametrize('args, message', [
@@ -196,6 +245,20 @@ def test_checkpoint_stall_benchmark_times_sync_and_async_saves(tmp_path):
   result = json.loads(out.read_text())
   assert len(result['per_round']) == 2 and result['sync_stall_s'] > 0 and result['async_call_s'] > 0
   assert result['async_stall_s'] >= result['async_call_s']
+  assert not (tmp_path / 'w').exists()
+
+
+def test_digest_cost_benchmark_times_saves_and_restores_with_and_without_digests(tmp_path):
+  out = tmp_path / 'digests.json'
+  proc = _run([sys.executable, 'benchmarks/digest_cost.py', '--rounds=1', '--num_layers=1', '--d_model=64',
+               f'--workdir={tmp_path / "w"}', f'--json={out}'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads(out.read_text())['results']
+  assert [r['model'] for r in results] == ['tiny', 'large']
+  for r in results:
+    assert min(r['digest_first_s'], r['digest_s'], r['save_s'], r['save_plain_s'], r['restore_s'],
+               r['restore_plain_s'], r['async_call_s'], r['async_call_plain_s']) > 0
+    assert r['save_added_s'] == pytest.approx(r['save_s'] - r['save_plain_s'])
   assert not (tmp_path / 'w').exists()
 
 

@@ -42,6 +42,35 @@ def tree_digest(path):
   return digest.hexdigest()
 
 
+def damage_array_bytes(step_dir, name: str = 'params/embedding', n_bytes: int = 4096, seed: int = 0) -> str:
+  """Random bytes over part of one saved array, overwritten in place where its data lies in the
+  checkpoint's data files (no file changes size): what a bad disk or a stray write leaves, and no
+  truncation or metadata check sees. The array must be stored uncompressed (training saves so).
+  Returns the file."""
+  import random
+  import warnings
+  import orbax.checkpoint as ocp
+  state_dir = os.path.join(str(step_dir), 'state')
+  with warnings.catch_warnings():   # 'sharding info not provided': read as saved, on this host
+    warnings.simplefilter('ignore')
+    tree = ocp.PyTreeCheckpointer().restore(state_dir)
+  for key in name.split('/'):
+    tree = tree[key]
+  raw = np.asarray(tree).tobytes()
+  assert len(raw) >= 2 * n_bytes, (name, len(raw))
+  for folder, _, files in sorted(os.walk(state_dir)):
+    for file_name in sorted(files):
+      path = os.path.join(folder, file_name)
+      with open(path, 'rb') as f:
+        at = f.read().find(raw)
+      if at >= 0:
+        with open(path, 'r+b') as f:
+          f.seek(at + len(raw) // 2 - n_bytes // 2)
+          f.write(random.Random(seed).randbytes(n_bytes))
+        return path
+  raise AssertionError(f'{name} is not stored as one run of bytes under {state_dir}')
+
+
 def error_line(stderr):
   """The one 'error: ...' line (interpreter shutdown may print after it); else the last line."""
   lines = [line for line in stderr.strip().splitlines() if line.strip()]

@@ -29,3 +29,8 @@ def test_explicit_flags_go_together():
   with pytest.raises(UserError, match='go together'):
     distributed.initialize('localhost:1234', None, 0)
 
+
+
+def test_heartbeat_timeout_must_be_positive():
+  with pytest.raises(UserError, match='--heartbeat_timeout_s must be at least 1'):
+    distributed.initialize('localhost:1234', 2, 0, heartbeat_s=0)

@@ -30,6 +30,32 @@ def test_local_multiprocess():
     assert 'xla_force_host_platform_device_count=2' in line
 
 
+
+def _fake_processes(tmp_path, outcomes):
+  """A stand-in python for local_multiprocess.sh: process i sleeps outcomes[i][0] seconds, then exits
+  with outcomes[i][1] (a negative one: killed by that signal)."""
+  for index, (delay, status) in enumerate(outcomes):
+    end = f'kill -{-status} $$' if status < 0 else f'exit {status}'
+    (tmp_path / f'process_{index}').write_text(f'sleep {delay}\n{end}\n')
+  script = tmp_path / 'python'
+  script.write_text('#!/usr/bin/env bash\nfor a in "$@"; do [[ "$a" == --process_id=* ]] && i="${a#*=}"; done\n'
+                    'source "$(dirname "$0")/process_$i"\n')
+  script.chmod(0o755)
+  return dict(os.environ, PYTHON=str(script))
+
+
+@pytest.mark.parametrize('outcomes,status', [
+    ([(0, 143), (2, 1)], 143),   # the first to fail is process 0, preempted
+    ([(2, 143), (0, 1)], 1),     # process 1 fails first: its status, not process 0's
+    ([(0, 0), (0, -9)], 137),    # killed: 128 + 9, as the shell reports it
+    ([(0, 0), (1, 0)], 0),
+])
+def test_local_multiprocess_exits_with_the_first_failure(tmp_path, outcomes, status):
+  proc = subprocess.run(['bash', 'launch/local_multiprocess.sh', '--num_processes=2', '--',
+                         '--config=experiments/tiny.py', f'--workdir={tmp_path / "w"}'], cwd=ROOT,
+                        capture_output=True, text=True, timeout=60, env=_fake_processes(tmp_path, outcomes))
+  assert proc.returncode == status, proc.stderr
+
 def test_tpu_pod():
   code, out, err = dry_run('bash', 'launch/tpu_pod.sh', '--tpu=t1', '--zone=us-east5-a', '--create',
                            '--accelerator_type=v5p-8', '--runtime=v2-alpha-tpuv5', '--retries=3',

@@ -71,6 +71,18 @@ def test_refuses_workdir_of_a_different_model(trained_workdir, args):
   assert tree_digest(trained_workdir) == before
 
 
+def test_the_outcome_of_a_training_run_is_left_in_its_workdir(trained_workdir, tmp_path):
+  """WORKDIR/status: done after a run; failed (2) after a run that diverged; nothing from a refusal
+  (above: the workdir stays as it was)."""
+  assert json.loads((trained_workdir / 'status').read_text())['status'] == 'done'
+  code, _, err = run_main(*FAST, '--config.optimizer.lr=1e30', '--config.train.steps=6',
+                          '--config.train.log_every=1', '--config.train.sample_tokens=0',
+                          workdir=tmp_path / 'w')
+  assert code == 2 and 'not finite at step' in error_line(err), err
+  record = json.loads((tmp_path / 'w' / 'status').read_text())
+  assert (record['status'], record['exit_status']) == ('failed', 2)
+
+
 def test_missing_flags(tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}'],
                         cwd=ROOT, capture_output=True, text=True, timeout=120)

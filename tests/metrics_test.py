@@ -1,5 +1,6 @@
 """Metrics: JSON lines plus TensorBoard scalars that read back; tensorboardX loads without PyTorch; a
-resumed run goes on with the same Weights & Biases run (offline: no network)."""
+resumed run's records of the steps it trains again replace the earlier ones (JSON lines and
+TensorBoard) and goes on with the same Weights & Biases run (offline: no network)."""
 import glob
 import json
 import os
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, small_config
-from tokenformer_jax import train
+from tokenformer_jax import metrics, train
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.metrics import MetricsWriter
 
@@ -31,6 +32,25 @@ def _event_scalars(folder):
   return found
 
 
+def _visible_scalars(folder):
+  """(step, tag, value) as TensorBoard shows them: a session start at step S hides the events read
+  before it whose step is S or later (TensorBoard's purge of orphaned data)."""
+  from tensorboardX.proto import event_pb2
+  shown = []
+  for name in sorted(os.listdir(folder)):
+    with open(os.path.join(folder, name), 'rb') as f:
+      data = f.read()
+    at = 0
+    while at < len(data):
+      (length,) = struct.unpack('<Q', data[at:at + 8])
+      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+      at += 12 + length + 4
+      if event.HasField('session_log') and event.session_log.status == event.session_log.START:
+        shown = [s for s in shown if s[0] < event.step]
+      shown += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+  return shown
+
+
 def test_writes_json_lines_and_tensorboard_scalars(tmp_path):
   writer = MetricsWriter(str(tmp_path))
   writer.write(5, {'loss': 2.5, 'lr': 0.125})
@@ -38,7 +58,7 @@ def test_writes_json_lines_and_tensorboard_scalars(tmp_path):
   writer.close()
   with open(tmp_path / 'metrics.jsonl', encoding='utf-8') as f:
     records = [json.loads(line) for line in f]
-  assert [(r['step'], r['loss']) for r in records] == [(5, 2.5), (10, 1.5)]
+  assert [(r['step'], r['loss'], r['attempt']) for r in records] == [(5, 2.5, 1), (10, 1.5, 1)]
   assert records[0]['lr'] == 0.125
   assert sorted(_event_scalars(tmp_path / 'tensorboard')) == [
       (5, 'loss', 2.5), (5, 'lr', 0.125), (10, 'loss', 1.5)]
@@ -91,3 +111,46 @@ def test_a_wandb_project_without_wandb_is_refused_before_anything_is_written(dat
   with pytest.raises(UserError, match=r"needs the wandb package: pip install 'tokenformer_jax\[wandb\]'"):
     train.train(c, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
+
+
+def test_a_run_resumed_from_an_earlier_checkpoint_keeps_one_record_per_step_the_later_attempts(
+    data_cache, tmp_path):
+  c = small_config(data_cache)
+  c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 8, 2, 4, 4
+  first = train.train(c, str(tmp_path))                           # attempt 1: steps 1-8
+  second = train.train(c, str(tmp_path), restore_step=4, stop_at_step=6)   # attempt 2: 5-6, stops
+  kept = metrics.kept_records(str(tmp_path))
+  losses = [(r['step'], r['attempt'], r['loss']) for r in kept if 'loss' in r]
+  assert losses == [(2, 1, first.train_losses[2]), (4, 1, first.train_losses[4]),
+                    (6, 2, second.train_losses[6])]
+  assert [(r['step'], r['attempt']) for r in kept if 'val_loss' in r] == [(4, 1), (6, 2)]
+  assert all(r['step'] <= 6 for r in kept)   # attempt 1's step 8 was rolled back
+  with open(tmp_path / 'metrics.jsonl') as f:   # all of it is still in the file, told apart
+    raw = [json.loads(line) for line in f]
+  assert [(r['event'], r['step'], r['attempt']) for r in raw if 'event' in r] == [('start', 0, 1),
+                                                                                  ('start', 4, 2)]
+  assert sorted(r['attempt'] for r in raw if r.get('step') == 6 and 'loss' in r) == [1, 2]
+  shown = [(step, value) for step, tag, value in _visible_scalars(tmp_path / 'tensorboard')
+           if tag == 'loss']
+  assert shown == [(2, pytest.approx(first.train_losses[2])), (4, pytest.approx(first.train_losses[4])),
+                   (6, pytest.approx(second.train_losses[6]))]
+
+
+def test_records_written_before_attempts_were_numbered_count_as_attempt_zero(tmp_path):
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps({'step': s, 'loss': float(s)}) + '\n'
+                                                  for s in (1, 2, 3, 4)))
+  writer = MetricsWriter(str(tmp_path), start_step=2)
+  writer.write(3, {'loss': 30.0})
+  writer.close()
+  assert [(r['step'], r.get('attempt', 0), r['loss']) for r in metrics.kept_records(str(tmp_path))] == [
+      (1, 0, 1.0), (2, 0, 2.0), (3, 1, 30.0)]
+
+
+def test_a_half_written_last_line_does_not_swallow_the_next_attempts_start(tmp_path):
+  (tmp_path / 'metrics.jsonl').write_text(json.dumps({'step': 2, 'loss': 2.0, 'attempt': 1}) + '\n'
+                                          + json.dumps({'step': 4, 'loss': 4.0, 'attempt': 1}) + '\n'
+                                          + '{"step": 6, "lo')   # killed while writing step 6
+  writer = MetricsWriter(str(tmp_path), start_step=2)
+  writer.write(3, {'loss': 30.0})
+  writer.close()
+  assert [(r['step'], r['attempt']) for r in metrics.kept_records(str(tmp_path))] == [(2, 1), (3, 2)]

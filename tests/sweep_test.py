@@ -1,8 +1,12 @@
-"""launch/sweep.py: override dicts → runs in their own workdirs, results.csv, skip/resume on rerun."""
+"""launch/sweep.py: override dicts → runs in their own workdirs, results.csv, skip/resume on rerun,
+launchers, Ctrl-C."""
 import csv
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 from tests.conftest import FAST, ROOT
 from tokenformer_jax import sweeps
@@ -58,7 +62,8 @@ def test_sweep_runs_collects_and_skips(tmp_path):
   assert all(0 < float(r['goodput']) < 1 for r in rows)
 
   second = next(root.glob('optimizer.lr=0.003,model.n_ffn=64-*'))
-  (second / 'sweep_done.json').unlink()  # "interrupted"
+  assert json.loads((second / 'status').read_text())['status'] == 'done'
+  (second / 'status').unlink()  # as if it had been killed before it could say how it ended
   proc = run_sweep(experiment, root, cache)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.count('finished before, skipped') == 1
@@ -117,5 +122,79 @@ def test_the_slurm_recipe_runs_main_once_per_run(tmp_path):
   assert len(calls) == 2 and all(c.count('-m tokenformer_jax.main') == 1 for c in calls), calls
   for run in root.glob('optimizer.lr=*'):
     assert (run / 'checkpoints' / '2').is_dir()  # trained
+  with open(root / 'results.csv') as f:   # the job ran within sbatch here: its status is there at once
+    rows = list(csv.DictReader(f))
+  assert [r['status'] for r in rows] == ['done', 'done'] and all(float(r['val_loss']) > 0 for r in rows)
+  proc = subprocess.run([sys.executable, 'launch/sweep.py', f'--config={experiment}', f'--root={root}',
+                         "--launcher=sbatch launch/slurm_gpu.sbatch --", '--', *FAST,
+                         f'--config.data.cache_dir={tmp_path / "cache"}', '--config.train.sample_tokens=0'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0 and proc.stdout.count('finished before, skipped') == 2, proc.stderr[-2000:]
+  assert len((bin_dir / 'srun.log').read_text().splitlines()) == 2   # nothing launched again
+
+
+def test_a_queued_launcher_run_is_left_alone_until_it_reports(tmp_path):
+  """A launcher that only queues (as sbatch does): the runs are 'submitted' and not submitted again
+  until they have run; then their own status files and metrics are collected, and nothing relaunched."""
+  experiment = tmp_path / 'exp.py'
+  experiment.write_text(EXPERIMENT)
+  queue = tmp_path / 'queue'
+  launcher = tmp_path / 'enqueue'
+  launcher.write_text('#!/usr/bin/env bash\nprintf "%q " "$@" >> "$(dirname "$0")/queue"\n'
+                      'echo >> "$(dirname "$0")/queue"\n')
+  launcher.chmod(0o755)
+  root, cache = tmp_path / 'root', tmp_path / 'cache'
+  for _ in range(2):
+    proc = run_sweep(experiment, root, cache, f'--launcher={launcher} {sys.executable} -m tokenformer_jax.main')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(root / 'results.csv') as f:
+      assert [r['status'] for r in csv.DictReader(f)] == ['submitted', 'submitted']
+  jobs = queue.read_text().splitlines()
+  assert len(jobs) == 2
+  for job in jobs:   # the scheduler runs them
+    assert subprocess.run(job, shell=True, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
+  proc = run_sweep(experiment, root, cache, f'--launcher={launcher} {sys.executable} -m tokenformer_jax.main')
+  assert proc.returncode == 0 and proc.stdout.count('finished before, skipped') == 2, proc.stderr[-2000:]
   with open(root / 'results.csv') as f:
-    assert [r['status'] for r in csv.DictReader(f)] == ['submitted', 'submitted']
+    rows = list(csv.DictReader(f))
+  assert [r['status'] for r in rows] == ['done', 'done'] and all(r['step'] == '2' for r in rows)
+  assert len(queue.read_text().splitlines()) == 2
+
+
+CTRL_C_EXPERIMENT = '''
+from tokenformer_jax.config import base_config
+from tokenformer_jax.sweeps import zipped
+
+
+def get_config():
+  return base_config()
+
+
+def get_sweep():   # a short run, then one long enough to be interrupted
+  return zipped(('optimizer.lr', [1e-3, 3e-3]), ('train.steps', [2, 100000]))
+'''
+
+
+def test_ctrl_c_keeps_the_finished_rows_and_records_the_interrupted_run(tmp_path):
+  experiment = tmp_path / 'exp.py'
+  experiment.write_text(CTRL_C_EXPERIMENT)
+  root = tmp_path / 'root'
+  # its own session: the Ctrl-C below reaches the sweep and its run, as a terminal's does
+  proc = subprocess.Popen([sys.executable, 'launch/sweep.py', f'--config={experiment}', f'--root={root}',
+                           '--', *[f for f in FAST if not f.startswith('--config.train.steps=')],
+                           f'--config.data.cache_dir={tmp_path / "cache"}',
+                           '--config.train.sample_tokens=0', '--config.train.log_every=1',
+                           '--config.train.eval_every=1000', '--config.train.checkpoint_every=1000'],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+  deadline = time.time() + 600
+  while not any(p.read_text().count('"loss"') >= 3 for p in root.glob('*100000*/metrics.jsonl')):
+    assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+    time.sleep(0.2)
+  os.killpg(proc.pid, signal.SIGINT)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 130, stderr[-2000:]
+  with open(root / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['status'] for r in rows] == ['done', 'interrupted'], rows
+  assert float(rows[0]['val_loss']) > 0 and int(rows[1]['step']) >= 3

@@ -1,11 +1,12 @@
-"""Ahead-of-time compile of the train step for a TPU topology, on any machine (no TPU needed).
+"""Ahead-of-time compile of the train step for a TPU or GPU topology, on any machine (no accelerator needed).
 
 `python -m tokenformer_jax.main --mode=compile --config=experiments/pile.py:1.5b --topology=v5p:2x2x1`
-builds compile-only TPU devices for the topology (libtpu supplies the compiler), lays the config's mesh
-over them and compiles the very function the trainer runs (`step.make_train_step`) on abstract inputs.
-What comes back answers "will this run fit, and what will it communicate" before any TPU is rented: the
-per-device memory from XLA's buffer assignment against the chip's HBM, and the collectives in the
-compiled HLO. Nothing is allocated and no tokenizer is needed.
+builds compile-only TPU devices for the topology (libtpu supplies the compiler; `--topology=h100:8` and
+the other GPUs of gpu_aot.py get theirs from JAX's CUDA plugin), lays the config's mesh over them and
+compiles the very function the trainer runs (`step.make_train_step`) on abstract inputs. What comes back
+answers "will this run fit, and what will it communicate" before any accelerator is rented: the
+per-device memory from XLA's buffer assignment against what the program may use of the chip's memory,
+and the collectives in the compiled HLO. Nothing is allocated and no tokenizer is needed.
 """
 import dataclasses
 import importlib.util
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from tokenformer_jax import config as config_lib
-from tokenformer_jax import sharding, step
+from tokenformer_jax import gpu_aot, sharding, step
 from tokenformer_jax import state as state_lib
 from tokenformer_jax.errors import UserError
 
@@ -55,7 +56,8 @@ def parse_topology(text: str) -> Topology:
   match = _TOPOLOGY_RE.match((text or '').strip())
   if not match:
     raise UserError(f'unknown or malformed --topology={text!r}: expected CHIP:XxY[xZ] with CHIP one of '
-                    f'{", ".join(HBM_GIB)} (e.g. v5e:4x4, v5p:2x2x1)')
+                    f'{", ".join(HBM_GIB)} (e.g. v5e:4x4, v5p:2x2x1), or GPU:N or GPU:HOSTSxN with GPU one of '
+                    f'{", ".join(gpu_aot.SPEC_FILES)} (e.g. h100:8, h100:2x8)')
   chip, *dims = match.groups()
   return Topology(chip, tuple(int(d) for d in dims if d))
 
@@ -122,22 +124,70 @@ def _shard_bytes(abstract_tree) -> int:
              for a in jax.tree.leaves(abstract_tree))
 
 
+def _advice(result: dict) -> str:
+  """What to change so that the step needs less memory per device, from the run's own settings."""
+  steps = []
+  if result['micro_batch_per_device'] > 1:
+    steps.append(f'raise train.grad_accum (now {result["grad_accum"]}: {result["micro_batch_per_device"]:g} '
+                 'sequences per device per micro-batch)')
+  if result['remat'] == 'none':
+    steps.append('model.remat=block (recompute each block in the backward pass)')
+  if result['mesh_shape']['data'] > 1:
+    steps.append(f'shard parameters and optimizer state over all devices (mesh.data=1 mesh.fsdp=-1; the '
+                 f'data axis of {result["mesh_shape"]["data"]} replicates them)')
+  steps.append('or use more chips' if steps else 'use more chips')
+  return '; '.join(steps)
+
+
+def _where(result: dict) -> str:
+  return f'{result["budget_note"]} of {result["chip"]}'
+
+
 def _out_of_memory(message: str, arguments: int, setup: dict) -> UserError:
   """The compiler's own refusal as a `does not fit`.
 
   The TPU compiler refuses a program whose temporaries alone exceed the HBM (arguments are not part of
   that check: `check_fits` catches the rest), naming the size it needed.
   """
-  hbm = f'{setup["hbm"] / GIB:g} GiB HBM of {setup["chip"]}'
-  where = (f'mesh {setup["mesh_shape"]}, {setup["micro_batch_per_device"]:g} sequences per device per '
-           'micro-batch; raise train.grad_accum or use more chips')
+  where = f'mesh {setup["mesh_shape"]}; to fit: {_advice(setup)}'
   temps = re.search(r'HLO temporaries \(([\d.]+)([KMGT])\)', message)
   to_gib = lambda number, unit: float(number) * 1024 ** ('KMGT'.index(unit) + 1) / GIB
   if temps:
     total = to_gib(*temps.groups()) + arguments / GIB
     return UserError(f'does not fit: {total:.2f} GiB per device ({to_gib(*temps.groups()):.2f} GiB '
-                     f'temporaries + {arguments / GIB:.2f} GiB arguments) > {hbm} ({where})')
-  return UserError(f'does not fit in the {hbm}: {message.splitlines()[0]} ({where})')
+                     f'temporaries + {arguments / GIB:.2f} GiB arguments) > {_where(setup)} ({where})')
+  return UserError(f'does not fit in the {_where(setup)}: {message.splitlines()[0]} ({where})')
+
+
+def _devices(topology: str) -> tuple[dict, list]:
+  """The chip's facts for the report and the compile-only devices of `topology` (TPU or GPU)."""
+  if gpu_aot.is_gpu_topology(topology):
+    topo = gpu_aot.parse_topology(topology)
+    device_memory, fraction = gpu_aot.device_memory(topo.chip), gpu_aot.memory_fraction()
+    facts = {'platform': 'gpu', 'hbm': device_memory, 'budget': int(fraction * device_memory),
+             'budget_note': f"{fraction * device_memory / GIB:.2f} GiB (JAX's {fraction:.0%} of "
+                            f'{device_memory / GIB:.2f} GiB)', 'hosts': topo.hosts}
+    return {'topology': topo.name, 'chip': topo.chip, **facts}, gpu_aot.topology_devices(topo)
+  topo = parse_topology(topology)
+  hbm = HBM_GIB[topo.chip] * GIB
+  facts = {'platform': 'tpu', 'hbm': hbm, 'budget': hbm, 'budget_note': f'{HBM_GIB[topo.chip]:g} GiB HBM'}
+  return {'topology': topo.name, 'chip': topo.chip, **facts}, topology_devices(topo)
+
+
+def _lower(spec, cfg, targets, tokens, platform: str):
+  """The train step lowered for the topology; JAX's own refusals of GPU attention as UserErrors."""
+  if platform == 'gpu' and spec.model_cfg.attention_impl == 'cudnn':
+    gpu_aot.require_cudnn()
+  try:
+    return step.make_train_step(spec, cfg).lower(targets, tokens)
+  except NotImplementedError as e:
+    if platform != 'gpu':
+      raise
+    # JAX asks a live device for Hopper features: a compile-only target counts as pre-Hopper
+    raise UserError(f'JAX refuses attention_impl={spec.model_cfg.attention_impl} here: '
+                    f'{str(e).splitlines()[0]} (without a GPU attached JAX applies its pre-Hopper limits, '
+                    'which an A100 has too and an H100 or H200 may not); check the memory with '
+                    '--config.model.attention_impl=xla') from None
 
 
 def compile_train_step(cfg, topology: str) -> dict:
@@ -145,17 +195,14 @@ def compile_train_step(cfg, topology: str) -> dict:
 
   Raises UserError `does not fit: ...` when the TPU compiler itself refuses the program for the HBM.
   """
-  topo = parse_topology(topology)
   config_lib.validate(cfg)
-  devices = topology_devices(topo)
+  result, devices = _devices(topology)
   mesh = sharding.make_mesh(cfg.mesh, devices=devices)
   spec = state_lib.make_spec(cfg, config_lib.padded_vocab(cfg.model, cfg.data.vocab_size), mesh)
   targets = state_lib.abstract_targets(spec)
   tokens = jax.ShapeDtypeStruct((cfg.train.batch_size, cfg.data.seq_len + 1), jnp.int32,
                                 sharding=sharding.batch_sharding(mesh, cfg.sharding_rules, 2))
-  result = {
-      'topology': topo.name,
-      'chip': topo.chip,
+  result.update({
       'device_kind': devices[0].device_kind,
       'num_devices': len(devices),
       'mesh_shape': dict(mesh.shape),
@@ -163,12 +210,14 @@ def compile_train_step(cfg, topology: str) -> dict:
       'batch_size': cfg.train.batch_size,
       'grad_accum': cfg.train.grad_accum,
       'seq_len': cfg.data.seq_len,
+      'remat': spec.model_cfg.remat,
+      'dtype': spec.model_cfg.dtype,
       # rows of one micro-batch on a device: the batch is split over the 'batch' rule's mesh axes only
       'micro_batch_per_device': tokens.sharding.shard_shape(tokens.shape)[0] / cfg.train.grad_accum,
-      'hbm': HBM_GIB[topo.chip] * GIB,
-  }
+      'attention_impl': spec.model_cfg.attention_impl,
+  })
   start = time.perf_counter()
-  lowered = step.make_train_step(spec, cfg).lower(targets, tokens)
+  lowered = _lower(spec, cfg, targets, tokens, result['platform'])
   try:
     compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
@@ -176,26 +225,33 @@ def compile_train_step(cfg, topology: str) -> dict:
       raise
     raise _out_of_memory(str(e), _shard_bytes((targets, tokens)), result) from None
   result['compile_s'] = time.perf_counter() - start
-  stats = compiled.memory_analysis()
+  hlo_text = compiled.as_text()
+  result['memory'] = _memory(compiled.memory_analysis(), hlo_text, result['platform'])
+  result['collectives'] = count_collectives(hlo_text)
+  # Pallas TPU kernels (splash attention: its forward and two backward kernels) are Mosaic custom calls;
+  # cuDNN's fused attention (forward and backward) is a custom call of its own
+  result['pallas_kernels'] = hlo_text.count('custom_call_target="tpu_custom_call"')
+  result['cudnn_attention_calls'] = gpu_aot.cudnn_attention_calls(hlo_text)
+  return result
+
+
+def _memory(stats, hlo_text: str, platform: str) -> dict:
+  """Bytes per device from XLA's buffer assignment, plus what a GPU adds that the compile cannot see."""
   memory = {
       'arguments': stats.argument_size_in_bytes,
       'outputs': stats.output_size_in_bytes,
       'aliased': stats.alias_size_in_bytes,          # outputs written into donated arguments
       'temporaries': stats.temp_size_in_bytes,
       'generated_code': stats.generated_code_size_in_bytes,
+      'cudnn_workspace': gpu_aot.cudnn_workspace_bytes(hlo_text) if platform == 'gpu' else 0,
   }
   # XLA's own live-range peak; for small programs it may report 0 temporaries yet a real peak, so the
   # total is the larger of the two accounts.
   memory['peak'] = getattr(stats, 'peak_memory_in_bytes', 0)
   memory['total'] = max(memory['arguments'] + memory['outputs'] - memory['aliased']
-                        + memory['temporaries'] + memory['generated_code'], memory['peak'])
-  result['memory'] = memory
-  hlo_text = compiled.as_text()
-  result['collectives'] = count_collectives(hlo_text)
-  # Pallas TPU kernels (splash attention: its forward and two backward kernels) are Mosaic custom calls
-  result['pallas_kernels'] = hlo_text.count('custom_call_target="tpu_custom_call"')
-  result['attention_impl'] = spec.model_cfg.attention_impl
-  return result
+                        + memory['temporaries'] + memory['generated_code'],
+                        memory['peak']) + memory['cudnn_workspace']
+  return memory
 
 
 def format_report(result: dict) -> str:
@@ -203,13 +259,16 @@ def format_report(result: dict) -> str:
   gib = lambda n: f'{n / GIB:8.3f} GiB'
   mem = result['memory']
   mesh = ' x '.join(f'{name} {size}' for name, size in result['mesh_shape'].items())
+  hosts = f', {result["hosts"]} hosts' if result.get('hosts', 1) > 1 else ''
+  gpu = result['platform'] == 'gpu'
   lines = [
       f'topology      {result["topology"]} ({result["device_kind"]}, {result["num_devices"]} '
-      f'device{"s" if result["num_devices"] > 1 else ""})',
+      f'device{"s" if result["num_devices"] > 1 else ""}{hosts})',
       f'mesh          {mesh}',
       f'model         {result["num_params"] / 1e6:,.1f}M parameters; batch {result["batch_size"]} x '
       f'{result["seq_len"]} tokens, grad_accum {result["grad_accum"]} '
-      f'({result["micro_batch_per_device"]:g} sequences per device per micro-batch)',
+      f'({result["micro_batch_per_device"]:g} sequences per device per micro-batch); {result["dtype"]}, '
+      f'remat {result["remat"]}',
       f'compiled in   {result["compile_s"]:.1f} s',
       'memory per device:',
       f'  arguments   {gib(mem["arguments"])}',
@@ -218,32 +277,40 @@ def format_report(result: dict) -> str:
       f'  temporaries {gib(mem["temporaries"])}',
       f'  code        {gib(mem["generated_code"])}',
       f'  peak (XLA)  {gib(mem["peak"])}   (XLA live-range peak)',
-      f'  total       {gib(mem["total"])}   of {result["hbm"] / GIB:g} GiB HBM '
-      f'({100 * mem["total"] / result["hbm"]:.0f}%)',
+  ]
+  if gpu:
+    lines.append(f'  cuDNN ws    {gib(mem["cudnn_workspace"])}   (attention backward workspace a GPU adds; '
+                 'GEMM autotuning not run: a lower bound)')
+  lines += [
+      f'  total       {gib(mem["total"])}   of {result["budget_note"]} '
+      f'({100 * mem["total"] / result["budget"]:.0f}%)',
       'collectives in the compiled HLO (static count; a loop body counts once):',
       '  ' + ', '.join(f'{name} {count}' for name, count in result['collectives'].items()),
-      f'attention     {result.get("attention_impl", "?")} ({result.get("pallas_kernels", 0)} Pallas kernel '
-      'calls in the compiled HLO, static count)',
   ]
+  kernels = (f'{result["cudnn_attention_calls"]} cuDNN fused-attention' if gpu
+             else f'{result["pallas_kernels"]} Pallas kernel')
+  lines.append(f'attention     {result["attention_impl"]} ({kernels} calls in the compiled HLO, static count)')
   return '\n'.join(lines)
 
 
 def check_fits(result: dict) -> None:
-  """UserError when arguments + outputs + temporaries exceed the HBM: the compiler checks the
-  temporaries alone and lets such a program through (it would fail at its first step)."""
-  total, hbm = result['memory']['total'], result['hbm']
-  if total > hbm:
-    raise UserError(f'does not fit: {total / GIB:.2f} GiB per device > {hbm / GIB:g} GiB HBM of '
-                    f'{result["chip"]} (mesh {result["mesh_shape"]}, batch {result["batch_size"]}, '
-                    f'grad_accum {result["grad_accum"]})')
+  """UserError when the step's bytes per device exceed what it may use (the TPU's HBM; on a GPU, JAX's
+  share of the device memory): the TPU compiler checks the temporaries alone and lets such a program
+  through, XLA:GPU only warns; either would fail at its first step."""
+  total = result['memory']['total']
+  if total > result['budget']:
+    raise UserError(f'does not fit: {total / GIB:.2f} GiB per device > {_where(result)} (mesh '
+                    f'{result["mesh_shape"]}, batch {result["batch_size"]}, grad_accum '
+                    f'{result["grad_accum"]}); to fit: {_advice(result)}')
 
 
 def run(cfg, topology: str) -> None:
   """The --mode=compile entry point: compile, print the report, fail if it does not fit."""
   if not topology:
-    raise UserError('--mode=compile needs --topology (e.g. --topology=v5p:2x2x1 or v5e:4x4)')
+    raise UserError('--mode=compile needs --topology (e.g. --topology=v5p:2x2x1, v5e:4x4 or h100:8)')
   # Nothing runs here: keep jax's own backend on the CPU, so that it neither waits for nor takes a local
-  # TPU (one a training job may be holding).
+  # accelerator (one a training job may be holding). The CUDA plugin then skips its check of the CUDA
+  # libraries, which a machine without a GPU may lack.
   jax.config.update('jax_platforms', 'cpu')
   result = compile_train_step(cfg, topology)
   print(format_report(result), flush=True)

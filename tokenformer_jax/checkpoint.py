@@ -1,8 +1,8 @@
 """Orbax checkpoints: train state, data-iterator state and run metadata; strict restore onto any mesh.
 
-Layout: WORKDIR/checkpoints/<step>/{state, data, meta}. Orbax writes each step into a temporary folder
-and renames it when complete, so a save killed midway is never listed as a checkpoint (and its folder
-is removed when a training run next opens the workdir).
+Layout: WORKDIR/checkpoints/<step>/{state, data, meta, digests}. Orbax writes each step into a temporary
+folder and renames it when complete, so a save killed midway is never listed as a checkpoint (and its
+folder is removed when a training run next opens the workdir).
 
 Training saves asynchronously: `save(..., wait=False)` returns once the arrays are copied to host
 memory (so the train step may donate their buffers), and Orbax writes and commits them in the
@@ -15,37 +15,105 @@ shardings, so Orbax reads each shard straight onto its devices (a checkpoint sav
 resharded on the way in). The targets say what is read: the whole train state, or only {'params'} (for
 inference, from a training checkpoint or an imported one); `grows_tokens` lets token tables be longer than
 saved, and Orbax zero-pads their new rows while reading (growth).
+
+After reading, every array is checked against the digest saved with it (digests.py), so array bytes
+damaged on disk are the same corrupt-checkpoint error as a truncated file, not NaN losses or garbage
+samples. Checkpoints written before digests were kept restore unchecked (the log says so).
 """
+import contextlib
+import errno
 import os
+import shutil
 import time
 from typing import Any
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
 from tokenformer_jax import config as config_lib
+from tokenformer_jax import digests
 from tokenformer_jax import model as model_lib
 from tokenformer_jax.errors import UserError
 
 # Model keys growth sets: τ frozen at the count before growth.
 N_REF_KEYS = tuple(f'n_ref_{group}' for group in model_lib.TOKEN_GROUPS)
+# The item holding the arrays' digests (digests.py); checkpoints written before it have none.
+DIGESTS = 'digests'
+
+
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, reporting a full disk as a UserError that names the checkpoint and the space it
+  needs, whether the write fails inside the save call (sync) or in the background (async: it surfaces
+  at the next save or wait, and is named as the step it was writing)."""
+
+  _in_flight = None   # (step, bytes of its arrays) of the last save started
+
+  def save(self, step, *args, **kwargs):
+    self.wait_until_finished()   # a failed background write is reported as its own step
+    items = kwargs.get('args')
+    state = items.get('state') if items is not None else None
+    self._in_flight = (step, _tree_bytes(state.item) if state is not None else 0)
+    with self._naming_a_full_disk():
+      return super().save(step, *args, **kwargs)
+
+  def wait_until_finished(self):
+    with self._naming_a_full_disk():
+      super().wait_until_finished()
+
+  @contextlib.contextmanager
+  def _naming_a_full_disk(self):
+    try:
+      yield
+    except Exception as e:   # Orbax re-raises the writer's error (TensorStore's ValueError, OSError)
+      reason = out_of_space(e)
+      if reason is None or self._in_flight is None:
+        raise
+      raise UserError(_disk_full_message(self, reason, *self._in_flight)) from e
+
+
+def _tree_bytes(tree) -> int:
+  return sum(getattr(leaf, 'nbytes', 0) for leaf in jax.tree.leaves(tree))
+
+
+def out_of_space(error: BaseException | None) -> str | None:
+  """The OS's words for a full disk or quota ('No space left on device') when that is what `error`,
+  or an error it was raised from, reports; TensorStore gives it as text, with the errno."""
+  while error is not None:
+    for code in (errno.ENOSPC, errno.EDQUOT):
+      if (isinstance(error, OSError) and error.errno == code) or os.strerror(code) in str(error) \
+          or f"os_error_code='{code}'" in str(error):
+        return os.strerror(code)
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _disk_full_message(mngr: ocp.CheckpointManager, reason: str, step: int, n_bytes: int) -> str:
+  where = str(mngr.directory)
+  free = f', {shutil.disk_usage(where).free / 2**20:.1f} MiB free there' if os.path.isdir(where) else ''
+  kept = mngr.latest_step()
+  last = (f'the newest complete checkpoint, step {kept}, is intact: rerun to resume from it' if kept
+          is not None else 'no checkpoint was completed: rerun to start again')
+  return (f'{reason} while writing checkpoint {where}/{step}: it needs about {n_bytes / 2**20:.1f} MiB '
+          f'({n_bytes} bytes, the size of the state){free}; older checkpoints are removed only after a '
+          f'new one is complete. Make room; {last}')
 
 
 def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool = False,
             cleanup: bool = False, compress: bool = True) -> ocp.CheckpointManager:
   """A manager of WORKDIR/checkpoints. `async_save`: saves return before the write (see `save`);
   `cleanup` (a training run, holding the workdir's lock): removes the temporary folders of saves a
-  crash cut short; `compress`: zstd on the arrays (reading takes either)."""
+  crash cut short; `compress`: zstd on the arrays (reading takes either). A save that finds the disk
+  full is a UserError naming the checkpoint and the space it needs (_Manager)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                          enable_async_checkpointing=async_save,
                                          cleanup_tmp_directories=cleanup)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options,
-                               item_handlers={'state': ocp.PyTreeCheckpointHandler(use_compression=compress),
-                                              'data': ocp.JsonCheckpointHandler(),
-                                              'meta': ocp.JsonCheckpointHandler()})
+  return _Manager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
+                  item_handlers={'state': ocp.PyTreeCheckpointHandler(use_compression=compress),
+                                 'data': ocp.JsonCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler(),
+                                 DIGESTS: ocp.JsonCheckpointHandler()})
 
 
 def run_meta(cfg, vocab_size: int, tokenizer=None) -> dict:
@@ -180,9 +248,12 @@ def path_string(path) -> str:
   return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
+def _by_path(tree) -> dict[str, Any]:
+  return {path_string(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def _paths_and_shapes(tree) -> dict[str, tuple]:
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {path_string(path): tuple(leaf.shape) for path, leaf in flat}
+  return {path: tuple(leaf.shape) for path, leaf in _by_path(tree).items()}
 
 
 def saved_shapes(mngr: ocp.CheckpointManager, step: int) -> dict[str, tuple]:
@@ -231,7 +302,8 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter, meta: di
   The position (data_iter.state()) is global, the same on every process, so any process count can
   resume it. wait=False (an async manager): returns once the arrays are on the host; the step is
   listed only after its background commit."""
-  items = {'state': ocp.args.PyTreeSave(state), 'meta': ocp.args.JsonSave(meta)}
+  items = {'state': ocp.args.PyTreeSave(state), 'meta': ocp.args.JsonSave(meta),
+           DIGESTS: ocp.args.JsonSave(digests.record(_by_path(state)))}
   if data_iter is not None:
     items['data'] = ocp.args.JsonSave(data_iter.state())
   mngr.save(step, args=ocp.args.Composite(**items), force=force)
@@ -253,10 +325,30 @@ def restore(mngr: ocp.CheckpointManager, step: int, targets: Any, data_iter=None
                                            partial_restore=set(targets) == {'params'})}
   if data_iter is not None:
     items['data'] = ocp.args.JsonRestore()
+  verified = (mngr.directory / str(step) / DIGESTS).exists()
+  if verified:
+    items[DIGESTS] = ocp.args.JsonRestore()
+  else:
+    logging.info('checkpoint step %d has no array digests (written before they were kept): its array '
+                 'data is not verified', step)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    if verified:
+      _verify(restored[DIGESTS], restored.state)
     if data_iter is not None:
       data_iter.set_state(restored.data)
     return restored.state
-  except Exception as e:  # Orbax/TensorStore errors of a damaged checkpoint
+  except Exception as e:  # Orbax/TensorStore errors, or digests, of a damaged checkpoint
     raise _unreadable(mngr, step, e) from e
+
+
+class DamagedArrays(Exception):
+  """Restored arrays whose values differ from the digests written when they were saved."""
+
+
+def _verify(saved_digests: dict, state) -> None:
+  bad = digests.mismatches(saved_digests, _by_path(state))
+  if bad:
+    shown = ', '.join(bad[:3]) + (f' and {len(bad) - 3} more' if len(bad) > 3 else '')
+    plural = 's' if len(bad) > 1 else ''
+    raise DamagedArrays(f'the digest written at save differs for {len(bad)} array{plural}: {shown}')

@@ -6,13 +6,16 @@
   coordinator, the process count and this process's id itself;
 - otherwise a single process and nothing to do.
 
-`timeout_s` bounds both the wait for peers at start-up and the heartbeat: a process whose peers stop
-answering is told by the coordination service and exits with an error, instead of hanging for ever.
+`timeout_s` bounds the wait for peers at start-up (slow hosts may take minutes to boot); `heartbeat_s`
+how long a process that stopped answering is waited for: then every other process ends with one line
+naming it and status peers.EXIT_PEER_LOST (peers.py), instead of hanging or aborting from C++. Every
+process of a run calls `leave` when it ends (main.py does), so that the others do not take it for dead.
 On CPU the collectives between processes go over gloo.
 
 `agree` then makes sure every process was started with the same settings: a process with another seed
 would train divergent "replicated" parameters, and one with another batch size would hang a collective.
 """
+import atexit
 import json
 import os
 
@@ -21,7 +24,10 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from tokenformer_jax import peers
 from tokenformer_jax.errors import UserError
+
+_watch: peers.PeerWatch | None = None
 
 
 def _cluster_detected() -> bool:
@@ -33,8 +39,11 @@ def _cluster_detected() -> bool:
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int = 300) -> bool:
-  """Joins the multi-process runtime when asked or detected; returns whether it did."""
+               process_id: int | None = None, timeout_s: int = 300, heartbeat_s: int = 60,
+               on_peer_lost=None) -> bool:
+  """Joins the multi-process runtime when asked or detected, and watches the other processes
+  (`on_peer_lost(status)` runs before a lost peer ends this one); returns whether it joined."""
+  global _watch
   explicit = [coordinator_address, num_processes, process_id]
   if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
     raise UserError('--coordinator_address, --num_processes and --process_id go together')
@@ -42,12 +51,37 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return False
   if num_processes is not None and not 0 <= process_id < num_processes:
     raise UserError(f'--process_id={process_id} is not in [0, --num_processes={num_processes})')
+  if heartbeat_s < 1:
+    raise UserError(f'--heartbeat_timeout_s must be at least 1, got {heartbeat_s}')
+  jax.config.update('jax_enable_recoverability', True)   # a dead peer is reported, not fatal: peers.py
   jax.distributed.initialize(
       coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id,
-      initialization_timeout=timeout_s, heartbeat_timeout_seconds=timeout_s)
+      initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat_s)
   logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  from jax._src import distributed as jax_distributed  # the client: no public accessor
+  _watch = peers.PeerWatch(jax_distributed.global_state.client, jax.process_index(), jax.process_count(),
+                           heartbeat_s, on_peer_lost)
+  _watch.start()
+  atexit.register(leave, 1)   # for an entry point that does not call leave: ends as if it had failed
   return True
+
+
+def check_peers() -> None:
+  """After an unexpected error: if a peer is gone, this process ends here (one line, EXIT_PEER_LOST);
+  otherwise returns, and the caller re-raises."""
+  if _watch is not None:
+    _watch.verdict()
+
+
+def leave(exit_status: int) -> None:
+  """This process is about to end with `exit_status`: the others are told, and process 0 (the
+  coordination service's host) waits for them to disconnect first."""
+  global _watch
+  if _watch is not None:
+    watch, _watch = _watch, None
+    watch.leave(exit_status)
+    jax.distributed.shutdown()
 
 
 def _flatten(tree, prefix: str = '') -> dict:

@@ -1,13 +1,16 @@
-"""Goodput: the share of a run's wall time, since its first start and across every restart, spent in train
-steps whose result the run kept.
+"""Goodput: the share of a run's running time, over every start of it, spent in train steps whose
+result the run kept.
 
 Each start of a run appends to WORKDIR/goodput.jsonl a 'start' record (wall-clock time, the step it
-resumed from), and each log window a 'window' record: its last step, its step count and its seconds per
-step_clock bucket. From these records, a step trained and later trained again (the run was interrupted
-after it, or rolled back with --restore_step, and resumed from an earlier checkpoint) is badput 'redone';
-start-up, waiting for data, evaluation, checkpoint saves and profiling are badput of their own; 'other' is
-the rest of the wall time: between runs, after the last record of a run that was killed, and host work
-outside the loop. Only process 0 writes; a truncated last line (a killed run) is skipped when read.
+resumed from), each log window a 'window' record (its last step, its step count and its seconds per
+step_clock bucket), and its end an 'end' record. The running time is the sum over starts of the time
+from the start to its end ('end' record; a killed run's last record): the idle time between one run's
+end and the next start is nobody's loss and is not counted. From these records, a step trained and later
+trained again (the run was interrupted after it, or rolled back with --restore_step, and resumed from an
+earlier checkpoint) is badput 'redone'; start-up, waiting for data, evaluation, checkpoint saves and
+profiling are badput of their own; 'other' is the rest of the running time (host work outside the loop,
+such as the work after a run's last log window). What a killed run did after its last record is not
+known and not counted. Only process 0 writes; a truncated last line (a killed run) is skipped when read.
 """
 import datetime
 import json
@@ -15,6 +18,8 @@ import os
 import time
 
 import jax
+
+from tokenformer_jax import metrics
 
 FILE = 'goodput.jsonl'
 BADPUT = ('startup', 'data', 'eval', 'checkpoint', 'profile', 'redone', 'other')
@@ -56,8 +61,23 @@ def account(records: list[dict]) -> dict:
   return totals
 
 
+def running_seconds(records: list[dict], now: float | None = None) -> float:
+  """The seconds from each start to its end (its 'end' record, else its last record; for the last
+  start `now`, when given): the time between one start's end and the next start is not counted."""
+  total, began, last = 0.0, None, None
+  for r in records:
+    if r.get('event') == 'start':
+      total += (last - began) if began is not None else 0.0
+      began = r['time']
+    last = r['time']
+  if began is not None:
+    total += (now if now is not None else last) - began
+  return total
+
+
 def summarize(totals: dict, wall_s: float) -> dict:
-  """{'goodput', 'badput_<kind>' ...} as fractions of wall_s, plus 'wall_s' and 'productive_s'."""
+  """{'goodput', 'badput_<kind>' ...} as fractions of wall_s (the running time), plus 'wall_s' and
+  'productive_s'."""
   accounted = sum(totals.values())
   seconds = {**{k: totals.get(k, 0.0) for k in BADPUT if k != 'other'},
              'other': max(wall_s - accounted, 0.0)}
@@ -68,11 +88,11 @@ def summarize(totals: dict, wall_s: float) -> dict:
 
 
 def describe(summary: dict) -> str:
-  """'goodput 91.2% of 0:03:12 since the first start (badput: start-up 6.1%, ...)'."""
+  """'goodput 91.2% of 0:03:12 running (badput: start-up 6.1%, ...)'."""
   wall = datetime.timedelta(seconds=round(summary['wall_s']))
   parts = ', '.join(f"{kind.replace('startup', 'start-up')} {summary[f'badput_{kind}']:.1%}"
                     for kind in BADPUT)
-  return f"goodput {summary['goodput']:.1%} of {wall} since the first start (badput: {parts})"
+  return f"goodput {summary['goodput']:.1%} of {wall} running (badput: {parts})"
 
 
 class Goodput:
@@ -86,14 +106,14 @@ class Goodput:
     now = time.time() if start_time is None else start_time
     start = {'event': 'start', 'time': now, 'step': int(start_step)}
     earlier = read_records(workdir) if self._writes else []
-    self._first_start = next((r['time'] for r in earlier if r.get('event') == 'start'), now)
+    self._start, self._earlier_s = now, running_seconds(earlier)
     self._totals = account(earlier + [start])   # this start decides which earlier steps were redone
     self._append(start)
 
   def _append(self, record: dict) -> None:
     if self._writes:
       os.makedirs(os.path.dirname(self._path), exist_ok=True)
-      with open(self._path, 'a', encoding='utf-8') as f:
+      with metrics.open_for_append(self._path) as f:
         f.write(json.dumps(record) + '\n')
 
   def add_window(self, last_step: int, steps: int, times: dict) -> None:
@@ -107,4 +127,8 @@ class Goodput:
     self._totals['productive'] += record['step_s']
 
   def summary(self) -> dict:
-    return summarize(self._totals, time.time() - self._first_start)
+    return summarize(self._totals, self._earlier_s + time.time() - self._start)
+
+  def close(self) -> None:
+    """This start's 'end' record: its running time stops here (however the run ends, short of a kill)."""
+    self._append({'event': 'end', 'time': time.time()})

@@ -3,7 +3,7 @@
 Config overrides use ml_collections flags (--config.model.num_layers=4); the config is locked, so an
 unknown key is an error. Bad input ends with one line on stderr naming the problem and exit status 2.
 A training run stopped by SIGTERM (on any of its processes) saves one agreed step and exits with status
-143; rerunning resumes it.
+143, by Ctrl-C with 130; rerunning resumes it. docs/reliability.md lists every exit status.
 """
 import logging as std_logging
 import os
@@ -27,11 +27,14 @@ _MODE = flags.DEFINE_enum('mode', 'train',
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the runtime.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
-_DIST_TIMEOUT = flags.DEFINE_integer(
-    'distributed_timeout_s', 300, 'Start-up wait for peers, and how long a silent peer is tolerated.')
+_DIST_TIMEOUT = flags.DEFINE_integer('distributed_timeout_s', 300, 'Start-up: how long to wait for peers.')
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 60, 'How long a process that stopped answering is waited for before the others '
+    'end with an error naming it (distributed.py).')
 
 # --- compile ---
-_TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice for --mode=compile: v5p:2x2x1, v5e:4x4, ...')
+_TOPOLOGY = flags.DEFINE_string('topology', None, 'For --mode=compile: a TPU slice (v5p:2x2x1, v5e:4x4, '
+                                 '...) or GPUs (h100:8, h200:8, a100-80g:8; h100:2x8 is 2 hosts of 8).')
 
 # --- train ---
 _STOP_AT = flags.DEFINE_integer('stop_at_step', None,
@@ -74,10 +77,15 @@ _GROW_FROM = flags.DEFINE_string('grow_from', None,
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter of Orbax and grain (one line per file written); warnings still pass."""
+  """Drops INFO chatter of Orbax and grain (one line per file written); warnings still pass, except the
+  tracebacks Orbax's threads log for a full disk, which the run reports in its one error line."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     noisy = any(f'{os.sep}{name}{os.sep}' in record.pathname for name in ('orbax', 'grain'))
+    if noisy and record.exc_info:
+      from tokenformer_jax import checkpoint   # already loaded: only a run that saves gets here
+      if checkpoint.out_of_space(record.exc_info[1]):
+        return False
     return record.levelno >= std_logging.WARNING or not noisy
 
 
@@ -95,7 +103,7 @@ def main(argv):
     cfg = config_lib.from_flag(_CONFIG)
   except UserError as e:
     fail(e)
-  if _MODE.value == 'compile':  # no workdir, data or runtime: compiles for TPUs this machine lacks
+  if _MODE.value == 'compile':  # no workdir, data or runtime: compiles for chips this machine lacks
     from tokenformer_jax import aot
     try:
       aot.run(cfg, _TOPOLOGY.value)
@@ -106,43 +114,76 @@ def main(argv):
     fail('--workdir is required')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  status, message = _run(cfg, os.path.abspath(_WORKDIR.value))
+  if message:
+    print(message, file=sys.stderr, flush=True)
+  if status:
+    sys.exit(status)
+
+
+def _run(cfg, workdir: str) -> tuple[int, str]:
+  """Runs the mode; returns its exit status and a last line for stderr. A training command leaves its
+  outcome in WORKDIR/status (run_status.py), unless it was refused before training."""
   # imported after flag parsing: keeps --help fast
-  from tokenformer_jax import distributed, growth, stages, train
-  workdir = os.path.abspath(_WORKDIR.value)
+  from tokenformer_jax import distributed, run_status, train
+
+  def record(exit_status: int) -> None:
+    if _MODE.value == 'train':
+      run_status.write(workdir, exit_status)
+
+  status, message = 1, ''   # an exception that escapes: a bug
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                           _DIST_TIMEOUT.value)
+                           _DIST_TIMEOUT.value, _HEARTBEAT.value, on_peer_lost=record)
     distributed.agree({'config': cfg.to_dict(), 'workdir': workdir, 'flags': _run_flags()})
-    if _MODE.value == 'train' and cfg.stages:
-      if stages.run(cfg, workdir, accept_data_change=_ACCEPT_DATA.value)[-1].preempted:
-        sys.exit(train.EXIT_PREEMPTED)
-    elif _MODE.value == 'train':
-      result = train.train(cfg, workdir, stop_at_step=_STOP_AT.value, restore_step=_RESTORE_STEP.value,
-                           accept_data_change=_ACCEPT_DATA.value, init_from=_INIT_FROM.value or '')
-      if result.preempted:
-        sys.exit(train.EXIT_PREEMPTED)
-    elif _MODE.value == 'grow':
-      if not _GROW_FROM.value:
-        fail('--mode=grow needs --grow_from=SOURCE_WORKDIR')
-      growth.grow(cfg, os.path.abspath(_GROW_FROM.value), workdir, step=_RESTORE_STEP.value)
-    elif _MODE.value == 'generate':
-      from tokenformer_jax import generate
-      sampling = generate.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
-      generate.run(cfg, workdir, generate.read_prompts(_PROMPT.value, _PROMPT_FILE.value), _MAX_NEW.value,
-                   sampling, seed=_SAMPLE_SEED.value, step=_RESTORE_STEP.value)
-    elif _MODE.value == 'eval':
-      from tokenformer_jax import evaluate
-      evaluate.run(cfg, workdir, _EVAL_FILE.value, step=_RESTORE_STEP.value)
-    elif _MODE.value == 'convert':
-      from tokenformer_jax import convert
-      convert.convert(cfg, workdir, _CHECKPOINT_FILE.value)
-    elif _MODE.value == 'export':
-      from tokenformer_jax import export
-      export.export(cfg, workdir, _CHECKPOINT_FILE.value, step=_RESTORE_STEP.value,
-                    dtype=_EXPORT_DTYPE.value, allow_tau_change=_ALLOW_TAU.value,
-                    rotary_buffers=_EXPORT_ROTARY.value)
-  except UserError as e:
-    fail(str(e))
+    status = _dispatch(cfg, workdir)
+    record(status)
+  except UserError as e:   # bad input: one line, status 2; on record only if the run had trained
+    status, message = 2, f'error: {" ".join(str(e).split())}'
+    if isinstance(e, train.Diverged):
+      record(status)
+  except KeyboardInterrupt:   # Ctrl-C outside the training steps (they save first: preemption.py)
+    status, message = train.EXIT_INTERRUPTED, 'stopped by Ctrl-C'
+    record(status)
+  except Exception:
+    distributed.check_peers()   # a collective that failed because a process died ends here, in one line
+    record(status)
+    raise
+  finally:
+    distributed.leave(status)
+  return status, message
+
+
+def _dispatch(cfg, workdir: str) -> int:
+  """The mode's work; returns the exit status (0, or a stopped training run's)."""
+  from tokenformer_jax import growth, stages, train
+  if _MODE.value == 'train' and cfg.stages:
+    last = stages.run(cfg, workdir, accept_data_change=_ACCEPT_DATA.value)[-1]
+    return last.exit_status
+  if _MODE.value == 'train':
+    return train.train(cfg, workdir, stop_at_step=_STOP_AT.value, restore_step=_RESTORE_STEP.value,
+                       accept_data_change=_ACCEPT_DATA.value, init_from=_INIT_FROM.value or '').exit_status
+  if _MODE.value == 'grow':
+    if not _GROW_FROM.value:
+      raise UserError('--mode=grow needs --grow_from=SOURCE_WORKDIR')
+    growth.grow(cfg, os.path.abspath(_GROW_FROM.value), workdir, step=_RESTORE_STEP.value)
+  elif _MODE.value == 'generate':
+    from tokenformer_jax import generate
+    sampling = generate.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
+    generate.run(cfg, workdir, generate.read_prompts(_PROMPT.value, _PROMPT_FILE.value), _MAX_NEW.value,
+                 sampling, seed=_SAMPLE_SEED.value, step=_RESTORE_STEP.value)
+  elif _MODE.value == 'eval':
+    from tokenformer_jax import evaluate
+    evaluate.run(cfg, workdir, _EVAL_FILE.value, step=_RESTORE_STEP.value)
+  elif _MODE.value == 'convert':
+    from tokenformer_jax import convert
+    convert.convert(cfg, workdir, _CHECKPOINT_FILE.value)
+  elif _MODE.value == 'export':
+    from tokenformer_jax import export
+    export.export(cfg, workdir, _CHECKPOINT_FILE.value, step=_RESTORE_STEP.value,
+                  dtype=_EXPORT_DTYPE.value, allow_tau_change=_ALLOW_TAU.value,
+                  rotary_buffers=_EXPORT_ROTARY.value)
+  return 0
 
 
 def run():

@@ -41,7 +41,15 @@ def make_mesh(cfg_mesh, devices: Sequence[Any] | None = None) -> Mesh:
     raise UserError(f'DCN mesh sizes {dcn} do not divide {len(devices)} devices')
   ici = _resolve([cfg_mesh.data, cfg_mesh.fsdp, cfg_mesh.tensor], len(devices) // num_slices, 'ICI')
   if num_slices > 1:
-    device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    # The DCN axes run between the units that only the network joins: TPU slices, and on GPUs the hosts
+    # (NVLink joins the GPUs of one host). JAX gives GPU devices no slice index that tells hosts apart
+    # (the compile-only ones all carry 0), so GPUs are grouped by process.
+    by_host = devices[0].platform in ('gpu', 'cuda', 'rocm')
+    units = {d.process_index if by_host else getattr(d, 'slice_index', 0) for d in devices}
+    if len(units) != num_slices:
+      raise UserError(f'DCN mesh sizes {dcn} need {num_slices} {"hosts" if by_host else "slices"}; the '
+                      f'devices are on {len(units)}')
+    device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=by_host)
   else:
     device_array = mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True)
   return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

@@ -22,11 +22,12 @@ from tokenformer_jax import state as state_lib
 from tokenformer_jax import step as step_lib
 from tokenformer_jax import preemption as preemption_lib, resume, weights, workdir_lock
 from tokenformer_jax.errors import UserError
+# a run stopped by SIGTERM (143) or Ctrl-C (130) after saving exits with these (see preemption.py)
+from tokenformer_jax.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED  # noqa: F401
 
 
-# The exit status of a run stopped by SIGTERM after saving (128 + SIGTERM, as a shell reports a process
-# that SIGTERM ended): not 0, so sweeps and schedulers never take it for a finished run.
-EXIT_PREEMPTED = 143
+class Diverged(UserError):
+  """A non-finite loss or gradient norm: the run trained and then failed (not a refusal of its input)."""
 
 
 @dataclasses.dataclass
@@ -38,7 +39,8 @@ class RunResult:
   val_losses: dict            # step → validation loss
   cfg: Any = None             # the config the run trained with (the checkpoint's frozen τ adopted)
   sample: str = ''
-  preempted: bool = False
+  preempted: bool = False     # stopped by SIGTERM or Ctrl-C after saving
+  exit_status: int = 0        # 0, or preemption.EXIT_PREEMPTED / EXIT_INTERRUPTED when preempted
 
 
 @dataclasses.dataclass
@@ -177,7 +179,8 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
       (first < 0) & ~(jnp.isfinite(m['loss']) & jnp.isfinite(m['grad_norm'])), step, first))
   bar = tqdm(total=end, initial=start, desc='train', unit='step', disable=proc != 0 or start >= end,
              dynamic_ncols=True, file=sys.stderr)
-  writer = metrics.MetricsWriter(workdir, cfg.metrics, cfg.to_dict())
+  writer = metrics.MetricsWriter(workdir, cfg.metrics, cfg.to_dict(),
+                                 start_step=start if start < end else None)   # None: trains nothing
   profiler = profiling.Profiler(t, workdir)
   window_steps, step_metrics, done = 0, None, start
   clock.add('startup', time.perf_counter() - started[0])   # config, data, restore or init
@@ -239,9 +242,9 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
             checkpoint.save(mngr, done, state, train_iter, meta,
                             wait=preempted or done == end or not t.async_checkpointing)
         if preempted:
-          logging.warning('SIGTERM: saved step %d, exiting (status %d: rerun to resume)', done,
-                          EXIT_PREEMPTED)
-          result.preempted = True
+          logging.warning('%s: saved step %d, exiting (status %d: rerun to resume)', preemption.signal_name,
+                          done, preemption.exit_status)
+          result.preempted, result.exit_status = True, preemption.exit_status
           break
     with clock.measure('checkpoint'):
       mngr.wait_until_finished()
@@ -253,6 +256,7 @@ def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None
       if proc == 0:
         bar.write(goodput.describe(account.summary()))
   finally:
+    account.close()
     mngr.wait_until_finished()
     profiler.close()
     bar.close()
@@ -303,7 +307,7 @@ def _stop_if_diverged(first_bad: int, mngr) -> None:
     mngr.wait_until_finished()  # the last save (of a finite state) commits before it is named
     kept = mngr.latest_step()
     where = f'the last checkpoint, step {kept}, is kept' if kept is not None else 'nothing was saved'
-    raise UserError(f'the loss or gradient norm is not finite at step {first_bad}; stopped before saving '
+    raise Diverged(f'the loss or gradient norm is not finite at step {first_bad}; stopped before saving '
                     f'({where}): lower optimizer.lr or raise optimizer.warmup_frac and rerun')
 
 
