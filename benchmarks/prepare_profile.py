@@ -101,7 +101,8 @@ def main(_):
     done = prepare.process(task, tok, **kwargs)
   shutil.rmtree(out)
   parts = {k: _TIMES[k] for k in ('reading and JSON', 'tokenizer', 'writing', 'total')}
-  parts['Python around the tokenizer'] = [e - t for e, t in zip(_TIMES['encode_documents'], _TIMES['tokenizer'])]
+  parts['Python around the tokenizer'] = [e - t for e, t in zip(_TIMES['encode_documents'],
+                                                                _TIMES['tokenizer'])]
   parts['other'] = [_TIMES['total'][i] - _TIMES['reading and JSON'][i] - _TIMES['encode_documents'][i]
                     - _TIMES['writing'][i] for i in (0, 1)]
   tokens = done['shards']['train']['tokens']
@@ -114,7 +115,8 @@ def main(_):
         f'{tokens / parts["total"][1] / 1e6:.3f}M tokens per CPU second; peak RSS '
         f'{result["peak_rss_MiB"]:.0f} MiB; load {result["load"][0]:.1f}')
   for k, v in result['parts'].items():
-    print(f'  {k:28s} {v["wall_s"]:7.2f} s wall {v["cpu_s"]:7.2f} s CPU ({100 * v["cpu_share"]:5.1f}% of CPU)')
+    print(f'  {k:28s} {v["wall_s"]:7.2f} s wall {v["cpu_s"]:7.2f} s CPU '
+          f'({100 * v["cpu_share"]:5.1f}% of CPU)')
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=2)

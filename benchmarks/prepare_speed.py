@@ -5,12 +5,15 @@
 
 The reference is GPT-NeoX's `tools/datasets/preprocess_data.py` (a multiprocessing pool, one document
 per call to the Hugging Face tokenizer, Megatron's mmap .bin/.idx), run from a checkout of the reference
-repository given by --reference, with a Python that has its imports (--reference_python); nothing of it
-is imported here. Both get the same corpus and the same tokenizer.json, with 1 and 2 workers, runs
-alternating (ours, reference, ours, ...), every run a fresh process tree measured for wall seconds,
-tokens/s, CPU seconds of all its processes and the sum of their peak RSS (process_tree.py). Each pair
-of outputs is checked to be the same token stream, byte for byte. Ours is also run in-process (the path
-`--mode=train` takes for a raw corpus) and, for the ceiling, the tokenizer alone on the same documents.
+repository given by --reference, with a Python that has its imports (--reference_python: ftfy,
+lm_dataformat, transformers, deepspeed and, for `pkg_resources`, setuptools<70, e.g. a virtual
+environment over a Python with torch); nothing of it is imported here. Both get the same corpus and the
+same tokenizer.json, with 1 and 2 workers (ours at 2 as threads and as processes: --modes), runs
+alternating, after one unmeasured warm-up of each; every run is a fresh process tree measured for wall
+seconds, tokens/s, CPU seconds of all its processes and the sum of their peak RSS (process_tree.py). Each
+pair of outputs is checked to be the same token stream, byte for byte. Ours is also run in-process (the
+path `--mode=train` takes for a raw corpus) and, for the ceiling, the tokenizer alone on the same
+documents.
 
 The corpus is real source text, made here (`make_corpus`): the Python standard library's .py files, then
 those of the installed packages, in sorted order, one document per file (files that are not UTF-8, have
@@ -219,6 +222,16 @@ def _round(files: list[str], workers: int, repeat: int, results: dict) -> bytes:
   return streams['reference']
 
 
+def _warm_up(files: list[str]) -> None:
+  """Each tool once on a few documents, unmeasured: a first import can fill caches (and start helper
+  processes) that later runs do not."""
+  path = os.path.join(_ROOT.value, 'warm_up.jsonl')
+  with open(files[0], encoding='utf-8') as src, open(path, 'w', encoding='utf-8') as dst:
+    dst.writelines(line for _, line in zip(range(20), src))
+  run_reference([path], os.path.join(_ROOT.value, 'out_warm_up_reference'), 1)
+  run_ours([path], os.path.join(_ROOT.value, 'out_warm_up_ours'), 1)
+
+
 def _summaries(results: dict) -> dict:
   table = {}
   for r in results['runs']:
@@ -259,6 +272,7 @@ def main(_):
              'corpus': {'MB': sum(os.path.getsize(f) for f in files) / 1e6, 'files': len(files)},
              'tokenizer': _TOKENIZER.value, 'runs': []}
   workers = [int(w) for w in _WORKERS.value]
+  _warm_up(files)
   for repeat in range(_REPEATS.value):
     for w in workers:
       reference_stream = _round(files, w, repeat, results)

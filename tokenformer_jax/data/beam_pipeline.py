@@ -95,13 +95,14 @@ def _given(beam_args: list[str], name: str) -> bool:
 def local_defaults(beam_args: list[str]) -> list[str]:
   """Without a runner: the DirectRunner's own engine for this pipeline (DirectRunner itself first tries
   to download Prism), with a worker thread per core unless the worker count or mode is given."""
-  from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions  # pylint: disable=import-outside-toplevel
+  from apache_beam.options import pipeline_options  # pylint: disable=import-outside-toplevel
   if _given(beam_args, '--runner'):
     return beam_args
   defaults = ['--runner=FnApiRunner']
   if not _given(beam_args, '--direct_num_workers'):
     defaults.append('--direct_num_workers=0')  # 0: one per core
-  workers = PipelineOptions([*defaults, *beam_args]).view_as(DirectOptions).direct_num_workers
+  workers = pipeline_options.PipelineOptions([*defaults, *beam_args]).view_as(
+      pipeline_options.DirectOptions).direct_num_workers
   if not _given(beam_args, '--direct_running_mode') and workers != 1:
     defaults.append('--direct_running_mode=multi_threading')
   return [*defaults, *beam_args]
