@@ -16,38 +16,32 @@ from tokenformer_jax.errors import UserError
 from tokenformer_jax.metrics import MetricsWriter
 
 
-def _event_scalars(folder):
-  """(step, tag, value) of every scalar in the TFRecord event files under `folder`."""
+def _events(folder):
+  """Every event of the TFRecord event files under `folder`, in file order."""
   from tensorboardX.proto import event_pb2
-  found = []
   for name in sorted(os.listdir(folder)):
     with open(os.path.join(folder, name), 'rb') as f:
       data = f.read()
     at = 0
     while at < len(data):
       (length,) = struct.unpack('<Q', data[at:at + 8])
-      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+      yield event_pb2.Event.FromString(data[at + 12:at + 12 + length])
       at += 12 + length + 4
-      found += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
-  return found
+
+
+def _event_scalars(folder):
+  """(step, tag, value) of every scalar in the event files under `folder`."""
+  return [(e.step, v.tag, v.simple_value) for e in _events(folder) for v in e.summary.value]
 
 
 def _visible_scalars(folder):
   """(step, tag, value) as TensorBoard shows them: a session start at step S hides the events read
   before it whose step is S or later (TensorBoard's purge of orphaned data)."""
-  from tensorboardX.proto import event_pb2
   shown = []
-  for name in sorted(os.listdir(folder)):
-    with open(os.path.join(folder, name), 'rb') as f:
-      data = f.read()
-    at = 0
-    while at < len(data):
-      (length,) = struct.unpack('<Q', data[at:at + 8])
-      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
-      at += 12 + length + 4
-      if event.HasField('session_log') and event.session_log.status == event.session_log.START:
-        shown = [s for s in shown if s[0] < event.step]
-      shown += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+  for event in _events(folder):
+    if event.HasField('session_log') and event.session_log.status == event.session_log.START:
+      shown = [s for s in shown if s[0] < event.step]
+    shown += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
   return shown
 
 
