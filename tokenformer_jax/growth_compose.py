@@ -1,0 +1,253 @@
+"""Building each grown array shard by shard, on the host that holds it, from the source's arrays.
+
+The source is read by Orbax onto the destination's mesh in a *source layout* (`source_target`): an axis
+that only gains positions at its end (tokens; layers when the new blocks are appended) is read at its
+grown length with the grown sharding, Orbax zero-padding it; an axis that is tiled (width) is read at
+its source length, sharded so that each device holds the source block its own grown shard copies (the
+mesh axes it is split over are reshaped so that a minor sub-axis of G devices walks the G source blocks),
+or whole where no such split exists. Then `compose` builds each device's grown shard from the source
+shard on the same device: copy, scale, noise, new positions. Nothing is gathered across devices or
+hosts, and nothing is compiled.
+
+Random values (new positions, width noise) come from `normals`, a counter-based stream keyed by the
+seed, the array and the block: any range is drawn directly, so every shard draws only its own rows and
+the values depend neither on the mesh nor on the process count.
+"""
+import dataclasses
+import functools
+import zlib
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from tokenformer_jax.growth_layout import Axis
+
+NEW, NOISE = 1, 2       # the two random streams of an array
+
+
+def normals(seed: int, stream: int, start: int, count: int) -> np.ndarray:
+  """Standard normals start … start+count−1 of a stream, float32. Counter-based (Philox keyed by seed and
+  stream; Box–Muller on pairs of uniforms, cos and sin giving the even and odd values)."""
+  first_pair, end_pair = start // 2, (start + count + 1) // 2
+  u_start = 2 * first_pair
+  generator = np.random.Generator(np.random.Philox(
+      key=np.array([seed, stream], np.uint64), counter=[u_start // 4, 0, 0, 0]))
+  u = generator.random(u_start % 4 + 2 * (end_pair - first_pair))[u_start % 4:].reshape(-1, 2)
+  radius = np.sqrt(-2.0 * np.log((1.0 - u[:, 0]).astype(np.float32)))   # 1 − u ∈ (0, 1]
+  angle = (2.0 * np.pi * u[:, 1]).astype(np.float32)
+  pairs = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1).reshape(-1)
+  return pairs[start - 2 * first_pair:][:count]
+
+
+def stream_id(path: str, purpose: int, layer: int) -> int:
+  """A stream per (array, purpose, block): the array's path hashed, so it does not depend on the tree."""
+  return (zlib.crc32(path.encode()) << 32) | (purpose << 28) | layer
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+  """How one grown array (a parameter or one of its Adam moments) is made."""
+  path: str                       # the parameter's path ('blocks/mlp/key_tokens'), also for a moment
+  axes: tuple                     # growth_layout.Axis per axis after the layer axis (None: unchanged)
+  blocks: np.ndarray | None       # stacked: the source block of each grown block (−1 new); else None
+  keeps_order: bool = True        # stacked: source block i stays at i
+  scale: float = 1.0              # on every copied value
+  noise_std: float = 0.0          # of the width noise on the split axis (parameters only)
+  new_block_std: float = 0.0      # of every value of a new block
+  new_unit_std: float = 0.0       # of new positions (tokens, hidden units) in a source block
+  seed: int = 0
+
+  @property
+  def is_identity(self) -> bool:
+    return (self.scale == 1.0 and all(a is None or (a.is_padding and a.src == a.grown) for a in self.axes)
+            and (self.blocks is None or (self.keeps_order and bool((self.blocks >= 0).all()))))
+
+
+def _full_axes(leaf: Leaf, shape) -> list:
+  """(kind, Axis) per array axis: ('layers', None), ('axis', Axis) or ('same', None)."""
+  out = [('layers', None)] if leaf.blocks is not None else []
+  return out + [('same', None) if a is None else ('axis', a) for a in leaf.axes]
+
+
+def source_target(leaf: Leaf, shape: tuple, sharding: NamedSharding) -> tuple[tuple, NamedSharding]:
+  """The shape and sharding Orbax reads the source array into (see the module docstring)."""
+  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+  mesh, out_shape, groups = sharding.mesh, [], []
+  for (kind, axis), size, entry in zip(_full_axes(leaf, shape), shape, spec):
+    if kind == 'layers' and not leaf.keeps_order:
+      out_shape.append(int((leaf.blocks >= 0).sum()))
+      groups.append(1)
+    elif kind == 'axis' and not axis.is_padding:
+      out_shape.append(axis.src)
+      groups.append(_group(axis, size, _shards(mesh, entry)))
+    else:
+      out_shape.append(size)
+      groups.append(None)
+  return tuple(out_shape), _split_sharding(mesh, spec, groups)
+
+
+def _names(entry) -> tuple:
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _shards(mesh: Mesh, entry) -> int:
+  return int(np.prod([mesh.shape[n] for n in _names(entry)]))
+
+
+def _group(axis: Axis, grown_size: int, shards: int) -> int:
+  """G: the device at shard t of a tiled axis copies source block t mod G (1: the whole source axis)."""
+  width = grown_size // shards
+  if width <= axis.src and axis.src % width == 0 and shards % (axis.src // width) == 0:
+    return axis.src // width
+  return 1
+
+
+def _split_sharding(mesh: Mesh, spec: list, groups: list) -> NamedSharding:
+  """A sharding over `mesh` with, per array axis, its spec kept (None), replicated (1) or over the minor
+  G devices of its mesh axes (G > 1), for which a mesh axis is split into (major, minor) sub-axes."""
+  splits, new_spec = {}, []
+  for entry, group in zip(spec, groups):
+    names = _names(entry)
+    if group is None:
+      new_spec.append(entry)
+      continue
+    kept, size = [], 1
+    for name in reversed(names):
+      if size == group:
+        break
+      axis_size = mesh.shape[name]
+      if group % (size * axis_size) == 0:
+        kept.insert(0, name)
+        size *= axis_size
+      elif axis_size % (group // size) == 0 and group % size == 0:
+        splits[name] = group // size
+        kept.insert(0, f'{name}_minor')
+        size = group
+      else:
+        break
+    new_spec.append(tuple(kept) if size == group and group > 1 else None)
+  if splits:
+    mesh = _split_mesh(mesh, tuple(sorted(splits.items())))
+  return NamedSharding(mesh, PartitionSpec(*new_spec))
+
+
+@functools.lru_cache(maxsize=32)
+def _split_mesh_cached(mesh: Mesh, splits: tuple) -> Mesh:
+  splits = dict(splits)
+  names, sizes = [], []
+  for name, size in zip(mesh.axis_names, mesh.devices.shape):
+    if name in splits:
+      names += [f'{name}_major', f'{name}_minor']
+      sizes += [size // splits[name], splits[name]]
+    else:
+      names.append(name)
+      sizes.append(size)
+  return Mesh(mesh.devices.reshape(sizes), tuple(names))
+
+
+def _split_mesh(mesh: Mesh, splits: tuple) -> Mesh:
+  return _split_mesh_cached(mesh, splits)
+
+
+def compose(leaf: Leaf, source: jax.Array, shape: tuple, sharding: NamedSharding) -> jax.Array:
+  """The grown array, each device's shard built from the source shard on the same device."""
+  if leaf.is_identity and source.shape == tuple(shape):
+    return source
+  by_device = {s.device: s for s in source.addressable_shards}
+  built, arrays = {}, []
+  for device, index in sharding.addressable_devices_indices_map(tuple(shape)).items():
+    ranges = tuple(range(size)[sl] for size, sl in zip(shape, index))
+    key = tuple((r.start, r.stop) for r in ranges)
+    if key not in built:
+      built[key] = _block(leaf, by_device[device], ranges, shape)
+    block = built[key]
+    arrays.append(block if isinstance(block, jax.Array) else jax.device_put(block, device))
+  return jax.make_array_from_single_device_arrays(tuple(shape), sharding, arrays)
+
+
+def _block(leaf: Leaf, shard, ranges: tuple, shape: tuple):
+  """One grown shard: the source shard's values taken axis by axis, scaled, with noise and new positions."""
+  data, new = shard.data, np.zeros((1,) * len(shape), bool)
+  local, any_new, copied = [], False, True
+  for i, ((kind, axis), positions) in enumerate(zip(_full_axes(leaf, shape), ranges)):
+    p = np.arange(positions.start, positions.stop)
+    if kind == 'layers':
+      src = p if leaf.keeps_order else leaf.blocks[p]
+      is_new = leaf.blocks[p] < 0
+    elif kind == 'axis' and axis.is_padding:
+      src, is_new = p, p >= axis.src
+    elif kind == 'axis':
+      src, is_new = axis.source_positions(p)
+    else:
+      src, is_new = p, np.zeros(len(p), bool)
+    src_local = np.where(is_new, shard.index[i].start or 0, src) - (shard.index[i].start or 0)
+    local.append(src_local)
+    any_new |= bool(is_new.any())
+    new = new | is_new.reshape([-1 if j == i else 1 for j in range(len(shape))])
+    copied &= np.array_equal(src_local, np.arange(len(p)) + src_local[0]) if len(p) else True
+  plain = leaf.scale == 1.0 and not leaf.noise_std
+  if not any_new and plain and copied and all(len(l) == n for l, n in zip(local, shard.data.shape)):
+    return shard.data                  # this device's shard is the source's as read: no copy
+  out = np.asarray(data)
+  for i, idx in enumerate(local):
+    out = _take(out, idx, i)
+  out = out.astype(np.float32) * np.float32(leaf.scale) if leaf.scale != 1.0 else np.array(out)
+  if leaf.noise_std:
+    out += np.where(new, 0.0, leaf.noise_std * _noise(leaf, ranges, shape)).astype(out.dtype)
+  if any_new:
+    out = np.where(new, _new_values(leaf, ranges, shape, new), out)
+  return out.astype(shard.data.dtype)
+
+
+def _take(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
+  if len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
+    return x[(slice(None),) * axis + (slice(idx[0], idx[0] + len(idx)),)]
+  return np.take(x, idx, axis=axis)
+
+
+def _layer_rows(leaf: Leaf, purpose: int, layer: int, rows: range, width: int) -> np.ndarray:
+  """Rows of one block's [rows, width] stream (a stacked array's last two axes, whole rows)."""
+  stream = stream_id(leaf.path, purpose, layer)
+  return normals(leaf.seed, stream, rows.start * width, len(rows) * width).reshape(len(rows), width)
+
+
+def _new_values(leaf: Leaf, ranges: tuple, shape: tuple, new: np.ndarray) -> np.ndarray:
+  """New positions of a stacked [L, rows, cols] shard: new blocks at new_block_std, new tokens or units
+  of a source block at new_unit_std."""
+  layers, rows, cols = ranges
+  out = np.zeros([len(r) for r in ranges], np.float32)
+  for i, layer in enumerate(layers):
+    std = leaf.new_block_std if leaf.blocks[layer] < 0 else leaf.new_unit_std
+    if std and new[min(i, new.shape[0] - 1)].any():
+      out[i] = std * _layer_rows(leaf, NEW, layer, rows, shape[2])[:, cols.start:cols.stop]
+  return out
+
+
+def _noise(leaf: Leaf, ranges: tuple, shape: tuple) -> np.ndarray:
+  """Standard normal noise on a stacked array's split axis, centred over the k copies of every source
+  position, so the copies of a weight still sum to the source weight."""
+  layers, rows, cols = ranges
+  out = np.zeros([len(r) for r in ranges], np.float32)
+  row_axis, col_axis = leaf.axes
+  for i, layer in enumerate(layers):
+    if leaf.blocks[layer] < 0:
+      continue
+    if col_axis.split and col_axis.copies > 1:        # split along the columns (key tokens)
+      z = _layer_rows(leaf, NOISE, layer, rows, shape[2])
+      z = z.reshape(len(rows), col_axis.copies, col_axis.src)
+      out[i] = (z - z.mean(axis=1, keepdims=True)).reshape(len(rows), -1)[:, cols.start:cols.stop]
+    elif row_axis.split and row_axis.copies > 1:      # split along the rows (a dense kernel's input)
+      k, s = row_axis.copies, row_axis.src
+      p = np.arange(rows.start, rows.stop)
+      old = p < k * s
+      if not old.any():
+        continue
+      q = p % s
+      low, high = int(q[old].min()), int(q[old].max()) + 1
+      z = np.stack([_layer_rows(leaf, NOISE, layer, range(c * s + low, c * s + high), shape[2])
+                    for c in range(k)])           # [k, Q, cols]
+      centred = z - z.mean(axis=0, keepdims=True)
+      picked = centred[np.minimum(p // s, k - 1), np.clip(q - low, 0, high - low - 1)]
+      out[i] = np.where(old[:, None], picked, 0.0)[:, cols.start:cols.stop]
+  return out
