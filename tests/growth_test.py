@@ -180,16 +180,18 @@ def test_grown_checkpoint_trains_on(source, data_cache, tmp_path):
   assert sorted(result.train_losses) == [5, 8]
 
 def test_random_values_do_not_depend_on_how_they_are_split():
-  full = growth_compose.normals(seed=3, stream=7, start=0, count=61)
-  for cuts in ((0, 3, 4, 61), (0, 1, 2, 60, 61), (0, 30, 31, 61)):
+  chunk = growth_compose.CHUNK
+  full = growth_compose.normals(seed=3, stream=7, start=0, count=2 * chunk + 61)
+  for cuts in ((0, 3, 4, 2 * chunk + 61), (0, chunk - 1, chunk + 1, 2 * chunk + 60, 2 * chunk + 61)):
     parts = [growth_compose.normals(3, 7, a, b - a) for a, b in zip(cuts, cuts[1:])]
     np.testing.assert_array_equal(np.concatenate(parts), full)
-  assert not np.array_equal(full, growth_compose.normals(3, 8, 0, 61))      # streams differ
+  assert not np.array_equal(full, growth_compose.normals(3, 8, 0, 2 * chunk + 61))   # streams differ
+  assert not np.array_equal(full[:chunk], full[chunk:2 * chunk])                      # chunks differ
   assert growth_compose.stream_id('blocks/mlp/key_tokens', 1, 0) != growth_compose.stream_id(
       'blocks/mlp/key_tokens', 1, 1) != growth_compose.stream_id('blocks/mlp/value_tokens', 1, 1)
   big = growth_compose.normals(seed=0, stream=0, start=5, count=200_000)
   assert abs(big.mean()) < 0.01 and abs(big.std() - 1.0) < 0.01
-  assert abs(np.corrcoef(big[:-1:2], big[1::2])[0, 1]) < 0.01   # a pair's cos and sin values
+  assert abs(np.corrcoef(big[:-1], big[1:])[0, 1]) < 0.01
 
 
 def test_a_grown_workdir_evaluates_and_generates_before_it_trains(tmp_path):

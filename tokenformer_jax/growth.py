@@ -203,12 +203,13 @@ def restore_source(p: Plan):
   return checkpoint.restore(p.src, p.step, targets, p.data_iter, expected=expected)
 
 
-def compose_state(p: Plan, restored):
-  """The grown state from restore_source's, array by array (each source array is dropped once its grown
-  one is built, so at most one table is held twice); `reset` (and a parameters-only source) gets a fresh
-  optimizer state and step 0."""
+def compose_state(p: Plan, restored: dict):
+  """The grown state from restore_source's, array by array; `restored` is consumed (emptied), so each
+  source array is dropped once its grown one is built and at most one table is held twice. `reset`
+  (and a parameters-only source) gets a fresh optimizer state and step 0."""
   grown_abstract = state_lib.abstract_targets(p.spec)
   flat, treedef = jax.tree_util.tree_flatten_with_path(restored)
+  restored.clear()
   targets = dict((checkpoint.path_string(path), t) for path, t in
                  jax.tree_util.tree_flatten_with_path(grown_abstract)[0])
   out = []

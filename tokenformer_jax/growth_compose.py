@@ -9,9 +9,9 @@ or whole where no such split exists. Then `compose` builds each device's grown s
 shard on the same device: copy, scale, noise, new positions. Nothing is gathered across devices or
 hosts, and nothing is compiled.
 
-Random values (new positions, width noise) come from `normals`, a counter-based stream keyed by the
-seed, the array and the block: any range is drawn directly, so every shard draws only its own rows and
-the values depend neither on the mesh nor on the process count.
+Random values (new positions, width noise) come from `normals`, a stream keyed by the seed, the array
+and the block and cut into independently drawn chunks: any range is drawn directly, so every shard
+draws only its own rows, and the values depend neither on the mesh nor on the process count.
 """
 import dataclasses
 import functools
@@ -26,18 +26,21 @@ from tokenformer_jax.growth_layout import Axis
 NEW, NOISE = 1, 2       # the two random streams of an array
 
 
+CHUNK = 1 << 14          # values per independently addressable piece of a random stream
+
+
 def normals(seed: int, stream: int, start: int, count: int) -> np.ndarray:
-  """Standard normals start … start+count−1 of a stream, float32. Counter-based (Philox keyed by seed and
-  stream; Box–Muller on pairs of uniforms, cos and sin giving the even and odd values)."""
-  first_pair, end_pair = start // 2, (start + count + 1) // 2
-  u_start = 2 * first_pair
-  generator = np.random.Generator(np.random.Philox(
-      key=np.array([seed, stream], np.uint64), counter=[u_start // 4, 0, 0, 0]))
-  u = generator.random(u_start % 4 + 2 * (end_pair - first_pair))[u_start % 4:].reshape(-1, 2)
-  radius = np.sqrt(-2.0 * np.log((1.0 - u[:, 0]).astype(np.float32)))   # 1 − u ∈ (0, 1]
-  angle = (2.0 * np.pi * u[:, 1]).astype(np.float32)
-  pairs = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1).reshape(-1)
-  return pairs[start - 2 * first_pair:][:count]
+  """Standard normals start … start+count−1 of a stream, float32. The stream is cut into chunks of CHUNK
+  values, each drawn by its own Philox generator (keyed by seed and stream, the chunk's index in the
+  counter's high word, so chunks never overlap) with NumPy's ziggurat sampler: any range is drawn from
+  the chunks it touches, so the values do not depend on how the stream is split."""
+  first, end = start // CHUNK, (start + count + CHUNK - 1) // CHUNK
+  out = np.empty((end - first) * CHUNK, np.float32)
+  for i, chunk in enumerate(range(first, end)):
+    generator = np.random.Generator(np.random.Philox(key=np.array([seed, stream], np.uint64),
+                                                     counter=[0, 0, chunk, 0]))
+    out[i * CHUNK:(i + 1) * CHUNK] = generator.standard_normal(CHUNK, dtype=np.float32)
+  return out[start - first * CHUNK:][:count]
 
 
 def stream_id(path: str, purpose: int, layer: int) -> int:
@@ -167,37 +170,41 @@ def compose(leaf: Leaf, source: jax.Array, shape: tuple, sharding: NamedSharding
 
 
 def _block(leaf: Leaf, shard, ranges: tuple, shape: tuple):
-  """One grown shard: the source shard's values taken axis by axis, scaled, with noise and new positions."""
-  data, new = shard.data, np.zeros((1,) * len(shape), bool)
-  local, any_new, copied = [], False, True
+  """One grown shard: the source shard's values taken axis by axis, scaled, with noise, and the new
+  positions written. A shard Orbax already read as it must be (only zero padding new) is used as is."""
+  local, news = [], []
   for i, ((kind, axis), positions) in enumerate(zip(_full_axes(leaf, shape), ranges)):
     p = np.arange(positions.start, positions.stop)
+    start = shard.index[i].start or 0
     if kind == 'layers':
-      src = p if leaf.keeps_order else leaf.blocks[p]
       is_new = leaf.blocks[p] < 0
-    elif kind == 'axis' and axis.is_padding:
-      src, is_new = p, p >= axis.src
-    elif kind == 'axis':
+      src = p if leaf.keeps_order else np.where(is_new, start, leaf.blocks[p])
+    elif kind == 'axis' and not axis.is_padding:
       src, is_new = axis.source_positions(p)
-    else:
-      src, is_new = p, np.zeros(len(p), bool)
-    src_local = np.where(is_new, shard.index[i].start or 0, src) - (shard.index[i].start or 0)
-    local.append(src_local)
-    any_new |= bool(is_new.any())
-    new = new | is_new.reshape([-1 if j == i else 1 for j in range(len(shape))])
-    copied &= np.array_equal(src_local, np.arange(len(p)) + src_local[0]) if len(p) else True
-  plain = leaf.scale == 1.0 and not leaf.noise_std
-  if not any_new and plain and copied and all(len(l) == n for l, n in zip(local, shard.data.shape)):
-    return shard.data                  # this device's shard is the source's as read: no copy
-  out = np.asarray(data)
-  for i, idx in enumerate(local):
-    out = _take(out, idx, i)
-  out = out.astype(np.float32) * np.float32(leaf.scale) if leaf.scale != 1.0 else np.array(out)
+      src = np.where(is_new, start, src)
+    else:         # read as it is grown: new positions hold Orbax's zero padding
+      src, is_new = p, (p >= axis.src) if kind == 'axis' else np.zeros(len(p), bool)
+    local.append(src - start)
+    news.append(is_new)
+  as_read = all(np.array_equal(idx, np.arange(size)) for idx, size in zip(local, shard.data.shape))
+  if as_read and leaf.scale == 1.0 and not leaf.noise_std and not _draws(leaf, news):
+    return shard.data                  # the source's values, and zeros where new: no copy
+  if any(n.all() for n in news):       # nothing of the source in this shard
+    out = np.zeros([len(r) for r in ranges], shard.data.dtype)
+  elif as_read:
+    out = np.array(shard.data)
+  else:
+    out = np.asarray(shard.data)
+    for i, idx in enumerate(local):
+      out = _take(out, idx, i)
+    out = np.array(out) if np.shares_memory(out, np.asarray(shard.data)) else out
+  if leaf.scale != 1.0:
+    out *= np.asarray(leaf.scale, out.dtype)
   if leaf.noise_std:
-    out += np.where(new, 0.0, leaf.noise_std * _noise(leaf, ranges, shape)).astype(out.dtype)
-  if any_new:
-    out = np.where(new, _new_values(leaf, ranges, shape, new), out)
-  return out.astype(shard.data.dtype)
+    out += (leaf.noise_std * _noise(leaf, ranges, shape)).astype(out.dtype)
+  if any(n.any() for n in news):
+    _write_new(out, leaf, ranges, shape, news)
+  return out
 
 
 def _take(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
@@ -206,22 +213,43 @@ def _take(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
   return np.take(x, idx, axis=axis)
 
 
+def _draws(leaf: Leaf, news: list) -> bool:
+  """Whether this shard has new positions with random values (else they are zero)."""
+  if leaf.blocks is None:
+    return False
+  new_blocks, in_old_blocks = news[0], any(n.any() for n in news[1:])
+  return bool((leaf.new_block_std and new_blocks.any()) or
+              (leaf.new_unit_std and in_old_blocks and not new_blocks.all()))
+
+
 def _layer_rows(leaf: Leaf, purpose: int, layer: int, rows: range, width: int) -> np.ndarray:
   """Rows of one block's [rows, width] stream (a stacked array's last two axes, whole rows)."""
   stream = stream_id(leaf.path, purpose, layer)
   return normals(leaf.seed, stream, rows.start * width, len(rows) * width).reshape(len(rows), width)
 
 
-def _new_values(leaf: Leaf, ranges: tuple, shape: tuple, new: np.ndarray) -> np.ndarray:
-  """New positions of a stacked [L, rows, cols] shard: new blocks at new_block_std, new tokens or units
-  of a source block at new_unit_std."""
+def _write_new(out: np.ndarray, leaf: Leaf, ranges: tuple, shape: tuple, news: list) -> None:
+  """Writes the new positions of a stacked [L, rows, cols] shard in place: new blocks at new_block_std,
+  new tokens or units of a source block (the last rows or columns) at new_unit_std, or zeros."""
   layers, rows, cols = ranges
-  out = np.zeros([len(r) for r in ranges], np.float32)
+  new_blocks, new_rows, new_cols = news
+
+  def values(std, layer, row_range):
+    if not std:
+      return 0.0
+    return std * _layer_rows(leaf, NEW, layer, row_range, shape[2])[:, cols.start:cols.stop]
+
   for i, layer in enumerate(layers):
-    std = leaf.new_block_std if leaf.blocks[layer] < 0 else leaf.new_unit_std
-    if std and new[min(i, new.shape[0] - 1)].any():
-      out[i] = std * _layer_rows(leaf, NEW, layer, rows, shape[2])[:, cols.start:cols.stop]
-  return out
+    if new_blocks[i]:
+      out[i] = values(leaf.new_block_std, layer, rows)
+      continue
+    if new_rows.any():
+      first = int(np.argmax(new_rows))
+      out[i, first:] = values(leaf.new_unit_std, layer, range(rows.start + first, rows.stop))
+    if new_cols.any():
+      first = int(np.argmax(new_cols))
+      out[i, :, first:] = (values(leaf.new_unit_std, layer, rows)[:, first:] if leaf.new_unit_std
+                           else 0.0)
 
 
 def _noise(leaf: Leaf, ranges: tuple, shape: tuple) -> np.ndarray:
