@@ -66,12 +66,14 @@ def phase(name: str, workdir: str, devices: int, growth_kind: str, size: str) ->
   elif name == 'grow':   # growth's three phases, timed one by one, with the peak RSS after each
     c = config(True, cache, devices, growth_kind, size)
     plan = growth.plan(c, src, dst)
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
     restored = jax.block_until_ready(growth.restore_source(plan))
-    out.update(restore_s=time.perf_counter() - clock, peak_rss_after_restore_MiB=_peak_rss_MiB())
-    clock = time.perf_counter()
+    out.update(restore_s=time.perf_counter() - clock, restore_cpu_s=time.process_time() - cpu,
+               peak_rss_after_restore_MiB=_peak_rss_MiB())
+    clock, cpu = time.perf_counter(), time.process_time()
     state = jax.block_until_ready(growth.compose_state(plan, restored))
-    out.update(grow_s=time.perf_counter() - clock, peak_rss_after_grow_MiB=_peak_rss_MiB())
+    out.update(grow_s=time.perf_counter() - clock, grow_cpu_s=time.process_time() - cpu,
+               peak_rss_after_grow_MiB=_peak_rss_MiB())
     clock = time.perf_counter()
     growth.save(plan, state)
     out.update(save_s=time.perf_counter() - clock, peak_rss_after_save_MiB=_peak_rss_MiB())
@@ -80,10 +82,10 @@ def phase(name: str, workdir: str, devices: int, growth_kind: str, size: str) ->
     c = checkpoint.adopt_frozen_tau(config(True, cache, devices, growth_kind, size),
                                     checkpoint.read_meta(mngr, mngr.latest_step()))
     spec = state_lib.make_spec(c, 512, sharding.make_mesh(c.mesh))
-    t0 = time.perf_counter()
+    t0, cpu = time.perf_counter(), time.process_time()
     state = checkpoint.restore(mngr, mngr.latest_step(), state_lib.abstract_targets(spec))
     jax.block_until_ready(state)
-    out['restore_s'] = time.perf_counter() - t0
+    out['restore_s'], out['restore_cpu_s'] = time.perf_counter() - t0, time.process_time() - cpu
     out['params_M'] = state_lib.num_params(spec) / 1e6
     out['state_MiB'] = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
   out['total_s'] = time.perf_counter() - start
@@ -129,6 +131,7 @@ def main():
     grows.append(run('grow'))
     plains.append(run('plain_restore'))
   ratios = [(g['restore_s'] + g['grow_s']) / p['restore_s'] for g, p in zip(grows, plains)]
+  cpu_ratios = [(g['restore_cpu_s'] + g['grow_cpu_s']) / p['restore_cpu_s'] for g, p in zip(grows, plains)]
   med = lambda rows, key: statistics.median(r[key] for r in rows)
   ratio = statistics.median(ratios)
   print(f"growth in {growth_kind} ({size}): source {source['params_M']:.1f}M params "
@@ -138,7 +141,8 @@ def main():
   print(f"grow: restore {med(grows, 'restore_s'):.2f}s + compose {med(grows, 'grow_s'):.2f}s + save "
         f"{med(grows, 'save_s'):.2f}s; plain restore of the grown checkpoint {med(plains, 'restore_s'):.2f}s; "
         f"(restore + compose) / plain restore = {ratio:.2f} "
-        f"(runs: {', '.join(f'{r:.2f}' for r in ratios)})")
+        f"(runs: {', '.join(f'{r:.2f}' for r in ratios)}); in CPU seconds of the process: "
+        f"{statistics.median(cpu_ratios):.2f} (runs: {', '.join(f'{r:.2f}' for r in cpu_ratios)})")
   print(f"peak RSS: grow process {med(grows, 'peak_rss_after_restore_MiB'):.0f} MiB after restore, "
         f"{med(grows, 'peak_rss_after_grow_MiB'):.0f} after composing, "
         f"{med(grows, 'peak_rss_after_save_MiB'):.0f} after the save; plain-restore process "
@@ -147,7 +151,8 @@ def main():
   if 'json' in args:
     with open(args['json'], 'w') as f:
       json.dump({'devices': devices, 'growth': growth_kind, 'size': size, 'source': source, 'grow': grows,
-                 'plain_restore': plains, 'ratios': ratios, 'ratio': ratio}, f, indent=2)
+                 'plain_restore': plains, 'ratios': ratios, 'ratio': ratio, 'cpu_ratios': cpu_ratios,
+                 'load_average': os.getloadavg()}, f, indent=2)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import small_config
+from tests.conftest import ROOT, small_config
 from tokenformer_jax import checkpoint, config as config_lib, growth, growth_layout, sharding, train
 from tokenformer_jax import state as state_lib
 from tokenformer_jax import step as step_lib
@@ -200,6 +200,19 @@ def test_refusals_write_nothing(source, data_cache, tmp_path, change, needle):
   assert not any(p.name == 'checkpoints' and any(p.iterdir()) for p in tmp_path.rglob('checkpoints'))
 
 
+def test_a_released_file_grows_in_tokens_only(tmp_path):
+  safetensors_numpy = pytest.importorskip('safetensors.numpy')
+  from tests.conftest import reference_state_dict
+  c = _config('', 'tokenformer')
+  path = str(tmp_path / 'released.safetensors')
+  safetensors_numpy.save_file(reference_state_dict(c.model), path)
+  c.model.num_layers = 3
+  with pytest.raises(UserError, match='released.safetensors has 2 layers of d_model 32, the config 3 of 32: '
+                                      'a released file grows in parameter tokens only; import it'):
+    growth.grow(c, path, str(tmp_path / 'dst'))
+  assert not (tmp_path / 'dst' / 'checkpoints').exists()
+
+
 def test_growth_keys_are_validated():
   c = small_config()
   c.growth.depth_placement = 'middle'
@@ -208,3 +221,21 @@ def test_growth_keys_are_validated():
   c.growth.depth_placement, c.growth.width_noise = 'append', -0.1
   with pytest.raises(UserError, match='growth.width_noise must be >= 0'):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize('arm', ['tokens', 'depth', 'depth_interleave', 'width', 'all', 'dense-all',
+                                 'dense-tokens', 'width-quick'])
+def test_grow_dims_experiment_stages_are_growths(arm):
+  """experiments/grow_dims_cpu.py: every stage is valid and a growth of the one before; the TokenFormer
+  arms end at tiny's block parameters (the non-embedding ones but the final LayerNorm's 2·d)."""
+  from tokenformer_jax import model as model_lib
+  c = config_lib.load_experiment(f'{ROOT}/experiments/grow_dims_cpu.py:{arm}')
+  configs = [config_lib.apply_overrides(c, {**stage, 'stages': ()}) for stage in c.stages]
+  for before, after in zip(configs, configs[1:]):
+    config_lib.validate(after)
+    assert not checkpoint.growth_differences(before.model.to_dict(), after.model)
+  tiny = config_lib.load_experiment(f'{ROOT}/experiments/tiny.py')
+  blocks = lambda m: model_lib.nonembedding_params(m) - 2 * m.d_model
+  if not arm.startswith('dense') and not arm.endswith('quick'):
+    assert len(configs) == 4
+    assert blocks(configs[-1].model) == blocks(tiny.model) == 8 * blocks(configs[0].model)

@@ -33,6 +33,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from tokenformer_jax import checkpoint, growth_layout, sharding, weights, workdir_lock
@@ -146,7 +147,16 @@ def plan(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> 
 
 def _plan_from_params(cfg_b, source, dst_workdir: str) -> Plan:
   """A source with parameters only (an imported checkpoint, a released file): the grown state gets
-  Adam moments of zero and step 0, and the data iterator starts at the beginning."""
+  Adam moments of zero and step 0, and the data iterator starts at the beginning. A file says its
+  token counts but not its heads, so it grows in tokens only (the config gives its other sizes)."""
+  if source.is_file:
+    embedding = source.state_dict.get('sequential.0.word_embeddings.weight')
+    layers = sum(1 for name in source.state_dict if name.endswith('.attention.query.key_param_tokens'))
+    m = cfg_b.model
+    if embedding is not None and (layers, np.shape(embedding)[1]) != (m.num_layers, m.d_model):
+      raise UserError(f'{source.text} has {layers} layers of d_model {np.shape(embedding)[1]}, the config '
+                      f'{m.num_layers} of {m.d_model}: a released file grows in parameter tokens only; '
+                      f'import it (--mode=convert with its own sizes), then grow that workdir')
   return _make_plan(cfg_b, source.model, source.meta, source.vocab_size, dst_workdir, None,
                     source.step or 0, source.path, source)
 

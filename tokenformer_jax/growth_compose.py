@@ -13,8 +13,10 @@ Random values (new positions, width noise) come from `normals`, a stream keyed b
 and the block and cut into independently drawn chunks: any range is drawn directly, so every shard
 draws only its own rows, and the values depend neither on the mesh nor on the process count.
 """
+import concurrent.futures
 import dataclasses
 import functools
+import os
 import zlib
 
 import jax
@@ -153,20 +155,31 @@ def _split_mesh(mesh: Mesh, splits: tuple) -> Mesh:
   return _split_mesh_cached(mesh, splits)
 
 
+@functools.lru_cache(maxsize=1)
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+  """Threads for building a table's shards: NumPy releases the GIL in the copies and the random draws,
+  so the host's cores share the work."""
+  return concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix='growth')
+
+
 def compose(leaf: Leaf, source: jax.Array, shape: tuple, sharding: NamedSharding) -> jax.Array:
   """The grown array, each device's shard built from the source shard on the same device."""
   if leaf.is_identity and source.shape == tuple(shape):
     return source
   by_device = {s.device: s for s in source.addressable_shards}
-  built, arrays = {}, []
+  wanted = {}      # each distinct grown shard once: ranges → the devices that hold it
   for device, index in sharding.addressable_devices_indices_map(tuple(shape)).items():
-    ranges = tuple(range(size)[sl] for size, sl in zip(shape, index))
-    key = tuple((r.start, r.stop) for r in ranges)
-    if key not in built:
-      built[key] = _block(leaf, by_device[device], ranges, shape)
-    block = built[key]
-    arrays.append(block if isinstance(block, jax.Array) else jax.device_put(block, device))
-  return jax.make_array_from_single_device_arrays(tuple(shape), sharding, arrays)
+    wanted.setdefault(tuple(range(size)[sl] for size, sl in zip(shape, index)), []).append(device)
+  build = lambda item: _block(leaf, by_device[item[1][0]], item[0], shape)
+  built = dict(zip(wanted, (_pool().map if len(wanted) > 1 else map)(build, wanted.items())))
+  arrays = {}
+  for ranges, devices in wanted.items():
+    block = built.pop(ranges)
+    for device in devices:
+      arrays[device] = block if isinstance(block, jax.Array) else jax.device_put(block, device,
+                                                                                 may_alias=True)
+  return jax.make_array_from_single_device_arrays(
+      tuple(shape), sharding, [arrays[d] for d in sharding.addressable_devices_indices_map(tuple(shape))])
 
 
 def _block(leaf: Leaf, shard, ranges: tuple, shape: tuple):
@@ -189,28 +202,50 @@ def _block(leaf: Leaf, shard, ranges: tuple, shape: tuple):
   as_read = all(np.array_equal(idx, np.arange(size)) for idx, size in zip(local, shard.data.shape))
   if as_read and leaf.scale == 1.0 and not leaf.noise_std and not _draws(leaf, news):
     return shard.data                  # the source's values, and zeros where new: no copy
+  scale = np.asarray(leaf.scale, shard.data.dtype)
   if any(n.all() for n in news):       # nothing of the source in this shard
     out = np.zeros([len(r) for r in ranges], shard.data.dtype)
   elif as_read:
-    out = np.array(shard.data)
+    out = np.array(shard.data) if leaf.scale == 1.0 else np.asarray(shard.data) * scale
   else:
-    out = np.asarray(shard.data)
-    for i, idx in enumerate(local):
-      out = _take(out, idx, i)
-    out = np.array(out) if np.shares_memory(out, np.asarray(shard.data)) else out
-  if leaf.scale != 1.0:
-    out *= np.asarray(leaf.scale, out.dtype)
+    out = _taken(np.asarray(shard.data), local, scale)
   if leaf.noise_std:
-    out += (leaf.noise_std * _noise(leaf, ranges, shape)).astype(out.dtype)
+    noise = _noise(leaf, ranges, shape)
+    noise *= np.float32(leaf.noise_std)
+    out += noise
   if any(n.any() for n in news):
     _write_new(out, leaf, ranges, shape, news)
   return out
 
 
-def _take(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
-  if len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
-    return x[(slice(None),) * axis + (slice(idx[0], idx[0] + len(idx)),)]
-  return np.take(x, idx, axis=axis)
+def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
+  """idx as contiguous runs [a, b) (a width copy is a few long runs)."""
+  if not len(idx):
+    return [(0, 0)]
+  breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+  return [(int(run[0]), int(run[-1]) + 1) for run in np.split(idx, breaks)]
+
+
+def _taken(x: np.ndarray, local: list, scale: np.ndarray) -> np.ndarray:
+  """x at the positions `local` (one index array per axis), times scale, as a new array: each axis of
+  one run is a view, and the last axis of several runs is copied slice by slice with the scale applied
+  on the way, so the values are written once."""
+  runs = [_runs(idx) for idx in local]
+  last = max((i for i, r in enumerate(runs) if len(r) > 1), default=None)
+  for i, axis_runs in enumerate(runs):
+    if i != last and len(axis_runs) == 1:
+      x = x[(slice(None),) * i + (slice(*axis_runs[0]),)]
+    elif i != last:
+      x = np.concatenate([x[(slice(None),) * i + (slice(a, b),)] for a, b in axis_runs], axis=i)
+  if last is None:
+    return x * scale if scale != 1 else np.array(x)
+  out = np.empty(x.shape[:last] + (len(local[last]),) + x.shape[last + 1:], x.dtype)
+  at = 0
+  for a, b in runs[last]:
+    np.multiply(x[(slice(None),) * last + (slice(a, b),)], scale,
+                out=out[(slice(None),) * last + (slice(at, at + b - a),)])
+    at += b - a
+  return out
 
 
 def _draws(leaf: Leaf, news: list) -> bool:
@@ -252,30 +287,41 @@ def _write_new(out: np.ndarray, leaf: Leaf, ranges: tuple, shape: tuple, news: l
                            else 0.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _zero_sum_basis(k: int) -> np.ndarray:
+  """[k, k−1], orthonormal columns orthogonal to (1, …, 1) (Helmert's): it maps k−1 independent
+  normals to k values that sum to 0, each of variance (k−1)/k. For k = 2: (z, −z)/√2."""
+  basis = np.zeros((k, k - 1), np.float32)
+  for j in range(1, k):
+    basis[:j, j - 1] = 1.0 / np.sqrt(j * (j + 1))
+    basis[j, j - 1] = -j / np.sqrt(j * (j + 1))
+  return basis
+
+
 def _noise(leaf: Leaf, ranges: tuple, shape: tuple) -> np.ndarray:
-  """Standard normal noise on a stacked array's split axis, centred over the k copies of every source
-  position, so the copies of a weight still sum to the source weight."""
+  """Noise on a stacked array's split axis that sums to zero over the k copies of every source
+  position, so the copies of a weight still sum to the source weight. Its stream holds k−1 normals per
+  source position: per grown row for a split last axis (key tokens [n, k·d]: row r's d·(k−1) values),
+  per source row for a split row axis (a dense kernel [k·d_in, d_out′]: row q's d_out′·(k−1))."""
   layers, rows, cols = ranges
   out = np.zeros([len(r) for r in ranges], np.float32)
   row_axis, col_axis = leaf.axes
+  split = col_axis if col_axis.split and col_axis.copies > 1 else row_axis
+  k, s = split.copies, split.src
+  basis_T = _zero_sum_basis(k).T
+  p = np.arange(rows.start, rows.stop)
+  old, q = p < k * s, p % s
   for i, layer in enumerate(layers):
     if leaf.blocks[layer] < 0:
       continue
-    if col_axis.split and col_axis.copies > 1:        # split along the columns (key tokens)
-      z = _layer_rows(leaf, NOISE, layer, rows, shape[2])
-      z = z.reshape(len(rows), col_axis.copies, col_axis.src)
-      out[i] = (z - z.mean(axis=1, keepdims=True)).reshape(len(rows), -1)[:, cols.start:cols.stop]
-    elif row_axis.split and row_axis.copies > 1:      # split along the rows (a dense kernel's input)
-      k, s = row_axis.copies, row_axis.src
-      p = np.arange(rows.start, rows.stop)
-      old = p < k * s
-      if not old.any():
-        continue
-      q = p % s
+    if split is col_axis:
+      z = _layer_rows(leaf, NOISE, layer, rows, s * (k - 1)).reshape(len(rows), s, k - 1)
+      noise = (z @ basis_T).transpose(0, 2, 1).reshape(len(rows), k * s)
+      out[i] = noise[:, cols.start:cols.stop]
+    elif old.any():
       low, high = int(q[old].min()), int(q[old].max()) + 1
-      z = np.stack([_layer_rows(leaf, NOISE, layer, range(c * s + low, c * s + high), shape[2])
-                    for c in range(k)])           # [k, Q, cols]
-      centred = z - z.mean(axis=0, keepdims=True)
-      picked = centred[np.minimum(p // s, k - 1), np.clip(q - low, 0, high - low - 1)]
+      z = _layer_rows(leaf, NOISE, layer, range(low, high), shape[2] * (k - 1))
+      noise = z.reshape(high - low, shape[2], k - 1) @ basis_T           # [Q, d_out′, k]
+      picked = noise[np.clip(q - low, 0, high - low - 1), :, np.minimum(p // s, k - 1)]
       out[i] = np.where(old[:, None], picked, 0.0)[:, cols.start:cols.stop]
   return out
