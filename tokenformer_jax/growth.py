@@ -121,10 +121,6 @@ class Plan:
   meta: dict                # saved with the grown checkpoint
   source: Any = None        # weights.Source when only parameters are read (an import or a file)
 
-  @property
-  def old_counts(self) -> dict[str, int]:
-    return {group: old for group, (old, _) in self.growth.counts.items()}
-
 
 def plan(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> Plan:
   """Every check of a growth (source step, empty destination, same tokenizer, a change GROWTH_RULES
