@@ -132,6 +132,17 @@ def test_gradients_and_carried_moments_map_alike(source, data_cache, tmp_path):
         1 for a in axes if a is not None and a.copies > 1)
 
 
+def test_reset_keeps_the_function_and_starts_the_optimizer_afresh(source, data_cache, tmp_path):
+  kind, workdir = source
+  _, spec_s, state_s, _ = _load(_config(data_cache, kind), workdir)
+  _, spec, grown, _ = _grow(source, data_cache, tmp_path, GROWTHS['all'], optimizer='reset')
+  adam = grown['opt_state'][1][0]
+  assert int(grown['step']) == 0 and int(adam.count) == 0
+  assert not any(np.asarray(x).any() for x in jax.tree.leaves((adam.mu, adam.nu)))
+  before, after = _logits(spec_s, state_s['params']), _logits(spec, grown['params'])
+  assert np.max(np.abs(after - before)) <= 1e-5 * np.max(np.abs(before))
+
+
 def _get(tree, parts):
   for part in parts:
     tree = tree[part]

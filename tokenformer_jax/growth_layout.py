@@ -94,8 +94,8 @@ def mlp_width(m) -> int:
 
 def placement(old: int, new: int, how: str) -> tuple[int, ...]:
   """Grown positions of the source blocks: `append` keeps them first; `interleave` follows source block
-  i with ⌈(i+1)·E/L⌉ − ⌈i·E/L⌉ of the E = new − old new blocks: one after each when the depth doubles,
-  spread between them (from the first on) when it grows less."""
+  i with ⌈(i+1)·E/L⌉ − ⌈i·E/L⌉ of the E = new − old new blocks: one after each when the depth
+  doubles, spread between them (from the first on) when it grows less."""
   if how == 'append':
     return tuple(range(old))
   if how != 'interleave':

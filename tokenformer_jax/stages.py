@@ -4,9 +4,10 @@ config.stages is a tuple of override dicts, one per stage, like a sweep's points
   ({'model.n_qkv': 64, 'model.n_ffn': 256, 'train.steps': 300}, {'model.n_qkv': 128, ...}, ...)
 Stage i's config is the experiment's config with stage i's overrides (config.apply_overrides), and
 nothing else changes (each stage's model must be a growth of the one before: checkpoint.GROWTH_RULES,
-checked for all stages before the first trains): `train.steps` is the step the stage trains until, as in any run (with
-growth.optimizer=carry the step count goes on across stages, so the values add up; with reset each stage
-counts from 0), and growth.freeze_old or train.sample_tokens apply to the stages that set them.
+checked for all stages before the first trains): `train.steps` is the step the stage trains until, as
+in any run (with growth.optimizer=carry the step count goes on across stages, so the values add up;
+with reset each stage counts from 0), and growth.freeze_old or train.sample_tokens apply to the stages
+that set them.
 
 Stage i lives in WORKDIR/stage_<i>. Stage 0 trains from scratch; stage i > 0 first grows the last
 checkpoint of stage i − 1 (config.growth says how), then trains. Rerunning the command skips finished
