@@ -1,4 +1,4 @@
-"""Growth across a mesh change: saved on 8 devices as (2,2,2), grown onto 4 devices as (1,1,4) in
+"""Growth across a mesh change: saved on 8 devices as (2,2,2), grown onto 4 devices as (2,1,2) in
 another process, gives exactly what growing on one device gives, and the same logits as before; and
 likewise for growth in depth, width and tokens at once, for both kinds."""
 import os
@@ -41,7 +41,7 @@ def test_grow_onto_another_mesh(tmp_path):
       '--config.mesh.fsdp=2',
       '--config.mesh.tensor=2')
   cli(4, '--mode=grow', f'--grow_from={src}', f'--workdir={on_four}', cache, *GROWN,
-      '--config.mesh.data=1', '--config.mesh.fsdp=1', '--config.mesh.tensor=4')
+      '--config.mesh.data=2', '--config.mesh.fsdp=1', '--config.mesh.tensor=2')
 
   # the same growth on this process's single device
   cfg_src, _, _ = restore_on_one_device(src)
@@ -66,12 +66,13 @@ DIMS = ['--config.model.num_layers=2', '--config.model.d_model=64', '--config.mo
         '--config.model.n_qkv=48', '--config.model.n_ffn=96', '--config.growth.depth_placement=interleave']
 
 
-@pytest.mark.parametrize('kind,meshes', [('tokenformer', ((1, 2, 2), (1, 4, 1))), ('dense', ((1, 2, 2),))])
+@pytest.mark.parametrize('kind,meshes', [('tokenformer', ((1, 2, 2), (1, 4, 1))),
+                                         ('dense', ((1, 2, 2), (2, 2, 1)))])
 def test_grow_deeper_wider_and_more_tokens_onto_another_mesh(tmp_path, kind, meshes):
   """Saved on one device, grown in depth, width ×2 and tokens at once onto 2×2 (fsdp × tensor: each
-  device's embedding columns are one whole copy) and, for TokenFormer, onto fsdp 4 (each device copies
-  half of the source's columns: the source is read over a split mesh axis): the same arrays as growing
-  on one device, and the same logits as before."""
+  device's embedding columns are one whole copy), for TokenFormer onto fsdp 4 (each device copies half
+  of the source's columns: the source is read over a split mesh axis), for dense onto data 2 × fsdp 2
+  (every shard on two devices): the same arrays as growing on one device, and the same logits."""
   src, cache = str(tmp_path / 'src'), f'--config.data.cache_dir={tmp_path / "cache"}'
   cli(1, f'--workdir={src}', cache, '--config.train.sample_tokens=0', f'--config.model.kind={kind}')
   cfg_src, spec_src, state_src = restore_on_one_device(src)

@@ -138,7 +138,8 @@ def _split_sharding(mesh: Mesh, spec: list, groups: list) -> NamedSharding:
 
 
 @functools.lru_cache(maxsize=32)
-def _split_mesh_cached(mesh: Mesh, splits: tuple) -> Mesh:
+def _split_mesh(mesh: Mesh, splits: tuple) -> Mesh:
+  """mesh with each axis named in splits ((name, minor size), …) split into name_major × name_minor."""
   splits = dict(splits)
   names, sizes = [], []
   for name, size in zip(mesh.axis_names, mesh.devices.shape):
@@ -149,10 +150,6 @@ def _split_mesh_cached(mesh: Mesh, splits: tuple) -> Mesh:
       names.append(name)
       sizes.append(size)
   return Mesh(mesh.devices.reshape(sizes), tuple(names))
-
-
-def _split_mesh(mesh: Mesh, splits: tuple) -> Mesh:
-  return _split_mesh_cached(mesh, splits)
 
 
 @functools.lru_cache(maxsize=1)
@@ -175,9 +172,11 @@ def compose(leaf: Leaf, source: jax.Array, shape: tuple, sharding: NamedSharding
   arrays = {}
   for ranges, devices in wanted.items():
     block = built.pop(ranges)
-    for device in devices:
-      arrays[device] = block if isinstance(block, jax.Array) else jax.device_put(block, device,
-                                                                                 may_alias=True)
+    for i, device in enumerate(devices):
+      if isinstance(block, jax.Array):      # as read: every device holding it has its own copy
+        arrays[device] = by_device[device].data
+      else:                                 # the first device may take the host block itself
+        arrays[device] = jax.device_put(block, device, may_alias=i == 0)
   return jax.make_array_from_single_device_arrays(
       tuple(shape), sharding, [arrays[d] for d in sharding.addressable_devices_indices_map(tuple(shape))])
 
