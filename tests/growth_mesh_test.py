@@ -1,5 +1,6 @@
-"""Growth across a mesh change: saved on 8 devices as (2,2,2), grown onto 4 devices as (1,1,4) in
-another process, gives exactly what growing on one device gives, and the same logits as before."""
+"""Growth across a mesh change: saved on 8 devices as (2,2,2), grown onto 4 devices as (2,1,2) in
+another process, gives exactly what growing on one device gives, and the same logits as before; and
+likewise for growth in depth, width and tokens at once, for both kinds."""
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import sys
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from tests.conftest import FAST, ROOT, TINY
 from tokenformer_jax import checkpoint, growth, sharding
@@ -39,7 +41,7 @@ def test_grow_onto_another_mesh(tmp_path):
       '--config.mesh.fsdp=2',
       '--config.mesh.tensor=2')
   cli(4, '--mode=grow', f'--grow_from={src}', f'--workdir={on_four}', cache, *GROWN,
-      '--config.mesh.data=1', '--config.mesh.fsdp=1', '--config.mesh.tensor=4')
+      '--config.mesh.data=2', '--config.mesh.fsdp=1', '--config.mesh.tensor=2')
 
   # the same growth on this process's single device
   cfg_src, _, _ = restore_on_one_device(src)
@@ -58,3 +60,39 @@ def test_grow_onto_another_mesh(tmp_path):
   before = np.asarray(state_lib.merge(spec_src, state_src['params'])(tokens))
   after = np.asarray(state_lib.merge(spec4, state4['params'])(tokens))
   assert np.max(np.abs(after - before)) <= 1e-5 * np.max(np.abs(before))
+
+
+DIMS = ['--config.model.num_layers=2', '--config.model.d_model=64', '--config.model.num_heads=4',
+        '--config.model.n_qkv=48', '--config.model.n_ffn=96', '--config.growth.depth_placement=interleave']
+
+
+@pytest.mark.parametrize('kind,meshes', [('tokenformer', ((1, 2, 2), (1, 4, 1))),
+                                         ('dense', ((1, 2, 2), (2, 2, 1)))])
+def test_grow_deeper_wider_and_more_tokens_onto_another_mesh(tmp_path, kind, meshes):
+  """Saved on one device, grown in depth, width ×2 and tokens at once onto 2×2 (fsdp × tensor: each
+  device's embedding columns are one whole copy), for TokenFormer onto fsdp 4 (each device copies half
+  of the source's columns: the source is read over a split mesh axis), for dense onto data 2 × fsdp 2
+  (every shard on two devices): the same arrays as growing on one device, and the same logits."""
+  src, cache = str(tmp_path / 'src'), f'--config.data.cache_dir={tmp_path / "cache"}'
+  cli(1, f'--workdir={src}', cache, '--config.train.sample_tokens=0', f'--config.model.kind={kind}')
+  cfg_src, spec_src, state_src = restore_on_one_device(src)
+  cfg_b = ml_collections.ConfigDict(cfg_src.to_dict())
+  for flag in DIMS:
+    section, key, value = flag[len('--config.'):].replace('=', '.').split('.')
+    cfg_b[section][key] = type(cfg_b[section][key])(value)
+  on_one = str(tmp_path / 'grown1')
+  growth.grow(cfg_b, src, on_one)
+  _, spec1, state1 = restore_on_one_device(on_one)
+  tokens = np.random.default_rng(0).integers(0, 500, (2, 16)).astype(np.int32)
+  before = np.asarray(state_lib.merge(spec_src, state_src['params'])(tokens))
+  after = np.asarray(state_lib.merge(spec1, state1['params'])(tokens))
+  assert np.max(np.abs(after - before)) <= 1e-5 * np.max(np.abs(before))
+  for data, fsdp, tensor in meshes:
+    grown = str(tmp_path / f'grown_{data}x{fsdp}x{tensor}')
+    cli(4, '--mode=grow', f'--grow_from={src}', f'--workdir={grown}', cache, f'--config.model.kind={kind}',
+        *DIMS, f'--config.mesh.data={data}', f'--config.mesh.fsdp={fsdp}', f'--config.mesh.tensor={tensor}')
+    _, _, state = restore_on_one_device(grown)
+    flat, flat1 = (jax.tree_util.tree_flatten_with_path(s)[0] for s in (state, state1))
+    assert [path for path, _ in flat] == [path for path, _ in flat1]
+    for (path, a), (_, b) in zip(flat, flat1):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import small_config, tree_digest
-from tokenformer_jax import checkpoint, growth, sharding, train
+from tokenformer_jax import checkpoint, growth, growth_compose, sharding, train
 from tokenformer_jax import model as model_lib
 from tokenformer_jax import state as state_lib
 from tokenformer_jax import step as step_lib
@@ -110,7 +110,8 @@ def test_freeze_old_trains_only_new_tokens(small, grown_all):
   c, _, _ = small
   cfg_b, spec_b, grown = grown_all
   frozen = model_lib.token_counts(c.model)
-  spec_frozen = state_lib.make_spec(cfg_b, spec_b.vocab_size, spec_b.mesh, frozen_counts=frozen)
+  # a record as grown checkpoints wrote it before depth and width could grow: the counts only
+  spec_frozen = state_lib.make_spec(cfg_b, spec_b.vocab_size, spec_b.mesh, grown_from={'counts': frozen})
   before = jax.tree.map(np.asarray, grown['params'])
   train_step = step_lib.make_train_step(spec_frozen, cfg_b)
   copy = jax.tree.map(lambda x: x.copy(), grown)     # the step donates its input
@@ -129,11 +130,14 @@ def test_freeze_old_trains_only_new_tokens(small, grown_all):
 # ---- grow() on checkpoints: strictness, nothing written on error ----
 
 @pytest.mark.parametrize('change,needle', [
-    ({'n_ffn': 128}, 'cannot grow to fewer tokens: params/blocks/mlp/key_tokens: checkpoint (2, 256, 64), '
-                     'config (2, 128, 64)'),
-    ({'d_model': 128}, 'model.d_model: checkpoint 64, config 128'),
-    ({'num_layers': 3}, 'model.num_layers: checkpoint 2, config 3'),
-    ({'num_heads': 8}, 'model.num_heads: checkpoint 4, config 8'),
+    ({'n_ffn': 128}, 'model.n_ffn: checkpoint 256, config 128: a growth cannot make it smaller'),
+    ({'num_layers': 1}, 'model.num_layers: checkpoint 2, config 1: a growth cannot make it smaller'),
+    ({'d_model': 96}, 'model.d_model: checkpoint 64, config 96: width grows by an integer factor'),
+    ({'d_model': 128}, 'model.num_heads: checkpoint 4, config 4: heads keep their size (d_model/num_heads '
+                       '= 16), so with d_model ×2 num_heads must be 8'),
+    ({'num_heads': 8}, 'model.num_heads: checkpoint 4, config 8: heads keep their size'),
+    ({'rotary_pct': 0.5}, 'model.rotary_pct: checkpoint 0.25, config 0.5'),
+    ({'kind': 'dense'}, "model.kind: checkpoint 'tokenformer', config 'dense'"),
     ({'vocab_size': 1024}, 'model.vocab_size: checkpoint 0, config 1024'),
 ])
 def test_grow_refuses_other_changes(source, data_cache, tmp_path, change, needle):
@@ -175,13 +179,20 @@ def test_grown_checkpoint_trains_on(source, data_cache, tmp_path):
   assert result.step == 8 and result.cfg.model.n_ref_ffn == 256 and b.model.n_ref_ffn == 0
   assert sorted(result.train_losses) == [5, 8]
 
-def test_random_rows_do_not_depend_on_how_rows_are_split():
-  full = growth.random_rows(seed=3, leaf=2, layer=1, first=0, count=10, width=6)
-  parts = [growth.random_rows(3, 2, 1, a, b - a, 6) for a, b in ((0, 3), (3, 4), (4, 10))]
-  np.testing.assert_array_equal(np.concatenate(parts), full)
-  assert not np.array_equal(full, growth.random_rows(3, 2, 2, 0, 10, 6))    # layers differ
-  big = growth.random_rows(seed=0, leaf=0, layer=0, first=0, count=200, width=512)
+def test_random_values_do_not_depend_on_how_they_are_split():
+  chunk = growth_compose.CHUNK
+  full = growth_compose.normals(seed=3, stream=7, start=0, count=2 * chunk + 61)
+  for cuts in ((0, 3, 4, 2 * chunk + 61), (0, chunk - 1, chunk + 1, 2 * chunk + 60, 2 * chunk + 61)):
+    parts = [growth_compose.normals(3, 7, a, b - a) for a, b in zip(cuts, cuts[1:])]
+    np.testing.assert_array_equal(np.concatenate(parts), full)
+  assert not np.array_equal(full, growth_compose.normals(3, 8, 0, 2 * chunk + 61))   # streams differ
+  assert not np.array_equal(full[:chunk], full[chunk:2 * chunk])                      # chunks differ
+  assert growth_compose.stream_id('blocks/mlp/key_tokens', 1, 0) != growth_compose.stream_id(
+      'blocks/mlp/key_tokens', 1, 1) != growth_compose.stream_id('blocks/mlp/value_tokens', 1, 1)
+  big = growth_compose.normals(seed=0, stream=0, start=5, count=200_000)
   assert abs(big.mean()) < 0.01 and abs(big.std() - 1.0) < 0.01
+  assert abs(np.corrcoef(big[:-1], big[1:])[0, 1]) < 0.01
+
 
 def test_a_grown_workdir_evaluates_and_generates_before_it_trains(tmp_path):
   """The grown workdir has no prepared data of its own until it trains: eval and generate read the data

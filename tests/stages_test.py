@@ -55,6 +55,13 @@ def test_stage_overrides_are_checked_before_anything_runs(data_cache, tmp_path):
   c.stages = ({'model.n_qkv': 64}, {'model.n_qkv': -1})
   with pytest.raises(UserError, match='model.n_qkv must be positive'):
     stages.run(c, str(tmp_path))
+  c.stages = ({'model.n_qkv': 64}, {'model.n_qkv': 48})
+  with pytest.raises(UserError, match=r'stages\[1\] is not a growth of stages\[0\]: model.n_qkv: '
+                                      r'checkpoint 64, config 48: a growth cannot make it smaller'):
+    stages.run(c, str(tmp_path))
+  c.stages = ({'model.n_qkv': 64}, {'model.d_model': 128})
+  with pytest.raises(UserError, match=r'model.num_heads: checkpoint 4, config 4: heads keep their size'):
+    stages.run(c, str(tmp_path))
   assert not any(tmp_path.iterdir())
   c.stages = ((64, 64, 256, 6),)
   with pytest.raises(UserError, match='must be a non-empty dict of overrides'):

@@ -13,8 +13,11 @@ shape are compared with the target; any difference is a UserError naming the par
 There is one restore, `restore`, onto explicit targets: abstract arrays carrying the current mesh's
 shardings, so Orbax reads each shard straight onto its devices (a checkpoint saved on another mesh is
 resharded on the way in). The targets say what is read: the whole train state, or only {'params'} (for
-inference, from a training checkpoint or an imported one); `grows_tokens` lets token tables be longer than
-saved, and Orbax zero-pads their new rows while reading (growth).
+inference, from a training checkpoint or an imported one). Growth reads into targets of other shapes: it
+passes the shapes the checkpoint must hold (`expected`), which are checked as strictly, and Orbax
+zero-pads a target longer than saved while reading.
+
+Which model keys a growth may change, and how, is stated once, in GROWTH_RULES (`growth_differences`).
 
 After reading, every array is checked against the digest saved with it (digests.py), so array bytes
 damaged on disk are the same corrupt-checkpoint error as a truncated file, not NaN losses or garbage
@@ -40,6 +43,14 @@ from tokenformer_jax.errors import UserError
 
 # Model keys growth sets: τ frozen at the count before growth.
 N_REF_KEYS = tuple(f'n_ref_{group}' for group in model_lib.TOKEN_GROUPS)
+# The model keys a growth (--mode=grow, a stage) may change, and how; every other key that defines the
+# function must stay (model_differences). 'more': at least the checkpoint's. 'width': d_model times an
+# integer k ≥ 1. 'heads': num_heads times the same k (heads keep their size). 'mlp': the dense MLP's
+# width (mlp_dim, 0 meaning 4·d_model) at least k times the checkpoint's. 'settled': set by the growth
+# policy (frozen τ), not by the config.
+GROWTH_RULES = {'num_layers': 'more', 'd_model': 'width', 'num_heads': 'heads', 'mlp_dim': 'mlp',
+                **{f'n_{group}': 'more' for group in model_lib.TOKEN_GROUPS},
+                **{key: 'settled' for key in N_REF_KEYS}}
 # The item holding the arrays' digests (digests.py); checkpoints written before it have none.
 DIGESTS = 'digests'
 
@@ -232,6 +243,30 @@ def model_differences(saved_model: dict, m, ignore: tuple = (), saved_meta: dict
   return diffs
 
 
+def growth_differences(saved_model: dict, m, saved_meta: dict | None = None) -> list[str]:
+  """Every way config m is not a growth of the checkpoint's model (GROWTH_RULES): model_differences
+  over the keys a growth may not change, then each rule; 'model.KEY: checkpoint OLD, config NEW: why'."""
+  defaults = config_lib.base_config().model
+  diffs = model_differences(saved_model, m, ignore=tuple(GROWTH_RULES), saved_meta=saved_meta)
+  old = {key: saved_model.get(key, defaults.get(key)) for key in GROWTH_RULES}
+  width, remainder = divmod(m.d_model, old['d_model'])
+  mlp_old, mlp_new = old['mlp_dim'] or 4 * old['d_model'], m.mlp_dim or 4 * m.d_model
+  for key, rule in GROWTH_RULES.items():
+    why = None
+    if rule == 'more' and m[key] < old[key]:
+      why = 'a growth cannot make it smaller'
+    elif rule == 'width' and (remainder or width < 1):
+      why = 'width grows by an integer factor'
+    elif rule == 'heads' and not remainder and width >= 1 and m[key] != width * old[key]:
+      why = (f'heads keep their size (d_model/num_heads = {old["d_model"] // old[key]}), so with d_model '
+             f'×{width} num_heads must be {width * old[key]}')
+    elif rule == 'mlp' and m.kind == 'dense' and not remainder and width >= 1 and mlp_new < width * mlp_old:
+      why = f'the MLP width (mlp_dim, 0: 4·d_model) must be at least ×{width} the checkpoint\'s {mlp_old}'
+    if why:
+      diffs.append(f'model.{key}: checkpoint {old[key]!r}, config {m[key]!r}: {why}')
+  return diffs
+
+
 def check_config(saved_meta: dict, cfg, step: int) -> None:
   """Refuses a checkpoint whose model config differs from cfg (see adopt_frozen_tau for the frozen-τ
   counts a grown checkpoint carries; the tokenizer is checked by its sha256, check_tokenizer)."""
@@ -263,12 +298,10 @@ def saved_shapes(mngr: ocp.CheckpointManager, step: int) -> dict[str, tuple]:
     raise _unreadable(mngr, step, e) from e
 
 
-def check_shapes(mngr: ocp.CheckpointManager, step: int, targets: Any,
-                 grows_tokens: bool = False) -> None:
-  """Every saved array must exist in the target with the same shape, and vice versa; targets of
-  {'params'} alone are compared with the saved 'params/...' arrays only. With `grows_tokens`, a
-  parameter-token table (and its optimizer moments) may instead be longer along its token axis (axis
-  1), and nothing else."""
+def check_shapes(mngr: ocp.CheckpointManager, step: int, targets: Any, expected: Any = None) -> None:
+  """Every saved array must exist in the target with the same shape (or the shape `expected` gives it,
+  a tree like targets), and vice versa; targets of {'params'} alone are compared with the saved
+  'params/...' arrays only."""
   saved = saved_shapes(mngr, step)
   if set(targets) == {'params'}:
     saved = {p: s for p, s in saved.items() if p.startswith('params/')}
@@ -276,24 +309,18 @@ def check_shapes(mngr: ocp.CheckpointManager, step: int, targets: Any,
     raise UserError(f'checkpoint step {step} holds parameters only (an imported checkpoint, see '
                     f'--mode=convert): it can be sampled (--mode=generate) and evaluated (--mode=eval), '
                     f'not resumed for training')
-  wanted = _paths_and_shapes(targets)
+  wanted = _paths_and_shapes(targets if expected is None else expected)
   problems = []
   for path in sorted(set(saved) | set(wanted), key=lambda p: (not p.startswith('params'), p)):
     if path not in saved:
       problems.append(f'{path} missing from the checkpoint (model wants {wanted[path]})')
     elif path not in wanted:
       problems.append(f'{path} in the checkpoint {saved[path]} is not in the model')
-    elif saved[path] != wanted[path] and not (grows_tokens and _longer_token_axis(
-        path, saved[path], wanted[path])):
+    elif saved[path] != wanted[path]:
       problems.append(f'{path}: checkpoint {saved[path]}, model {wanted[path]}')
   if problems:
     shown = '; '.join(problems[:8]) + (f'; and {len(problems) - 8} more' if len(problems) > 8 else '')
     raise UserError(f'checkpoint step {step} does not match the model: {shown}')
-
-
-def _longer_token_axis(path: str, old: tuple, new: tuple) -> bool:
-  return (path.endswith('_tokens') and len(old) == len(new) >= 2 and old[1] < new[1]
-          and old[:1] == new[:1] and old[2:] == new[2:])
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter, meta: dict,
@@ -312,15 +339,15 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter, meta: di
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, targets: Any, data_iter=None, *,
-            grows_tokens: bool = False):
+            expected: Any = None):
   """The checkpoint's arrays, read onto `targets`' shapes and shardings after check_shapes; restores
-  `data_iter` in place when given. Targets are the whole train state or {'params': ...}; with
-  `grows_tokens`, token tables longer than saved get zero rows appended as they are read (padding is
-  allowed here only, after the explicit shape check), so a grown state is the only copy ever held."""
-  check_shapes(mngr, step, targets, grows_tokens=grows_tokens)
+  `data_iter` in place when given. Targets are the whole train state or {'params': ...}. Growth gives
+  `expected`, the shapes the checkpoint must hold (a tree like targets): a target longer than that gets
+  zeros past the saved values as it is read (padding is allowed here only, after the explicit check)."""
+  check_shapes(mngr, step, targets, expected)
   restore_args = jax.tree.map(
       lambda t: ocp.ArrayRestoreArgs(global_shape=t.shape, dtype=t.dtype, sharding=t.sharding,
-                                     strict=not grows_tokens), targets)
+                                     strict=expected is None), targets)
   items = {'state': ocp.args.PyTreeRestore(item=targets, restore_args=restore_args,
                                            partial_restore=set(targets) == {'params'})}
   if data_iter is not None:

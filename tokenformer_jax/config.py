@@ -19,6 +19,7 @@ REMAT_POLICIES = ('none', 'block', 'save_matmuls')
 DTYPES = ('float32', 'bfloat16')
 GROWTH_POLICIES = ('exact', 'paper')
 GROWTH_OPTIMIZER = ('carry', 'reset')
+DEPTH_PLACEMENTS = ('append', 'interleave')   # where a growth puts new blocks (growth_layout.placement)
 # Exact GELU as u·Φ(u) with erf (pattention.py's own, with a backward that reuses the forward's output)
 # or jax.nn.gelu's erfc form: the same function, different kernels.
 GELU_IMPLEMENTATIONS = ('erf', 'erfc')
@@ -112,13 +113,17 @@ def base_config() -> ml_collections.ConfigDict:
   o.weight_decay = 0.1
   o.clip_norm = 1.0
 
-  # Growth: how `--mode=grow` (and each stage of a multi-stage schedule) adds parameter tokens.
+  # Growth: how `--mode=grow` (and each stage of a multi-stage schedule) makes a model deeper, wider
+  # and adds parameter tokens (checkpoint.GROWTH_RULES says which model keys may change, and how).
   c.growth = g = ml_collections.ConfigDict()
   g.policy = 'exact'             # exact: new keys 0, new values random, τ frozen; paper: all random, τ = √n
-  g.optimizer = 'carry'          # carry: Adam moments kept (0 for new tokens), step and schedule go on;
-                                 # reset: fresh moments, step 0, a new warmup + cosine over the stage
-  g.freeze_old = False           # train only the new tokens (everything else frozen)
-  g.seed = 1                     # for the new tokens' random values
+  g.optimizer = 'carry'          # carry: Adam moments kept (mapped onto the grown layout, 0 for what is
+                                 # new), step and schedule go on; reset: fresh moments, step 0, a new
+                                 # warmup + cosine over the stage
+  g.freeze_old = False           # train only what is new (new tokens, blocks and width copies)
+  g.seed = 1                     # for the new tokens' and blocks' random values and the width noise
+  g.depth_placement = 'append'   # new blocks after the old ones, or 'interleave'd between them
+  g.width_noise = 0.1            # std of the noise on split copies (width growth), × the table's init std
 
   # Multi-stage schedule: override dicts, one per stage ({'model.n_ffn': 1024, 'train.steps': 600}, ...),
   # each applied to this config (stages.py). Empty: a single training run.
@@ -201,6 +206,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise UserError(f'growth.policy must be one of {GROWTH_POLICIES}, got {cfg.growth.policy!r}')
   if cfg.growth.optimizer not in GROWTH_OPTIMIZER:
     raise UserError(f'growth.optimizer must be one of {GROWTH_OPTIMIZER}, got {cfg.growth.optimizer!r}')
+  if cfg.growth.depth_placement not in DEPTH_PLACEMENTS:
+    raise UserError(f'growth.depth_placement must be one of {DEPTH_PLACEMENTS}, '
+                    f'got {cfg.growth.depth_placement!r}')
+  if cfg.growth.width_noise < 0:
+    raise UserError(f'growth.width_noise must be >= 0, got {cfg.growth.width_noise}')
   for i, stage in enumerate(cfg.stages):
     if not isinstance(stage, dict) or not stage:
       raise UserError(f'stages[{i}] must be a non-empty dict of overrides '

@@ -1,10 +1,12 @@
 """The optax chain: global-norm clipping, then AdamW on a linear-warmup + cosine schedule.
 
 Weight decay skips the final LayerNorm's scale and bias (the block norms have no parameters).
-`frozen_rows` freezes parameters, or some of their rows, by multiplying the chain's updates: growth's
-freeze_old trains only the new parameter tokens that way. It wraps the chain rather than joining it, so
+`frozen_rows` freezes parameters, or parts of them, by multiplying the chain's updates: growth's
+freeze_old trains only what the growth added that way. It wraps the chain rather than joining it, so
 the optimizer state has the same structure frozen or not, and a checkpoint resumes either way.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -26,17 +28,23 @@ def decay_mask(params):
       lambda path, _: 'norm' not in jax.tree_util.keystr(path), params)
 
 
-def frozen_rows(tx: optax.GradientTransformation, multipliers) -> optax.GradientTransformation:
-  """tx, with each update multiplied by its leaf of `multipliers` (a params-shaped tree of arrays that
-  broadcast against the parameter: 0 freezes it, a [1, n, 1] 0/1 column freezes some rows)."""
+def frozen_rows(tx: optax.GradientTransformation, old_masks) -> optax.GradientTransformation:
+  """tx, with each update multiplied by 1 − the product of its leaf of `old_masks` (a params-shaped
+  tree of tuples of 0/1 arrays, one per axis, shaped to broadcast against the parameter: the product
+  marks the frozen positions). Per-axis factors keep the constants small: the product is never built
+  outside the update's fused multiply."""
   def update(updates, state, params=None):
     updates, state = tx.update(updates, state, params)
-    return jax.tree.map(lambda u, k: u * jnp.asarray(k, u.dtype), updates, multipliers), state
+
+    def one(u, masks):
+      old = functools.reduce(lambda a, b: a * jnp.asarray(b, u.dtype), masks, jnp.ones((), u.dtype))
+      return u * (1 - old)
+    return jax.tree.map(one, updates, old_masks), state
   return optax.GradientTransformation(tx.init, update)
 
 
 def make_optimizer(cfg_opt, total_steps: int, multipliers=None) -> optax.GradientTransformation:
-  """The chain; `multipliers` (see frozen_rows) restricts which parameters it updates."""
+  """The chain; `multipliers` (old masks, see frozen_rows) restricts which parameters it updates."""
   tx = optax.chain(
       optax.clip_by_global_norm(cfg_opt.clip_norm),
       optax.adamw(schedule(cfg_opt, total_steps), b1=cfg_opt.b1, b2=cfg_opt.b2, eps=cfg_opt.eps,

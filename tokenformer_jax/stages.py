@@ -3,9 +3,11 @@
 config.stages is a tuple of override dicts, one per stage, like a sweep's points:
   ({'model.n_qkv': 64, 'model.n_ffn': 256, 'train.steps': 300}, {'model.n_qkv': 128, ...}, ...)
 Stage i's config is the experiment's config with stage i's overrides (config.apply_overrides), and
-nothing else changes: `train.steps` is the step the stage trains until, as in any run (with
-growth.optimizer=carry the step count goes on across stages, so the values add up; with reset each stage
-counts from 0), and growth.freeze_old or train.sample_tokens apply to the stages that set them.
+nothing else changes (each stage's model must be a growth of the one before: checkpoint.GROWTH_RULES,
+checked for all stages before the first trains): `train.steps` is the step the stage trains until, as
+in any run (with growth.optimizer=carry the step count goes on across stages, so the values add up;
+with reset each stage counts from 0), and growth.freeze_old or train.sample_tokens apply to the stages
+that set them.
 
 Stage i lives in WORKDIR/stage_<i>. Stage 0 trains from scratch; stage i > 0 first grows the last
 checkpoint of stage i − 1 (config.growth says how), then trains. Rerunning the command skips finished
@@ -19,6 +21,7 @@ import ml_collections
 
 from tokenformer_jax import checkpoint, config as config_lib, growth, train
 from tokenformer_jax.data import dataset as dataset_lib
+from tokenformer_jax.errors import UserError
 
 
 def stage_dir(workdir: str, index: int) -> str:
@@ -38,6 +41,10 @@ def run(cfg, workdir: str, accept_data_change: bool = False) -> list[train.RunRe
   configs = [stage_config(cfg, workdir, index) for index in range(len(cfg.stages))]
   for c in configs:  # every stage's batch fits the mesh, before the first stage writes anything
     train.check_batch(c)
+  for index in range(1, len(configs)):  # and every stage is a growth of the one before
+    diffs = checkpoint.growth_differences(configs[index - 1].model.to_dict(), configs[index].model)
+    if diffs:
+      raise UserError(f'stages[{index}] is not a growth of stages[{index - 1}]: ' + '; '.join(diffs))
   results = []
   for index, c in enumerate(configs):
     here = stage_dir(workdir, index)

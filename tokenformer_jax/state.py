@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from tokenformer_jax import config as config_lib
 from tokenformer_jax import model as model_lib
-from tokenformer_jax import optimizer, sharding
+from tokenformer_jax import growth_layout, optimizer, sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,28 +32,28 @@ class StateSpec:
   vocab_size: int
 
 
-def new_token_multipliers(abstract_params, old_counts: dict[str, int]):
-  """optimizer.frozen_rows multipliers that train only the token rows past `old_counts` (growth's
-  freeze_old): 1 for those rows of every token table, 0 for everything else."""
-  def multiplier(path, leaf):
-    group = model_lib.token_group(tuple(jax.tree_util.keystr(path, simple=True, separator='/').split('/')))
-    if group is None:
-      return np.zeros((), np.float32)
-    new_rows = (np.arange(leaf.shape[1]) >= old_counts[group]).astype(np.float32)
-    return new_rows.reshape((1, -1) + (1,) * (leaf.ndim - 2))
-  return jax.tree_util.tree_map_with_path(multiplier, abstract_params)
+def new_part_multipliers(abstract_params, m, grown_from: dict):
+  """optimizer.frozen_rows masks that train only what a growth added (growth's freeze_old): new tokens,
+  new blocks and the width copies past the first; `grown_from` is the grown checkpoint's record."""
+  growth = growth_layout.from_record(grown_from, m)
+  d_src = int(m.d_model) // growth.width
+
+  def masks(path, leaf):
+    parts = tuple(jax.tree_util.keystr(path, simple=True, separator='/').split('/'))
+    return growth_layout.old_masks(parts, leaf.shape, growth, d_src)
+  return jax.tree_util.tree_map_with_path(masks, abstract_params)
 
 
-def make_spec(cfg, vocab_size: int, mesh: Mesh, frozen_counts: dict[str, int] | None = None) -> StateSpec:
-  """The spec of cfg's train state on `mesh`; with frozen_counts ({'qkv': n, 'proj': n, 'ffn': n}) the
-  optimizer updates only the tokens past those counts."""
+def make_spec(cfg, vocab_size: int, mesh: Mesh, grown_from: dict | None = None) -> StateSpec:
+  """The spec of cfg's train state on `mesh`; given a grown checkpoint's record (`grown_from`, for
+  growth.freeze_old) the optimizer updates only what that growth added."""
   model_cfg = config_lib.resolve_model(cfg.model, mesh.devices.flat[0].platform, cfg.data.seq_len)
   abstract_model = model_lib.abstract_model(model_cfg, vocab_size)
   graphdef, param_state = nnx.split(abstract_model, nnx.Param)
   logical = nnx.to_pure_dict(nnx.get_partition_spec(param_state))
   abstract_params = nnx.to_pure_dict(param_state)
   params_sh = sharding.param_shardings(logical, abstract_params, mesh, cfg.sharding_rules)
-  multipliers = None if frozen_counts is None else new_token_multipliers(abstract_params, frozen_counts)
+  multipliers = None if grown_from is None else new_part_multipliers(abstract_params, cfg.model, grown_from)
   tx = optimizer.make_optimizer(cfg.optimizer, cfg.train.steps, multipliers)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   rep = sharding.replicated(mesh)

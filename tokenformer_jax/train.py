@@ -87,8 +87,7 @@ def prepare(cfg, workdir: str, restore_step: int | None = None, accept_data_chan
                                        tokenizer_sha256=(saved_meta or {}).get('tokenizer_sha256'))
   vocab = config_lib.padded_vocab(cfg.model, run_data.vocab_size)
   mesh = sharding.make_mesh(cfg.mesh)
-  frozen = grown_from['counts'] if cfg.growth.freeze_old else None
-  spec = state_lib.make_spec(cfg, vocab, mesh, frozen_counts=frozen)
+  spec = state_lib.make_spec(cfg, vocab, mesh, grown_from=grown_from if cfg.growth.freeze_old else None)
   return Prepared(cfg, mngr, step, saved_meta, run_data, spec, restart_data, init_source)
 
 

@@ -17,7 +17,6 @@ import ml_collections
 import numpy as np
 
 from tokenformer_jax import checkpoint, convert
-from tokenformer_jax import model as model_lib
 from tokenformer_jax import state as state_lib
 from tokenformer_jax.errors import UserError
 
@@ -90,26 +89,30 @@ def check_same_model(source: Source, cfg) -> ml_collections.ConfigDict:
   return cfg
 
 
-def read_params(source: Source, spec: state_lib.StateSpec, grows_tokens: bool = False):
-  """The source's parameters in spec's shapes and shardings. `grows_tokens`: token tables may be
-  longer than the source's (growth): their new rows are zero."""
-  targets = state_lib.abstract_targets(spec)['params']
+def read_params(source: Source, spec: state_lib.StateSpec, targets=None, expected=None):
+  """The source's parameters in spec's shapes and shardings, or (growth) in `targets`, a params tree
+  of abstract arrays, from a source whose parameters have the shapes `expected` gives (zero-padded
+  where a target is longer)."""
+  targets = state_lib.abstract_targets(spec)['params'] if targets is None else targets
   if not source.is_file:
     mngr = checkpoint.manager(source.path, create=False)
-    return checkpoint.restore(mngr, source.step, {'params': targets}, grows_tokens=grows_tokens)['params']
+    return checkpoint.restore(mngr, source.step, {'params': targets},
+                              expected=None if expected is None else {'params': expected})['params']
   if source.vocab_size and source.vocab_size != spec.vocab_size:
     raise UserError(f'{source.text} has a vocabulary of {source.vocab_size}, the config '
                     f'{spec.vocab_size} (model.vocab_size, or the tokenizer\'s size padded to 128)')
   flat = convert.to_params(source.state_dict, ml_collections.ConfigDict(source.model), spec.vocab_size)
+  wanted = None if expected is None else {checkpoint.path_string(path): leaf.shape for path, leaf in
+                                          jax.tree_util.tree_flatten_with_path(expected)[0]}
 
   def place(path, target):
-    array = flat[checkpoint.path_string(path)]
-    if array.shape != target.shape:
-      if not (grows_tokens and model_lib.token_group(tuple(checkpoint.path_string(path).split('/')))):
-        raise UserError(f'{source.text}: {checkpoint.path_string(path)} is {list(array.shape)}, the '
-                        f'model wants {list(target.shape)}')
-      pad = [(0, want - have) for have, want in zip(array.shape, target.shape)]
-      array = np.pad(array, pad)
+    name = checkpoint.path_string(path)
+    array = flat[name]
+    want = target.shape if wanted is None else wanted[name]
+    if array.shape != tuple(want):
+      raise UserError(f'{source.text}: {name} is {list(array.shape)}, the model wants {list(want)}')
+    if array.shape != target.shape:     # growth: zeros past the source's positions
+      array = np.pad(array, [(0, size - have) for have, size in zip(array.shape, target.shape)])
     return jax.make_array_from_callback(target.shape, target.sharding, lambda index: array[index])
 
   return jax.tree_util.tree_map_with_path(place, targets)
