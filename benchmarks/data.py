@@ -148,7 +148,7 @@ def train_startup(dataset_dir: str, workdir: str) -> dict:
 
 def main(_):
   from benchmarks import harness
-  from tokenformer_jax import platforms
+  from tokenformer_jax.runtime import platforms
   platforms.choose()
   root = _ROOT.value
   os.makedirs(root, exist_ok=True)

@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax import generate  # noqa: E402
-from tokenformer_jax import model as model_lib  # noqa: E402
+from tokenformer_jax.inference import generate  # noqa: E402
+from tokenformer_jax.model import transformer as model_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file (path.py[:arg]).',
                                           lock_config=True)

@@ -1,10 +1,10 @@
-"""What the array digests (tokenformer_jax/digests.py) add to a checkpoint save and restore.
+"""What the array digests (tokenformer_jax/checkpoints/digests.py) add to a checkpoint save and restore.
 
 For the tiny experiment's model and a ~100M-parameter TokenFormer (benchmarks/checkpoint_stall.py's; its
 size set by --num_layers and --d_model), side by side in one process, rounds alternating the order:
-- save: checkpoint.save (sync: the whole save; async: the call the training loop waits for), which
+- save: store.save (sync: the whole save; async: the call the training loop waits for), which
   computes the digests, against the same Orbax save without the digests item (as saves were before);
-- restore: checkpoint.restore of the first (it checks every array) against that of the second (a
+- restore: store.restore of the first (it checks every array) against that of the second (a
   checkpoint without digests restores unchecked).
 Also the digests alone: their first computation (tracing and compiling them) and later ones. Medians.
 
@@ -33,7 +33,7 @@ def _timed(fn) -> float:
 
 
 def _save_without_digests(mngr, step, state, meta):
-  """checkpoint.save as it was before digests: the state, data and meta items only."""
+  """store.save as it was before digests: the state, data and meta items only."""
   import orbax.checkpoint as ocp
   from tokenformer_jax.data import pipeline
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta),
@@ -42,8 +42,10 @@ def _save_without_digests(mngr, step, state, meta):
 
 def measure(name: str, size: dict, workdir: str, rounds: int) -> dict:
   import jax
-  from tokenformer_jax import checkpoint, digests, state as state_lib
+  from tokenformer_jax.checkpoints import digests
+  from tokenformer_jax.checkpoints import store
   from tokenformer_jax.data import pipeline
+  from tokenformer_jax.training import state as state_lib
   c, spec, state, _ = checkpoint_stall.build(2, 128, **size)
   jax.block_until_ready(state)   # initialised: the first digest times compiling and running only
   arrays = dict(enumerate(jax.tree.leaves(state)))
@@ -51,7 +53,7 @@ def measure(name: str, size: dict, workdir: str, rounds: int) -> dict:
          'state_MiB': round(sum(x.nbytes for x in arrays.values()) / 2**20),
          'digest_first_s': _timed(lambda: digests.compute(arrays))}
   out['digest_s'] = statistics.median(_timed(lambda: digests.compute(arrays)) for _ in range(rounds))
-  meta, targets = checkpoint.run_meta(c, checkpoint_stall.VOCAB), state_lib.abstract_targets(spec)
+  meta, targets = store.run_meta(c, checkpoint_stall.VOCAB), state_lib.abstract_targets(spec)
   times = {key: [] for key in ('save', 'save_plain', 'async_call', 'async_call_plain', 'restore',
                                'restore_plain')}
   step = 0
@@ -60,15 +62,15 @@ def measure(name: str, size: dict, workdir: str, rounds: int) -> dict:
       suffix = '_plain' if plain else ''
       for mode in ('sync', 'async'):
         shutil.rmtree(workdir, ignore_errors=True)
-        mngr = checkpoint.manager(workdir, keep=1, compress=False, async_save=mode == 'async')
+        mngr = store.manager(workdir, keep=1, compress=False, async_save=mode == 'async')
         step += 1
         if plain:
           call = lambda: _save_without_digests(mngr, step, state, meta)
         else:
-          call = lambda: checkpoint.save(mngr, step, state, pipeline.Position(), meta, wait=False)
+          call = lambda: store.save(mngr, step, state, pipeline.Position(), meta, wait=False)
         if mode == 'sync':
           times['save' + suffix].append(_timed(call))
-          times['restore' + suffix].append(_timed(lambda: checkpoint.restore(mngr, step, targets)))
+          times['restore' + suffix].append(_timed(lambda: store.restore(mngr, step, targets)))
         else:
           times['async_call' + suffix].append(_timed(call))
           mngr.wait_until_finished()
@@ -87,7 +89,7 @@ def main():
   parser.add_argument('--d_model', type=int, default=checkpoint_stall.MODEL['d_model'])
   parser.add_argument('--json', default='')
   args = parser.parse_args()
-  from tokenformer_jax import platforms
+  from tokenformer_jax.runtime import platforms
   platforms.choose()
   results = [measure('tiny', TINY, args.workdir, args.rounds),
              measure('large', {'num_layers': args.num_layers, 'd_model': args.d_model}, args.workdir,

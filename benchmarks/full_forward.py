@@ -1,7 +1,7 @@
 """Generation without a KV cache: the training forward pass over the whole buffer for every new token.
 
 It samples exactly as generate.Generator does (same budgets, same random keys), so it is the reference
-the cached path must match token for token (tests/generate_test.py) and the baseline that
+the cached path must match token for token (tests/inference/generate_test.py) and the baseline that
 benchmarks/decode.py times the cache against. Not part of the library: nothing else needs it.
 """
 import functools
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tokenformer_jax import generate
+from tokenformer_jax.inference import generate
 
 
 @functools.partial(jax.jit, static_argnames=('graphdef', 'sampling', 'vocab_limit'))

@@ -20,7 +20,9 @@ from absl import flags
 
 import harness
 
-from tokenformer_jax import aot, gpu_aot, sharding  # noqa: E402  (after harness: the checkout's package)
+from tokenformer_jax.runtime import aot  # noqa: E402  (after harness: the checkout's package)
+from tokenformer_jax.runtime import gpu_aot  # noqa: E402  (after harness: the checkout's package)
+from tokenformer_jax.runtime import sharding  # noqa: E402  (after harness: the checkout's package)
 from tokenformer_jax import config as config_lib  # noqa: E402
 from tokenformer_jax.errors import UserError  # noqa: E402
 

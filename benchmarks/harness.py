@@ -15,9 +15,9 @@ sys.path.insert(0, ROOT)
 from absl import app  # noqa: E402
 
 from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax import model as model_lib  # noqa: E402
-from tokenformer_jax import platforms  # noqa: E402
 from tokenformer_jax.errors import UserError, fail, parse_flags  # noqa: E402
+from tokenformer_jax.model import transformer as model_lib  # noqa: E402
+from tokenformer_jax.runtime import platforms  # noqa: E402
 
 
 def run(main) -> None:

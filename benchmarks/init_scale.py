@@ -25,7 +25,7 @@ def output_rms(arm: str, value_scale: float) -> dict:
 
   from experiments import kind_gap_cpu
   from tokenformer_jax import config as config_lib
-  from tokenformer_jax import model as model_lib
+  from tokenformer_jax.model import transformer as model_lib
   m = config_lib.resolve_model(kind_gap_cpu.get_config(arm).model, 'cpu')
   std = model_lib.wang_std(m.num_layers, m.d_model) * value_scale
   m.value_init_std = std

@@ -1,4 +1,4 @@
-"""lm-evaluation-harness scoring speed: loglikelihood requests per second of eval_harness.TokenFormerLM,
+"""lm-evaluation-harness scoring speed: loglikelihood requests per second of lm_eval_adapter.TokenFormerLM,
 batch 1 against batch 16, on freshly initialised parameters (the speed does not depend on their values).
 
 Requests are shaped like a zero-shot multiple-choice task's: a context of 20–120 tokens and a
@@ -29,7 +29,10 @@ def main(argv):
   del argv
   import jax
   import numpy as np
-  from tokenformer_jax import config as config_lib, eval_harness, sharding, state as state_lib
+  from tokenformer_jax import config as config_lib
+  from tokenformer_jax.inference import lm_eval_adapter
+  from tokenformer_jax.runtime import sharding
+  from tokenformer_jax.training import state as state_lib
   cfg = config_lib.from_flag(_CONFIG)
   vocab = config_lib.padded_vocab(cfg.model, cfg.model.vocab_size or cfg.data.vocab_size)
   spec = state_lib.make_spec(cfg, vocab, sharding.make_mesh(cfg.mesh))
@@ -38,7 +41,7 @@ def main(argv):
   rng = np.random.default_rng(0)
   pairs = [(list(rng.integers(1, vocab, int(rng.integers(20, 121)))),
             list(rng.integers(1, vocab, int(rng.integers(1, 7))))) for _ in range(_REQUESTS.value)]
-  models = {int(b): eval_harness.TokenFormerLM(spec.graphdef, params, spec.mesh, tokenizer,
+  models = {int(b): lm_eval_adapter.TokenFormerLM(spec.graphdef, params, spec.mesh, tokenizer,
                                           context=cfg.data.seq_len, batch_size=int(b))
             for b in _BATCHES.value}
   for model in models.values():

@@ -4,7 +4,7 @@ fused Pattention kernel (matmul → norm → GELU → matmul in one pass) is wor
 For each Pattention shape of a config (d → n_qkv → d for q, k, v; d → n_proj → d; d → n_ffn → d) over
 the config's batch × seq tokens, three functions of the same two matmuls, forward and forward+backward:
 
-  pattention     y = GELU(τ·S/‖S‖) V with S = x Kᵀ (tokenformer_jax.pattention, our hand-written backward)
+  pattention     y = GELU(τ·S/‖S‖) V with S = x Kᵀ (tokenformer_jax.model.pattention, our hand-written backward)
   gelu_mlp       y = GELU(S) V: a dense MLP's cost, the same passes without the norm (the same GELU)
   matmuls        y = S V: the floor a fused kernel could at best approach
 
@@ -31,9 +31,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tokenformer_jax import aot  # noqa: E402
 from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax.pattention import gelu, pattention  # noqa: E402
+from tokenformer_jax.model.pattention import gelu, pattention  # noqa: E402
+from tokenformer_jax.runtime import aot  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment file (path.py[:arg]): its d_model, n_qkv, n_proj, n_ffn, batch and seq.',

@@ -1,5 +1,5 @@
 """Where one prepare worker's time goes: reading and JSON decoding, the tokenizer, the Python around it,
-writing. Times one shard (`prepare.process`) of the given input files in this process, as a Beam worker
+writing. Times one shard (`build.process`) of the given input files in this process, as a Beam worker
 runs it, with timers around the functions of each part.
 
   python benchmarks/prepare_profile.py --input=FILE.jsonl --tokenizer=tokenizer.json [--parallel]
@@ -87,18 +87,18 @@ def _instrument(sources, shards, tokenizer) -> None:
 
 def main(_):
   sys.path.insert(0, _CODE.value)
-  from tokenformer_jax.data import prepare, shards, sources  # pylint: disable=import-outside-toplevel
+  from tokenformer_jax.data import build, shards, sources  # pylint: disable=import-outside-toplevel
   from tokenformer_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
   tok = tokenizer_lib.load_file(_TOKENIZER.value)
   _instrument(sources, shards, tok)
   out = tempfile.mkdtemp(prefix='prepare_profile_')
   os.makedirs(os.path.join(out, '.prepare'))
-  task = prepare.Task(0, 1, tuple(_INPUT.value), out, 'text', 0.0,
+  task = build.Task(0, 1, tuple(_INPUT.value), out, 'text', 0.0,
                       shards.dtype_for(tok.vocab_size).str, shards.RECORD_TOKENS, 'profile')
-  kwargs = ({'parallel': _PARALLEL.value} if 'parallel' in inspect.signature(prepare.process).parameters
+  kwargs = ({'parallel': _PARALLEL.value} if 'parallel' in inspect.signature(build.process).parameters
             else {})
   with _Timed('total'):
-    done = prepare.process(task, tok, **kwargs)
+    done = build.process(task, tok, **kwargs)
   shutil.rmtree(out)
   parts = {k: _TIMES[k] for k in ('reading and JSON', 'tokenizer', 'writing', 'total')}
   parts['Python around the tokenizer'] = [e - t for e, t in zip(_TIMES['encode_documents'],
@@ -106,7 +106,7 @@ def main(_):
   parts['other'] = [_TIMES['total'][i] - _TIMES['reading and JSON'][i] - _TIMES['encode_documents'][i]
                     - _TIMES['writing'][i] for i in (0, 1)]
   tokens = done['shards']['train']['tokens']
-  result = {'code': os.path.dirname(prepare.__file__), 'inputs': _INPUT.value, 'tokens': tokens,
+  result = {'code': os.path.dirname(build.__file__), 'inputs': _INPUT.value, 'tokens': tokens,
             'kwargs': kwargs, 'peak_rss_MiB': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             'load': os.getloadavg(),
             'parts': {k: {'wall_s': w, 'cpu_s': c, 'cpu_share': c / parts['total'][1]}

@@ -104,15 +104,15 @@ def run_reference(files: list[str], out_dir: str, workers: int) -> tuple[dict, b
 def _our_stream(out_dir: str, files: list[str]) -> bytes:
   """Our train shards' tokens in input-file order (a shard is a group of files, planned by size)."""
   from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-  from tokenformer_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  from tokenformer_jax.data import build  # pylint: disable=import-outside-toplevel
   with open(os.path.join(out_dir, 'manifest.json'), encoding='utf-8') as f:
     m = json.load(f)
-  groups = prepare.plan_shards(files, [os.path.getsize(f) for f in files], len(files))
+  groups = build.plan_shards(files, [os.path.getsize(f) for f in files], len(files))
   if any(len(g) != 1 for g in groups) or len(m['splits']['train']['shards']) != len(files):
     raise SystemExit('expected one shard per input file')
   by_file = {}
   for index, (file,) in enumerate(groups):
-    path = os.path.join(out_dir, prepare.shard_file('train', index, len(files)))
+    path = os.path.join(out_dir, build.shard_file('train', index, len(files)))
     reader = array_record_module.ArrayRecordReader(path, 'readahead_buffer_size:0')
     by_file[file] = b''.join(reader.read_all())
     reader.close()
@@ -132,8 +132,8 @@ def run_ours(files: list[str], out_dir: str, workers: int | None, mode: str | No
   shutil.rmtree(out_dir, ignore_errors=True)
   inputs = ','.join(files)
   if workers is None:
-    code = ('import sys; from tokenformer_jax.data import prepare; '
-            'prepare.run(prepare.Options(inputs=sys.argv[1], output=sys.argv[2], tokenizer=sys.argv[3]))')
+    code = ('import sys; from tokenformer_jax.data import build; '
+            'build.run(build.Options(inputs=sys.argv[1], output=sys.argv[2], tokenizer=sys.argv[3]))')
     cmd = [sys.executable, '-c', code, inputs, out_dir, _TOKENIZER.value]
   else:
     beam = [f'--direct_num_workers={workers}'] + ([f'--direct_running_mode={mode}'] if mode else [])

@@ -30,10 +30,14 @@ import jax  # noqa: E402  (after harness: it puts the checkout on the path)
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tokenformer_jax import flops, goodput, profiling, sharding, step_clock  # noqa: E402
-from tokenformer_jax import model as model_lib  # noqa: E402
-from tokenformer_jax import state as state_lib  # noqa: E402
-from tokenformer_jax import step as step_lib  # noqa: E402
+from tokenformer_jax.model import flops  # noqa: E402
+from tokenformer_jax.model import transformer as model_lib  # noqa: E402
+from tokenformer_jax.runtime import sharding  # noqa: E402
+from tokenformer_jax.telemetry import goodput  # noqa: E402
+from tokenformer_jax.telemetry import profiling  # noqa: E402
+from tokenformer_jax.telemetry import step_clock  # noqa: E402
+from tokenformer_jax.training import state as state_lib  # noqa: E402
+from tokenformer_jax.training import step as step_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file (path.py[:arg]).',
                                           lock_config=True)

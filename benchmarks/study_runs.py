@@ -13,7 +13,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax import flops, goodput, metrics, stages  # noqa: E402
+from tokenformer_jax.model import flops  # noqa: E402
+from tokenformer_jax.telemetry import goodput  # noqa: E402
+from tokenformer_jax.telemetry import metrics  # noqa: E402
+from tokenformer_jax.training import stages  # noqa: E402
 
 
 def fail(message: str):

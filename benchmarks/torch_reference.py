@@ -28,9 +28,10 @@ import harness
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tokenformer_jax import flops, sharding  # noqa: E402
-from tokenformer_jax import state as state_lib  # noqa: E402
-from tokenformer_jax import step as step_lib  # noqa: E402
+from tokenformer_jax.model import flops  # noqa: E402
+from tokenformer_jax.runtime import sharding  # noqa: E402
+from tokenformer_jax.training import state as state_lib  # noqa: E402
+from tokenformer_jax.training import step as step_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file (path.py[:arg]).',
                                           lock_config=True)

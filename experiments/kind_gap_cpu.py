@@ -13,7 +13,7 @@ import math
 
 from experiments.common import cpu_study_training
 from tokenformer_jax.config import base_config
-from tokenformer_jax.model import dense_mlp_dim_matching
+from tokenformer_jax.model.transformer import dense_mlp_dim_matching
 
 KINDS = ('tokenformer', 'dense')
 SCALES = (1, 4, 16)

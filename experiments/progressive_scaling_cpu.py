@@ -19,7 +19,7 @@ import itertools
 
 from experiments.common import cpu_study_training
 from tokenformer_jax.config import base_config
-from tokenformer_jax.model import dense_mlp_dim_matching
+from tokenformer_jax.model.transformer import dense_mlp_dim_matching
 
 BASELINES = ('scratch', 'dense')
 GROWTH_ARMS = ('exact_carry', 'paper_carry', 'exact_reset', 'paper_reset', 'freeze_old')

@@ -35,9 +35,10 @@ sys.path.insert(0, ROOT)
 from absl import app, flags  # noqa: E402
 
 from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax import run_status, sweeps  # noqa: E402
-from tokenformer_jax.preemption import EXIT_INTERRUPTED  # noqa: E402
+from tokenformer_jax import sweeps  # noqa: E402
 from tokenformer_jax.errors import UserError, fail  # noqa: E402
+from tokenformer_jax.runtime.preemption import EXIT_INTERRUPTED  # noqa: E402
+from tokenformer_jax.telemetry import run_status  # noqa: E402
 
 SUBMITTED = 'sweep_submitted.json'   # in a run's workdir: when the sweep last started it through --launcher
 

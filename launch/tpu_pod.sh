@@ -12,7 +12,7 @@
 # detached (setsid nohup: a dropped terminal does not stop it), each logging to
 # ~/tokenformer_jax_logs/<host>.log, through launch/tpu_worker.sh, which relaunches a preempted run
 # (exit 143) up to --retries times, resuming from its saved step. JAX finds the pod's coordinator
-# and process ids itself (see tokenformer_jax/distributed.py). LIBTPU_INIT_ARGS turns on the async
+# and process ids itself (see tokenformer_jax/runtime/distributed.py). LIBTPU_INIT_ARGS turns on the async
 # collective fusion flags that let XLA overlap FSDP all-gathers / reduce-scatters with compute.
 # --dry_run prints the commands instead of running them.
 set -euo pipefail

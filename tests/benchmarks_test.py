@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tokenformer_jax import gpu_aot
+from tokenformer_jax.runtime import gpu_aot
 
 SMALL = ['--config.train.batch_size=4', '--config.data.seq_len=32']
 
@@ -152,7 +152,7 @@ def test_dense_baseline_has_equal_nonembedding_params(spec):
   sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
   import harness  # pylint: disable=import-outside-toplevel
   from tokenformer_jax.config import load_experiment
-  from tokenformer_jax.model import nonembedding_params
+  from tokenformer_jax.model.transformer import nonembedding_params
   cfg = load_experiment(spec)
   tf, dense = harness.of_kind(cfg, 'tokenformer'), harness.of_kind(cfg, 'dense')
   assert dense.model.kind == 'dense' and dense.model.mlp_dim > 0

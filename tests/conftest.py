@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tokenformer_jax import platforms
+from tokenformer_jax.runtime import platforms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
@@ -112,11 +112,11 @@ def small_config(data_cache_dir: str = ''):
 
 def train_small(workdir, data_cache_dir: str, **train_overrides):
   """small_config trained in `workdir` (train.* keys overridden); returns (config, workdir as str)."""
-  from tokenformer_jax import train
+  from tokenformer_jax.training import loop
   c = small_config(data_cache_dir)
   for key, value in train_overrides.items():
     c.train[key] = value
-  train.train(c, str(workdir))
+  loop.train(c, str(workdir))
   return c, str(workdir)
 
 

@@ -23,7 +23,7 @@ def _study(out, work):
 
 def test_quick_study(tmp_path):
   # one of the five growth arms (the others differ only in config.growth and config.stages, which
-  # tests/growth_test.py and tests/stages_test.py cover)
+  # tests/training/growth_test.py and tests/training/stages_test.py cover)
   rows = _study(tmp_path / 'out', tmp_path / 'work')
   lrs = [str(lr) for lr in progressive_scaling_cpu.QUICK['lrs']]
   runs = [(r['arm'], r['lr'], r['seed']) for r in rows]

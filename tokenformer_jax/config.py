@@ -11,8 +11,9 @@ import os
 
 import ml_collections
 
-from tokenformer_jax import attention, profiling
 from tokenformer_jax.errors import UserError
+from tokenformer_jax.model import attention
+from tokenformer_jax.telemetry import profiling
 
 MODEL_KINDS = ('tokenformer', 'dense')
 REMAT_POLICIES = ('none', 'block', 'save_matmuls')

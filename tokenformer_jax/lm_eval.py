@@ -6,7 +6,7 @@ piqa, arc_easy, arc_challenge, winogrande, zero-shot):
       [--include_path=MY_TASKS_DIR] [--restore_step=N]
 
 The model is the workdir's latest checkpoint (or --restore_step), restored onto the config's mesh
-(eval_harness.py: batched, length-bucketed scoring; the checkpoint's tokenizer). The harness reads each
+(lm_eval_adapter.py: batched, length-bucketed scoring; the checkpoint's tokenizer). The harness reads each
 task's data through Hugging Face `datasets`, so its standard tasks need the data downloaded or cached;
 `--include_path` adds task YAMLs of your own (over local JSON Lines files, say). Results print as the
 harness's table; --output writes them as JSON (process 0; a temporary file renamed).
@@ -18,8 +18,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tokenformer_jax import platforms
 from tokenformer_jax.errors import UserError, fail, parse_flags
+from tokenformer_jax.runtime import platforms
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir whose checkpoint is scored.')
@@ -35,14 +35,15 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of sampled generation and of few-s
 
 def load_model(cfg, workdir: str, batch_size: int, step: int | None = None, seed: int = 0):
   """The harness model over the workdir's checkpoint, with the checkpoint's tokenizer."""
-  from tokenformer_jax import eval_harness, inference  # pylint: disable=import-outside-toplevel
   from tokenformer_jax.data import dataset as dataset_lib  # pylint: disable=import-outside-toplevel
+  from tokenformer_jax.inference import lm_eval_adapter  # pylint: disable=import-outside-toplevel
+  from tokenformer_jax.inference import loading  # pylint: disable=import-outside-toplevel
   if batch_size < 1:
     raise UserError(f'--batch_size must be positive, got {batch_size}')
-  restored = inference.load(cfg, workdir, step)
-  tokenizer = dataset_lib.tokenizer_for_inference(inference.data_config(cfg, workdir, restored), workdir)
-  inference.check_tokenizer(tokenizer, restored)
-  return eval_harness.TokenFormerLM(restored.graphdef, restored.params, restored.spec.mesh, tokenizer,
+  restored = loading.load(cfg, workdir, step)
+  tokenizer = dataset_lib.tokenizer_for_inference(loading.data_config(cfg, workdir, restored), workdir)
+  loading.check_tokenizer(tokenizer, restored)
+  return lm_eval_adapter.TokenFormerLM(restored.graphdef, restored.params, restored.spec.mesh, tokenizer,
                                context=cfg.data.seq_len, batch_size=batch_size, seed=seed)
 
 
@@ -84,7 +85,8 @@ def main(argv):
   if not _WORKDIR.value or not _TASKS.value:
     fail('--workdir and --tasks are required')
   try:
-    from tokenformer_jax import config as config_lib, distributed  # pylint: disable=import-outside-toplevel
+    from tokenformer_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+    from tokenformer_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
     cfg = config_lib.from_flag(_CONFIG)
     try:
       from lm_eval.utils import make_table  # pylint: disable=import-outside-toplevel

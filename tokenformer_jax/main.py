@@ -12,8 +12,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tokenformer_jax import platforms
 from tokenformer_jax.errors import UserError, fail, parse_flags
+from tokenformer_jax.runtime import platforms
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the data cache go.')
@@ -84,8 +84,8 @@ class _QuietLibraries(std_logging.Filter):
   def filter(self, record: std_logging.LogRecord) -> bool:
     noisy = any(f'{os.sep}{name}{os.sep}' in record.pathname for name in ('orbax', 'grain'))
     if (noisy or record.name == 'asyncio') and record.exc_info:
-      from tokenformer_jax import checkpoint   # already loaded: only a run that saves gets here
-      if checkpoint.out_of_space(record.exc_info[1]):
+      from tokenformer_jax.checkpoints import store   # already loaded: only a run that saves gets here
+      if store.out_of_space(record.exc_info[1]):
         return False
     return record.levelno >= std_logging.WARNING or not noisy
 
@@ -118,7 +118,7 @@ def main(argv):
   except UserError as e:
     fail(e)
   if _MODE.value == 'compile':  # no workdir, data or runtime: compiles for chips this machine lacks
-    from tokenformer_jax import aot
+    from tokenformer_jax.runtime import aot
     try:
       aot.run(cfg, _TOPOLOGY.value)
     except UserError as e:
@@ -140,7 +140,9 @@ def _run(cfg, workdir: str) -> tuple[int, str]:
   """Runs the mode; returns its exit status and a last line for stderr. A training command leaves its
   outcome in WORKDIR/status (run_status.py), unless it was refused before training."""
   # imported after flag parsing: keeps --help fast
-  from tokenformer_jax import distributed, run_status, train
+  from tokenformer_jax.runtime import distributed
+  from tokenformer_jax.telemetry import run_status
+  from tokenformer_jax.training import loop
 
   def record(exit_status: int) -> None:
     if _MODE.value == 'train':
@@ -155,10 +157,10 @@ def _run(cfg, workdir: str) -> tuple[int, str]:
     record(status)
   except UserError as e:   # bad input: one line, status 2; on record only if the run had trained
     status, message = 2, f'error: {" ".join(str(e).split())}'
-    if isinstance(e, train.Diverged):
+    if isinstance(e, loop.Diverged):
       record(status)
   except KeyboardInterrupt:   # Ctrl-C outside the training steps (they save first: preemption.py)
-    status, message = train.EXIT_INTERRUPTED, 'stopped by Ctrl-C'
+    status, message = loop.EXIT_INTERRUPTED, 'stopped by Ctrl-C'
     record(status)
   except Exception:
     distributed.check_peers()   # a collective that failed because a process died ends here, in one line
@@ -171,31 +173,33 @@ def _run(cfg, workdir: str) -> tuple[int, str]:
 
 def _dispatch(cfg, workdir: str) -> int:
   """The mode's work; returns the exit status (0, or a stopped training run's)."""
-  from tokenformer_jax import growth, stages, train
+  from tokenformer_jax.training import growth
+  from tokenformer_jax.training import loop
+  from tokenformer_jax.training import stages
   if _MODE.value == 'train' and cfg.stages:
     last = stages.run(cfg, workdir, accept_data_change=_ACCEPT_DATA.value)[-1]
     return last.exit_status
   if _MODE.value == 'train':
-    return train.train(cfg, workdir, stop_at_step=_STOP_AT.value, restore_step=_RESTORE_STEP.value,
+    return loop.train(cfg, workdir, stop_at_step=_STOP_AT.value, restore_step=_RESTORE_STEP.value,
                        accept_data_change=_ACCEPT_DATA.value, init_from=_INIT_FROM.value or '').exit_status
   if _MODE.value == 'grow':
     if not _GROW_FROM.value:
       raise UserError('--mode=grow needs --grow_from=SOURCE_WORKDIR')
     growth.grow(cfg, os.path.abspath(_GROW_FROM.value), workdir, step=_RESTORE_STEP.value)
   elif _MODE.value == 'generate':
-    from tokenformer_jax import generate
+    from tokenformer_jax.inference import generate
     sampling = generate.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
     generate.run(cfg, workdir, generate.read_prompts(_PROMPT.value, _PROMPT_FILE.value), _MAX_NEW.value,
                  sampling, seed=_SAMPLE_SEED.value, step=_RESTORE_STEP.value)
   elif _MODE.value == 'eval':
-    from tokenformer_jax import evaluate
+    from tokenformer_jax.inference import evaluate
     evaluate.run(cfg, workdir, _EVAL_FILE.value, step=_RESTORE_STEP.value)
   elif _MODE.value == 'convert':
-    from tokenformer_jax import convert
-    convert.convert(cfg, workdir, _CHECKPOINT_FILE.value)
+    from tokenformer_jax.checkpoints import reference_import
+    reference_import.convert(cfg, workdir, _CHECKPOINT_FILE.value)
   elif _MODE.value == 'export':
-    from tokenformer_jax import export
-    export.export(cfg, workdir, _CHECKPOINT_FILE.value, step=_RESTORE_STEP.value,
+    from tokenformer_jax.checkpoints import reference_export
+    reference_export.export(cfg, workdir, _CHECKPOINT_FILE.value, step=_RESTORE_STEP.value,
                   dtype=_EXPORT_DTYPE.value, allow_tau_change=_ALLOW_TAU.value,
                   rotary_buffers=_EXPORT_ROTARY.value)
   return 0

@@ -11,7 +11,7 @@ Rerunning a killed prepare reuses its completed shards; the manifest is written 
 """
 from absl import app, flags
 
-from tokenformer_jax.data import prepare
+from tokenformer_jax.data import build
 from tokenformer_jax.errors import UserError, fail, parse_flags
 
 _INPUT = flags.DEFINE_string('input', None, 'Comma-separated files or globs (local or gs://...), or kjv: '
@@ -21,7 +21,7 @@ _OUTPUT = flags.DEFINE_string('output', None, 'The dataset directory (must not h
 _TOKENIZER = flags.DEFINE_string('tokenizer', '', 'A sentencepiece .model or a Hugging Face tokenizer.json.')
 _TRAIN_TOKENIZER = flags.DEFINE_integer(
     'train_tokenizer', 0, 'Instead of --tokenizer: train a sentencepiece BPE of this many pieces on '
-    f'the first {prepare.TOKENIZER_SAMPLE_BYTES >> 20} MiB of text (an equal share of each file).')
+    f'the first {build.TOKENIZER_SAMPLE_BYTES >> 20} MiB of text (an equal share of each file).')
 _TEXT_KEY = flags.DEFINE_string('text_key', 'text', 'The text field (JSON Lines) or column (Parquet).')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 0, 'Shards per split (0: one per input file, at most '
                                    '256); input files are grouped by size, never split.')
@@ -36,10 +36,10 @@ def main(argv):
       raise UserError('give --input=FILES and --output=DIR')
     if bool(_TOKENIZER.value) == bool(_TRAIN_TOKENIZER.value):
       raise UserError('give one of --tokenizer=FILE and --train_tokenizer=VOCAB')
-    opts = prepare.Options(inputs=_INPUT.value, output=_OUTPUT.value, tokenizer=_TOKENIZER.value,
+    opts = build.Options(inputs=_INPUT.value, output=_OUTPUT.value, tokenizer=_TOKENIZER.value,
                            train_vocab=_TRAIN_TOKENIZER.value, text_key=_TEXT_KEY.value,
                            num_shards=_NUM_SHARDS.value, validation_fraction=_VALIDATION.value)
-    m = prepare.run(opts, beam_args=beam_args)
+    m = build.run(opts, beam_args=beam_args)
   except UserError as e:
     fail(str(e))
   for split, s in m['splits'].items():

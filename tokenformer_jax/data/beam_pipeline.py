@@ -30,7 +30,7 @@ def check_installed() -> None:
 
 
 def run(tasks: list, tokenizer, beam_args: list[str]) -> None:
-  """Runs prepare.process for every task on Beam; raises the first recorded bad-input error.
+  """Runs build.process for every task on Beam; raises the first recorded bad-input error.
 
   Workers in this process (the local runner's threads) use `tokenizer` itself; others load its file."""
   check_installed()
@@ -53,10 +53,10 @@ def run(tasks: list, tokenizer, beam_args: list[str]) -> None:
           lambda: tokenizer_lib.Tokenizer(self._file_bytes, 'the dataset tokenizer'))
 
     def process(self, task):
-      from tokenformer_jax.data import prepare  # pylint: disable=import-outside-toplevel
+      from tokenformer_jax.data import build  # pylint: disable=import-outside-toplevel
       try:
         # One core per worker: the runner starts a worker per core (or as many as asked).
-        done = prepare.process(task, self._tokenizer, parallel=False)
+        done = build.process(task, self._tokenizer, parallel=False)
       except UserError as e:
         if not sources.is_remote(task.output):
           os.makedirs(os.path.dirname(_error_path(task)), exist_ok=True)

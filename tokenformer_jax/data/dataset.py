@@ -13,7 +13,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from tokenformer_jax.data import manifest as manifest_lib
-from tokenformer_jax.data import pipeline, prepare, sources
+from tokenformer_jax.data import pipeline, build, sources
 from tokenformer_jax.data import tokenizer as tokenizer_lib
 from tokenformer_jax.errors import UserError
 
@@ -66,8 +66,8 @@ def cache_dir_for(data_cfg, workdir: str) -> str:
   return data_cfg.cache_dir or os.path.join(workdir, 'data')
 
 
-def _raw_options(data_cfg, output: str) -> prepare.Options:
-  return prepare.Options(inputs=data_cfg.corpus, output=output, tokenizer=data_cfg.tokenizer,
+def _raw_options(data_cfg, output: str) -> build.Options:
+  return build.Options(inputs=data_cfg.corpus, output=output, tokenizer=data_cfg.tokenizer,
                          train_vocab=0 if data_cfg.tokenizer else int(data_cfg.vocab_size),
                          text_key=data_cfg.text_key, validation_fraction=float(data_cfg.val_fraction))
 
@@ -103,7 +103,7 @@ def _prepare_raw(data_cfg, cache_dir: str, create: bool, tokenizer_sha256: str |
       raise UserError(f'no prepared data in {cache_dir}: name a dataset (data.prepared) or a tokenizer '
                       f'(data.tokenizer); without a dataset, evaluate a text file instead (--eval_file)')
     if jax.process_index() == 0:
-      prepare.run(opts, log=logging.info)  # e.g. the shards reused from a stopped run's prepare
+      build.run(opts, log=logging.info)  # e.g. the shards reused from a stopped run's prepare
     _sync('data prepared')
     got = manifest_lib.read(cache_dir)['tokenizer']['sha256']
     if tokenizer_sha256 and got != tokenizer_sha256:
@@ -112,7 +112,7 @@ def _prepare_raw(data_cfg, cache_dir: str, create: bool, tokenizer_sha256: str |
         shutil.rmtree(cache_dir)
       raise _other_tokenizer(tokenizer_sha256, got, cache_dir)
     return
-  now = prepare.request(opts, sources.expand(opts.inputs))
+  now = build.request(opts, sources.expand(opts.inputs))
   before = existing.get('request', {})
   changed = [_REQUEST_CHANGES.get(k, k) for k in sorted(now) if before.get(k) != now[k]]
   if changed:
