@@ -174,7 +174,9 @@ STAGES = f'{ROOT}/experiments/tiny_stages.py'
 def test_every_flag_of_main_says_where_it_applies():
   """A new flag without a row in APPLIES_TO would be accepted by every mode and maybe ignored."""
   script = ('from absl import flags; from tokenformer_jax import main; '
-            'names = {v.name for v in vars(main).values() if isinstance(v, flags.FlagHolder)}; '
+            'from tokenformer_jax.runtime import process_flags; '
+            'names = {v.name for v in [*vars(main).values(), *process_flags.HOLDERS] '
+            'if isinstance(v, flags.FlagHolder)}; '
             'print(sorted(names ^ set(main.APPLIES_TO))); '
             'print(sorted({m for modes in main.APPLIES_TO.values() for m in modes} - set(main.MODES) - {main.STAGED}))')
   proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from tokenformer_jax.errors import UserError, fail, parse_flags
 from tokenformer_jax.runtime import platforms
+from tokenformer_jax.runtime import process_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the data cache go.')
@@ -24,14 +25,7 @@ _MODE = flags.DEFINE_enum('mode', 'train', MODES,
                           'generate; eval; convert (import a released reference checkpoint); export '
                           '(a checkpoint to the reference format).')
 
-# --- multi-process runtime (automatic on TPU pods and under SLURM) ---
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the runtime.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
-_DIST_TIMEOUT = flags.DEFINE_integer('distributed_timeout_s', 300, 'Start-up: how long to wait for peers.')
-_HEARTBEAT = flags.DEFINE_integer(
-    'heartbeat_timeout_s', 60, 'How long a process that stopped answering is waited for before the others '
-    'end with an error naming it (distributed.py).')
+# --- multi-process runtime (automatic on TPU pods and under SLURM): runtime/process_flags.py ---
 
 # --- compile ---
 _TOPOLOGY = flags.DEFINE_string('topology', None, 'A TPU slice (v5p:2x2x1, v5e:4x4, ...) or GPUs (h100:8, '
@@ -85,7 +79,7 @@ _EXPORT_ROTARY = flags.DEFINE_bool('export_rotary_buffers', False,
 _GROW_FROM = flags.DEFINE_string('grow_from', None, 'What --mode=grow grows into --workdir: a workdir (its '
                                  'latest checkpoint), WORKDIR:STEP, or a released .safetensors/.bin/.pt file.')
 
-# Every flag above, and where it means something: the modes, plus STAGED for a training run with
+# Every flag above and process_flags', and where it means something: the modes, plus STAGED for a training run with
 # config.stages (stages.py runs each stage itself, from its own workdir). A flag the user gives outside
 # its modes is refused (check_flags), so no flag is accepted and then ignored.
 STAGED = 'train with config.stages'
@@ -151,9 +145,8 @@ def check_flags(mode: str, staged: bool) -> None:
 
 
 def _run_flags() -> dict:
-  """This module's flags that every process of a run must share (all but --process_id)."""
-  holders = [v for v in globals().values() if isinstance(v, flags.FlagHolder)]
-  return {h.name: h.value for h in holders if h.name not in ('process_id', 'config', 'workdir')}
+  """This command's flags that every process of a run must share (all but --process_id)."""
+  return process_flags.shared(v for v in globals().values() if isinstance(v, flags.FlagHolder))
 
 
 def main(argv):
@@ -201,8 +194,7 @@ def _run(cfg, workdir: str) -> tuple[int, str]:
 
   status, message = 1, ''   # an exception that escapes: a bug
   try:
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                           _DIST_TIMEOUT.value, _HEARTBEAT.value, on_peer_lost=record)
+    process_flags.join(on_peer_lost=record)
     distributed.agree({'config': cfg.to_dict(), 'workdir': workdir, 'flags': _run_flags()})
     status = _dispatch(cfg, workdir)
     record(status)

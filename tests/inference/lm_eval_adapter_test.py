@@ -54,7 +54,7 @@ def trained(data_cache, tmp_path_factory):
 @pytest.fixture(scope='module')
 def model(trained):
   c, workdir = trained
-  return lm_eval_cli.load_model(c, workdir, batch_size=4)
+  return lm_eval_cli.load_model(c, workdir, batch_size=4, step=None, seed=0)
 
 
 def _instance(kind, args, idx=0):
@@ -117,7 +117,7 @@ def test_the_command_line_scores_a_choice_and_a_generation_task(trained, tmp_pat
             '--config.data.vocab_size=512', '--config.data.seq_len=64']
   out = tmp_path / 'results.json'
   proc = _cli(*config, f'--workdir={workdir}', '--tasks=local_mc,local_gen', f'--include_path={tasks}',
-              f'--output={out}', '--batch_size=4')
+              f'--output={out}', '--score_batch_size=4')
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(out.read_text())['results']
   assert 0.0 <= results['local_mc']['acc,none'] <= 1.0
