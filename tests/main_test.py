@@ -125,8 +125,8 @@ def test_pile_config_trains_on_a_dataset_prepared_with_a_tokenizer_json(tmp_path
   chapters = [c for d in list(sources.documents(sources.KJV))[:3] for c in d.split('\n\n')]
   (tmp_path / 'corpus.jsonl').write_text(''.join(json.dumps({'text': c}) + '\n' for c in chapters))
   tok = write_hf_tokenizer(tmp_path / 'tokenizer.json', vocab_size=400)
-  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.prepare', f'--input={tmp_path}/corpus.jsonl',
-                         f'--output={tmp_path}/pile', f'--tokenizer={tok}', '--validation_fraction=0.1'],
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.prepare', f'--corpus={tmp_path}/corpus.jsonl',
+                         f'--prepared={tmp_path}/pile', f'--tokenizer={tok}', '--val_fraction=0.1'],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   small = [a for a in FAST if 'vocab_size' not in a and 'sample_tokens' not in a] + [
