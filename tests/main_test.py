@@ -178,7 +178,8 @@ def test_every_flag_of_main_says_where_it_applies():
             'names = {v.name for v in [*vars(main).values(), *process_flags.HOLDERS] '
             'if isinstance(v, flags.FlagHolder)}; '
             'print(sorted(names ^ set(main.APPLIES_TO))); '
-            'print(sorted({m for modes in main.APPLIES_TO.values() for m in modes} - set(main.MODES) - {main.STAGED}))')
+            'modes = {m for modes in main.APPLIES_TO.values() for m in modes}; '
+            'print(sorted(modes - set(main.MODES) - {main.STAGED}))')
   proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.split('\n')[:2] == ['[]', '[]'], proc.stdout
@@ -219,3 +220,16 @@ def test_sampling_comes_from_the_config_and_a_given_flag_overrides_it(trained_wo
                         workdir=trained_workdir)
   assert from_config[0] == 0 and from_flags[0] == 0, from_config[2] + from_flags[2]
   assert from_config[1] == from_flags[1] and '--- sample 0 (step 2) ---\nAnd God' in from_config[1]
+
+
+def test_grow_from_names_the_source_step(trained_workdir, tmp_path):
+  """--grow_from=WORKDIR:STEP (the syntax of --init_from) instead of a --restore_step of another workdir."""
+  code, _, err = run_main(*FAST, '--mode=grow', f'--grow_from={trained_workdir}:7', '--config.model.n_ffn=128',
+                          workdir=tmp_path / 'w')
+  assert code == 2 and f'no checkpoint step 7 in {trained_workdir}' in error_line(err), err
+  code, _, err = run_main(*FAST, '--mode=grow', f'--grow_from={trained_workdir}:2', '--config.model.n_ffn=128',
+                          workdir=tmp_path / 'w')
+  assert code == 0, err
+  from tokenformer_jax.checkpoints import store
+  mngr = store.manager(str(tmp_path / 'w'), create=False)
+  assert store.read_meta(mngr, mngr.latest_step())['grown_from']['step'] == 2

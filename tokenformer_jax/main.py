@@ -79,9 +79,9 @@ _EXPORT_ROTARY = flags.DEFINE_bool('export_rotary_buffers', False,
 _GROW_FROM = flags.DEFINE_string('grow_from', None, 'What --mode=grow grows into --workdir: a workdir (its '
                                  'latest checkpoint), WORKDIR:STEP, or a released .safetensors/.bin/.pt file.')
 
-# Every flag above and process_flags', and where it means something: the modes, plus STAGED for a training run with
-# config.stages (stages.py runs each stage itself, from its own workdir). A flag the user gives outside
-# its modes is refused (check_flags), so no flag is accepted and then ignored.
+# Every flag above and process_flags', and where it means something: the modes, plus STAGED for a
+# training run with config.stages (stages.py runs each stage itself, from its own workdir). A flag the
+# user gives outside its modes is refused (check_flags), so no flag is accepted and then ignored.
 STAGED = 'train with config.stages'
 _ALL = MODES + (STAGED,)
 _RUNTIME = tuple(m for m in _ALL if m != 'compile')   # every mode that starts the runtime
