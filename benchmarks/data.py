@@ -85,8 +85,8 @@ def prepare(corpus: str, output: str, tokenizer: str, workers: int) -> dict:
   shutil.rmtree(output, ignore_errors=True)
   beam = ['--', f'--direct_num_workers={workers}'] + (
       ['--direct_running_mode=multi_processing'] if workers > 1 else [])
-  r = measured([sys.executable, '-m', 'tokenformer_jax.prepare', f'--input={corpus}/*.jsonl',
-                f'--output={output}', f'--tokenizer={tokenizer}', '--validation_fraction=0.02', *beam])
+  r = measured([sys.executable, '-m', 'tokenformer_jax.prepare', f'--corpus={corpus}/*.jsonl',
+                f'--prepared={output}', f'--tokenizer={tokenizer}', '--val_fraction=0.02', *beam])
   with open(os.path.join(output, 'manifest.json')) as f:
     m = json.load(f)
   tokens = m['splits']['train']['tokens'] + m['splits']['validation']['tokens']

@@ -69,12 +69,13 @@ def bench(cfg) -> list[dict]:
   for batch in [int(b) for b in _BATCHES.value]:
     rng = np.random.default_rng(batch)
     prompts = rng.integers(0, vocab, (batch, _PROMPT_LEN.value)).tolist()
-    generator = generate.Generator(graphdef, context=context, vocab_limit=vocab, eos_id=None)
+    generator = generate.Generator(graphdef, context=context, vocab_limit=vocab, eos_id=None,
+                                   sampling=generate.GREEDY)
     runs = {
-        'cache': (_NEW_TOKENS.value, lambda: generator.generate(params, prompts, _NEW_TOKENS.value)),
+        'cache': (_NEW_TOKENS.value, lambda: generator.generate(params, prompts, _NEW_TOKENS.value, seed=0)),
         'no cache': (_NO_CACHE_TOKENS.value, lambda: full_forward.generate_without_cache(
             graphdef, params, prompts, _NO_CACHE_TOKENS.value, context=context, vocab_limit=vocab,
-            eos_id=None)),
+            eos_id=None, sampling=generate.GREEDY, seed=0)),
     }
     for mode, (new, fn) in runs.items():
       seconds = timed(fn, _REPEATS.value)

@@ -24,8 +24,7 @@ def _full_forward_next_ids(params, buffer_BxW, last_B, key, *, graphdef, samplin
 
 def generate_without_cache(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
                            context: int, vocab_limit: int, eos_id: int | None,
-                           sampling: generate.Sampling = generate.Sampling(),
-                           seed: int = 0) -> list[list[int]]:
+                           sampling: generate.Sampling, seed: int) -> list[list[int]]:
   """Like Generator.generate (same budgets, same random keys), but every token runs the training
   forward pass over the whole buffer and samples at each row's last position."""
   eos_id = -1 if eos_id is None else eos_id

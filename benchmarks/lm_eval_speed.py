@@ -42,7 +42,8 @@ def main(argv):
   pairs = [(list(rng.integers(1, vocab, int(rng.integers(20, 121)))),
             list(rng.integers(1, vocab, int(rng.integers(1, 7))))) for _ in range(_REQUESTS.value)]
   models = {int(b): lm_eval_adapter.TokenFormerLM(spec.graphdef, params, spec.mesh, tokenizer,
-                                          context=cfg.data.seq_len, batch_size=int(b))
+                                          context=cfg.data.seq_len, batch_size=int(b),
+                                          seed=cfg.sampling.seed)
             for b in _BATCHES.value}
   for model in models.values():
     model.score_pairs(pairs)   # compiles every bucket these requests use

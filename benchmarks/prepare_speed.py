@@ -137,7 +137,7 @@ def run_ours(files: list[str], out_dir: str, workers: int | None, mode: str | No
     cmd = [sys.executable, '-c', code, inputs, out_dir, _TOKENIZER.value]
   else:
     beam = [f'--direct_num_workers={workers}'] + ([f'--direct_running_mode={mode}'] if mode else [])
-    cmd = [sys.executable, '-m', 'tokenformer_jax.prepare', f'--input={inputs}', f'--output={out_dir}',
+    cmd = [sys.executable, '-m', 'tokenformer_jax.prepare', f'--corpus={inputs}', f'--prepared={out_dir}',
            f'--tokenizer={_TOKENIZER.value}', '--', *beam]
   r = process_tree.run(cmd, env=_our_env(), log_path=out_dir + '.log')
   return r, _our_stream(out_dir, files)

@@ -2,8 +2,8 @@
 
 Sizes: 150m, 450m, 900m, 1.5b. Global batch 1024 × 2048 tokens, 143k steps, and the rest of the paper's
 Pile setup (experiments/common.py). Prepare the Pile once with the released models' tokenizer,
-  python -m tokenformer_jax.prepare --input='pile/train/*.jsonl.zst' --output=DIR \
-      --tokenizer=20B_tokenizer.json --validation_fraction=0.0005 [-- BEAM_OPTIONS]
+  python -m tokenformer_jax.prepare --corpus='pile/train/*.jsonl.zst' --prepared=DIR \
+      --tokenizer=20B_tokenizer.json --val_fraction=0.0005 [-- BEAM_OPTIONS]
 and train with --config.data.prepared=DIR.
 """
 from experiments import common

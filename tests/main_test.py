@@ -94,7 +94,7 @@ def test_generate_and_eval_leave_the_workdir_untouched(trained_workdir, tmp_path
   prompts = tmp_path / 'prompts.txt'
   prompts.write_text('And God said\nIn the beginning\n')
   code, out, err = run_main(*FAST, '--mode=generate', f'--prompt_file={prompts}', '--max_new_tokens=6',
-                       '--temperature=0', workdir=trained_workdir)
+                            '--temperature=0', workdir=trained_workdir)
   assert code == 0, err
   assert '--- sample 0 (step 2) ---\nAnd God said' in out, out
   assert '--- sample 1 (step 2) ---\nIn the beginning' in out, out
@@ -110,7 +110,7 @@ def test_generate_and_eval_leave_the_workdir_untouched(trained_workdir, tmp_path
     (['--mode=generate', '--prompt=Hi'], 'no checkpoint in'),
     (['--mode=eval'], 'no checkpoint in'),
     (['--mode=generate'], 'needs --prompt or --prompt_file'),
-    (['--mode=convert'], 'needs --checkpoint_file'),
+    (['--mode=convert'], 'needs --reference_file'),
 ])
 def test_inference_modes_refuse_bad_input(tmp_path, args, message):
   code, _, err = run_main(*FAST, *args, workdir=tmp_path / 'w')
@@ -125,8 +125,8 @@ def test_pile_config_trains_on_a_dataset_prepared_with_a_tokenizer_json(tmp_path
   chapters = [c for d in list(sources.documents(sources.KJV))[:3] for c in d.split('\n\n')]
   (tmp_path / 'corpus.jsonl').write_text(''.join(json.dumps({'text': c}) + '\n' for c in chapters))
   tok = write_hf_tokenizer(tmp_path / 'tokenizer.json', vocab_size=400)
-  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.prepare', f'--input={tmp_path}/corpus.jsonl',
-                         f'--output={tmp_path}/pile', f'--tokenizer={tok}', '--validation_fraction=0.1'],
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.prepare', f'--corpus={tmp_path}/corpus.jsonl',
+                         f'--prepared={tmp_path}/pile', f'--tokenizer={tok}', '--val_fraction=0.1'],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   small = [a for a in FAST if 'vocab_size' not in a and 'sample_tokens' not in a] + [
@@ -166,3 +166,70 @@ def test_stop_at_step_must_be_positive(tmp_path):
   code, _, err = run_main(*FAST, '--stop_at_step=0', workdir=tmp_path / 'w')
   assert code == 2 and '--stop_at_step must be positive' in error_line(err), err
   assert not (tmp_path / 'w').exists()
+
+
+STAGES = f'{ROOT}/experiments/tiny_stages.py'
+
+
+def test_every_flag_of_main_says_where_it_applies():
+  """A new flag without a row in APPLIES_TO would be accepted by every mode and maybe ignored."""
+  script = ('from absl import flags; from tokenformer_jax import main; '
+            'from tokenformer_jax.runtime import process_flags; '
+            'names = {v.name for v in [*vars(main).values(), *process_flags.HOLDERS] '
+            'if isinstance(v, flags.FlagHolder)}; '
+            'print(sorted(names ^ set(main.APPLIES_TO))); '
+            'modes = {m for modes in main.APPLIES_TO.values() for m in modes}; '
+            'print(sorted(modes - set(main.MODES) - {main.STAGED}))')
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split('\n')[:2] == ['[]', '[]'], proc.stdout
+
+
+@pytest.mark.parametrize('config,args,flag,target', [
+    (TINY, ['--mode=eval', '--prompt=Hi'], '--prompt', '--mode=eval'),
+    (TINY, ['--mode=eval', '--temperature=0'], '--temperature', '--mode=eval'),
+    (TINY, ['--topology=v5p:2x2x1'], '--topology', '--mode=train'),
+    (TINY, ['--mode=generate', '--prompt=Hi', '--grow_from=/tmp/src'], '--grow_from', '--mode=generate'),
+    (TINY, ['--mode=grow', '--grow_from=/tmp/src', '--restore_step=2'], '--restore_step', '--mode=grow'),
+    (TINY, ['--mode=convert', '--export_file=out.safetensors'], '--export_file', '--mode=convert'),
+    (TINY, ['--mode=export', '--reference_file=in.safetensors'], '--reference_file', '--mode=export'),
+    (STAGES, ['--stop_at_step=1'], '--stop_at_step', 'a staged run'),
+    (STAGES, ['--restore_step=2'], '--restore_step', 'a staged run'),
+    (STAGES, ['--init_from=/tmp/src'], '--init_from', 'a staged run'),
+])
+def test_a_flag_the_mode_would_not_use_is_refused(tmp_path, config, args, flag, target):
+  code, _, err = run_main(*FAST, *args, workdir=tmp_path / 'w', config=config)
+  errors = [line for line in err.splitlines() if line.startswith('error:')]
+  assert code == 2 and len(errors) == 1, err
+  assert errors[0].startswith(f'error: {flag} does not apply to {target}'), errors[0]
+  assert not (tmp_path / 'w').exists()
+
+
+def test_compile_refuses_a_workdir(tmp_path):
+  code, _, err = run_main('--mode=compile', '--topology=v5p:2x2x1', workdir=tmp_path / 'w')
+  assert code == 2 and error_line(err).startswith('error: --workdir does not apply to --mode=compile'), err
+
+
+def test_sampling_comes_from_the_config_and_a_given_flag_overrides_it(trained_workdir):
+  """--mode=generate's flags are unset unless given: the config's sampling section decides, and a flag
+  given overrides its key."""
+  from_config = run_main(*FAST, '--mode=generate', '--prompt=And God', '--config.sampling.temperature=0',
+                         '--config.sampling.max_new_tokens=5', workdir=trained_workdir)
+  from_flags = run_main(*FAST, '--mode=generate', '--prompt=And God', '--config.sampling.temperature=3',
+                        '--config.sampling.max_new_tokens=60', '--temperature=0', '--max_new_tokens=5',
+                        workdir=trained_workdir)
+  assert from_config[0] == 0 and from_flags[0] == 0, from_config[2] + from_flags[2]
+  assert from_config[1] == from_flags[1] and '--- sample 0 (step 2) ---\nAnd God' in from_config[1]
+
+
+def test_grow_from_names_the_source_step(trained_workdir, tmp_path):
+  """--grow_from=WORKDIR:STEP (the syntax of --init_from) instead of a --restore_step of another workdir."""
+  code, _, err = run_main(*FAST, '--mode=grow', f'--grow_from={trained_workdir}:7', '--config.model.n_ffn=128',
+                          workdir=tmp_path / 'w')
+  assert code == 2 and f'no checkpoint step 7 in {trained_workdir}' in error_line(err), err
+  code, _, err = run_main(*FAST, '--mode=grow', f'--grow_from={trained_workdir}:2', '--config.model.n_ffn=128',
+                          workdir=tmp_path / 'w')
+  assert code == 0, err
+  from tokenformer_jax.checkpoints import store
+  mngr = store.manager(str(tmp_path / 'w'), create=False)
+  assert store.read_meta(mngr, mngr.latest_step())['grown_from']['step'] == 2

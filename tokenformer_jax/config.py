@@ -88,14 +88,21 @@ def base_config() -> ml_collections.ConfigDict:
   t.async_checkpointing = True   # arrays written in the background while training goes on
   t.checkpoint_compression = False  # zstd: a float32 state shrinks ~8% for twice the write's host CPU
   t.sample_tokens = 64           # tokens sampled at the end of a run (0: none) ...
-  t.sample_prompt = ''           # ... continuing this text ('': a new document)
-  t.sample_temperature = 0.8
-  t.sample_top_k = 40
+  t.sample_prompt = ''           # ... continuing this text ('': a new document), with sampling.*
   t.peak_tflops = 0.0            # per-chip peak for the logged MFU; 0: the datasheet's (chips.py), if known
   t.profile_steps = (0, 0)       # (START, COUNT): trace steps START..START+COUNT-1 (COUNT 0: off)
   t.profile_every = 0            # > 0: trace such a window again every N steps
   t.profile_all_hosts = False    # trace on every process (WORKDIR/profile/process_<i>/), not only on 0
   t.profiler_port = 0            # > 0: the on-demand profiler server's port (profiling.py)
+
+  # How text is sampled (generate.py): --mode=generate (whose flags of these names override them) and the
+  # sample at the end of a training run (which draws train.sample_tokens with the run's seed).
+  c.sampling = sm = ml_collections.ConfigDict()
+  sm.max_new_tokens = 64         # per prompt (--mode=generate)
+  sm.temperature = 0.8           # 0: greedy
+  sm.top_k = 40                  # sample among the k most likely ids (0: all)
+  sm.top_p = 1.0                 # ... within the top-p probability mass (1: all)
+  sm.seed = 0                    # --mode=generate's sampler seed (--sample_seed)
 
   # Where metrics go besides WORKDIR/metrics.jsonl and WORKDIR/tensorboard/.
   c.metrics = mt = ml_collections.ConfigDict()

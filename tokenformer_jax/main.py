@@ -8,39 +8,35 @@ A training run stopped by SIGTERM (on any of its processes) saves one agreed ste
 import logging as std_logging
 import os
 import sys
+from collections.abc import Collection
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from tokenformer_jax.errors import UserError, fail, parse_flags
 from tokenformer_jax.runtime import platforms
+from tokenformer_jax.runtime import process_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the data cache go.')
-_MODE = flags.DEFINE_enum('mode', 'train',
-                          ['train', 'compile', 'grow', 'generate', 'eval', 'convert', 'export'],
+MODES = ('train', 'compile', 'grow', 'generate', 'eval', 'convert', 'export')
+_MODE = flags.DEFINE_enum('mode', 'train', MODES,
                           'train; compile (the train step, ahead of time, for --topology); grow; '
                           'generate; eval; convert (import a released reference checkpoint); export '
                           '(a checkpoint to the reference format).')
 
-# --- multi-process runtime (automatic on TPU pods and under SLURM) ---
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the runtime.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
-_DIST_TIMEOUT = flags.DEFINE_integer('distributed_timeout_s', 300, 'Start-up: how long to wait for peers.')
-_HEARTBEAT = flags.DEFINE_integer(
-    'heartbeat_timeout_s', 60, 'How long a process that stopped answering is waited for before the others '
-    'end with an error naming it (distributed.py).')
+# --- multi-process runtime (automatic on TPU pods and under SLURM): runtime/process_flags.py ---
 
 # --- compile ---
-_TOPOLOGY = flags.DEFINE_string('topology', None, 'For --mode=compile: a TPU slice (v5p:2x2x1, v5e:4x4, '
-                                 '...) or GPUs (h100:8, h200:8, a100-80g:8; h100:2x8 is 2 hosts of 8).')
+_TOPOLOGY = flags.DEFINE_string('topology', None, 'A TPU slice (v5p:2x2x1, v5e:4x4, ...) or GPUs (h100:8, '
+                                'h200:8, a100-80g:8; h100:2x8 is 2 hosts of 8).')
 
 # --- train ---
 _STOP_AT = flags.DEFINE_integer('stop_at_step', None,
                                 'Exit (after saving) at this step, before train.steps.')
 _RESTORE_STEP = flags.DEFINE_integer(
-    'restore_step', None, 'Restore this checkpoint instead of the latest (e.g. skip a corrupt one).')
+    'restore_step', None, 'The checkpoint of --workdir to load instead of the latest (e.g. to skip a '
+    'corrupt one): train resumes from it (setting newer ones aside), generate, eval and export read it.')
 _INIT_FROM = flags.DEFINE_string(
     'init_from', None, 'A fresh run starts from these parameters (step 0, fresh optimizer and data): '
     'a workdir, WORKDIR:STEP, or a released .safetensors/.bin/.pt file. Ignored once the workdir has '
@@ -49,21 +45,29 @@ _ACCEPT_DATA = flags.DEFINE_bool(
     'accept_data_change', False, 'Resume although seq_len, batch size, seed or data changed; the data '
     'iterator then starts again (see resume.py).')
 
-# --- generate (from the latest checkpoint, or --restore_step) ---
+# --- generate (from the latest checkpoint, or --restore_step); unset: the config's sampling.* ---
 _PROMPT = flags.DEFINE_string('prompt', None, 'Text to continue.')
 _PROMPT_FILE = flags.DEFINE_string('prompt_file', None, 'One prompt per line, generated in batches.')
-_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 64, 'New tokens per prompt (fewer at end-of-text).')
-_TEMPERATURE = flags.DEFINE_float('temperature', 0.8, '0: greedy.')
-_TOP_K = flags.DEFINE_integer('top_k', 40, 'Sample among the k most likely ids (0: all).')
-_TOP_P = flags.DEFINE_float('top_p', 1.0, 'Sample within the top-p probability mass (1: all).')
-_SAMPLE_SEED = flags.DEFINE_integer('sample_seed', 0, 'Seed of the sampler.')
+_MAX_NEW = flags.DEFINE_integer('max_new_tokens', None, 'New tokens per prompt (fewer at end-of-text); '
+                                'sets sampling.max_new_tokens.')
+_TEMPERATURE = flags.DEFINE_float('temperature', None, '0: greedy; sets sampling.temperature.')
+_TOP_K = flags.DEFINE_integer('top_k', None, 'Sample among the k most likely ids (0: all); sets '
+                              'sampling.top_k.')
+_TOP_P = flags.DEFINE_float('top_p', None, 'Sample within the top-p probability mass (1: all); sets '
+                            'sampling.top_p.')
+_SAMPLE_SEED = flags.DEFINE_integer('sample_seed', None, 'Seed of the sampler; sets sampling.seed.')
+# flag → the config key it sets
+_SAMPLING_FLAGS = {'max_new_tokens': 'max_new_tokens', 'temperature': 'temperature', 'top_k': 'top_k',
+                   'top_p': 'top_p', 'sample_seed': 'seed'}
 
 # --- eval ---
 _EVAL_FILE = flags.DEFINE_string('eval_file', None, 'UTF-8 text to evaluate (default: the validation split).')
 
 # --- convert (import a released PyTorch checkpoint) ---
-_CHECKPOINT_FILE = flags.DEFINE_string('checkpoint_file', None,
-                                        '.safetensors, .bin or .pt to import; .safetensors to export to.')
+_REFERENCE_FILE = flags.DEFINE_string('reference_file', None, 'The .safetensors, .bin or .pt to import.')
+
+# --- export (a checkpoint to the reference format) ---
+_EXPORT_FILE = flags.DEFINE_string('export_file', None, 'The .safetensors file to write.')
 _EXPORT_DTYPE = flags.DEFINE_enum('export_dtype', 'float32', ['float32', 'bfloat16'], 'Exported dtype.')
 _ALLOW_TAU = flags.DEFINE_bool('allow_tau_change', False,
                                'Export a model with τ frozen by growth anyway (the reference uses τ = √n).')
@@ -72,8 +76,29 @@ _EXPORT_ROTARY = flags.DEFINE_bool('export_rotary_buffers', False,
                                    'built with rotary_save_freqs_buffer loads.')
 
 # --- grow ---
-_GROW_FROM = flags.DEFINE_string('grow_from', None,
-                                 'Workdir whose checkpoint --mode=grow grows into --workdir.')
+_GROW_FROM = flags.DEFINE_string('grow_from', None, 'What --mode=grow grows into --workdir: a workdir (its '
+                                 'latest checkpoint), WORKDIR:STEP, or a released .safetensors/.bin/.pt file.')
+
+# Every flag above and process_flags', and where it means something: the modes, plus STAGED for a
+# training run with config.stages (stages.py runs each stage itself, from its own workdir). A flag the
+# user gives outside its modes is refused (check_flags), so no flag is accepted and then ignored.
+STAGED = 'train with config.stages'
+_ALL = MODES + (STAGED,)
+_RUNTIME = tuple(m for m in _ALL if m != 'compile')   # every mode that starts the runtime
+APPLIES_TO: dict[str, Collection[str]] = {
+    'config': _ALL, 'mode': _ALL, 'workdir': _RUNTIME,
+    'coordinator_address': _RUNTIME, 'num_processes': _RUNTIME, 'process_id': _RUNTIME,
+    'distributed_timeout_s': _RUNTIME, 'heartbeat_timeout_s': _RUNTIME,
+    'topology': ('compile',),
+    'stop_at_step': ('train',), 'init_from': ('train',), 'accept_data_change': ('train', STAGED),
+    'restore_step': ('train', 'generate', 'eval', 'export'),
+    'prompt': ('generate',), 'prompt_file': ('generate',), **{name: ('generate',) for name in _SAMPLING_FLAGS},
+    'eval_file': ('eval',),
+    'reference_file': ('convert',),
+    'export_file': ('export',), 'export_dtype': ('export',), 'allow_tau_change': ('export',),
+    'export_rotary_buffers': ('export',),
+    'grow_from': ('grow',),
+}
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -103,10 +128,25 @@ def _unraisable(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+def _where(applies: Collection[str]) -> str:
+  return ', '.join('a staged run' if m == STAGED else f'--mode={m}' for m in applies)
+
+
+def check_flags(mode: str, staged: bool) -> None:
+  """Refuses every flag the user gave (FLAGS[name].present) that `mode` would not use; a training run
+  with config.stages (`staged`) takes only the flags marked STAGED."""
+  where = STAGED if mode == 'train' and staged else mode
+  wrong = [name for name, applies in APPLIES_TO.items()
+           if flags.FLAGS[name].present and where not in applies]
+  if wrong:
+    target = 'a staged run (config.stages is set)' if where == STAGED else f'--mode={mode}'
+    raise UserError('; '.join(f'--{name} does not apply to {target} (only to {_where(APPLIES_TO[name])})'
+                              for name in wrong))
+
+
 def _run_flags() -> dict:
-  """This module's flags that every process of a run must share (all but --process_id)."""
-  holders = [v for v in globals().values() if isinstance(v, flags.FlagHolder)]
-  return {h.name: h.value for h in holders if h.name not in ('process_id', 'config', 'workdir')}
+  """This command's flags that every process of a run must share (all but --process_id)."""
+  return process_flags.shared(v for v in globals().values() if isinstance(v, flags.FlagHolder))
 
 
 def main(argv):
@@ -115,8 +155,12 @@ def main(argv):
   from tokenformer_jax import config as config_lib
   try:
     cfg = config_lib.from_flag(_CONFIG)
+    check_flags(_MODE.value, bool(cfg.stages))
   except UserError as e:
     fail(e)
+  for name, key in _SAMPLING_FLAGS.items():
+    if flags.FLAGS[name].present:
+      cfg.sampling[key] = flags.FLAGS[name].value
   if _MODE.value == 'compile':  # no workdir, data or runtime: compiles for chips this machine lacks
     from tokenformer_jax.runtime import aot
     try:
@@ -150,8 +194,7 @@ def _run(cfg, workdir: str) -> tuple[int, str]:
 
   status, message = 1, ''   # an exception that escapes: a bug
   try:
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                           _DIST_TIMEOUT.value, _HEARTBEAT.value, on_peer_lost=record)
+    process_flags.join(on_peer_lost=record)
     distributed.agree({'config': cfg.to_dict(), 'workdir': workdir, 'flags': _run_flags()})
     status = _dispatch(cfg, workdir)
     record(status)
@@ -183,23 +226,25 @@ def _dispatch(cfg, workdir: str) -> int:
     return loop.train(cfg, workdir, stop_at_step=_STOP_AT.value, restore_step=_RESTORE_STEP.value,
                        accept_data_change=_ACCEPT_DATA.value, init_from=_INIT_FROM.value or '').exit_status
   if _MODE.value == 'grow':
+    from tokenformer_jax.checkpoints import weights
     if not _GROW_FROM.value:
-      raise UserError('--mode=grow needs --grow_from=SOURCE_WORKDIR')
-    growth.grow(cfg, os.path.abspath(_GROW_FROM.value), workdir, step=_RESTORE_STEP.value)
+      raise UserError('--mode=grow needs --grow_from=SOURCE (a workdir, WORKDIR:STEP or a released file)')
+    source, step = weights.split_step(_GROW_FROM.value)
+    growth.grow(cfg, source, workdir, step=step)
   elif _MODE.value == 'generate':
     from tokenformer_jax.inference import generate
-    sampling = generate.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
-    generate.run(cfg, workdir, generate.read_prompts(_PROMPT.value, _PROMPT_FILE.value), _MAX_NEW.value,
-                 sampling, seed=_SAMPLE_SEED.value, step=_RESTORE_STEP.value)
+    s = cfg.sampling
+    generate.run(cfg, workdir, generate.read_prompts(_PROMPT.value, _PROMPT_FILE.value), s.max_new_tokens,
+                 generate.Sampling.of(s), seed=s.seed, step=_RESTORE_STEP.value)
   elif _MODE.value == 'eval':
     from tokenformer_jax.inference import evaluate
     evaluate.run(cfg, workdir, _EVAL_FILE.value, step=_RESTORE_STEP.value)
   elif _MODE.value == 'convert':
     from tokenformer_jax.checkpoints import reference_import
-    reference_import.convert(cfg, workdir, _CHECKPOINT_FILE.value)
+    reference_import.convert(cfg, workdir, _REFERENCE_FILE.value)
   elif _MODE.value == 'export':
     from tokenformer_jax.checkpoints import reference_export
-    reference_export.export(cfg, workdir, _CHECKPOINT_FILE.value, step=_RESTORE_STEP.value,
+    reference_export.export(cfg, workdir, _EXPORT_FILE.value, step=_RESTORE_STEP.value,
                   dtype=_EXPORT_DTYPE.value, allow_tau_change=_ALLOW_TAU.value,
                   rotary_buffers=_EXPORT_ROTARY.value)
   return 0

@@ -130,8 +130,8 @@ def _prepare_cli(*args):
 
 
 def test_cli_prepares_and_reports(jsonl_files, tmp_path):
-  args = (f'--input={tmp_path}/in/*.jsonl', f'--output={tmp_path}/d', '--train_tokenizer=300',
-          '--validation_fraction=0.1', '--', '--direct_num_workers=2')
+  args = (f'--corpus={tmp_path}/in/*.jsonl', f'--prepared={tmp_path}/d', '--vocab_size=300',
+          '--val_fraction=0.1', '--', '--direct_num_workers=2')
   code, out, err = _prepare_cli(*args)
   assert code == 0, err
   assert 'train: ' in out and '4 shards' in out and 'sentencepiece, 300 ids' in out and 'reusing' not in out
@@ -145,20 +145,29 @@ def test_cli_prepares_and_reports(jsonl_files, tmp_path):
   assert manifest_lib.read(str(tmp_path / 'd')) == m
 
 
+def test_each_flag_is_named_after_the_config_key_it_stands_for():
+  """--corpus is data.corpus, --prepared data.prepared, ...: one name per setting (prepare-only: num_shards)."""
+  script = ('from absl import flags; from tokenformer_jax import prepare, config; '
+            'names = {v.name for v in vars(prepare).values() if isinstance(v, flags.FlagHolder)}; '
+            'print(sorted(names - set(config.base_config().data) - {"num_shards"}))')
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize('content, args, match', [
     ('{"text": "fine"}\nnot json\n', [], r'error: .*bad\.jsonl:2: not a JSON object'),
     ('{"body": "x"}\n', [], r'error: .*bad\.jsonl:1: no "text" field'),
     ('', [], 'error: the input has no text'),
-    ('{"text": "fine"}\n', ['--tokenizer=/a.model', '--train_tokenizer=300'],
-     'error: give one of --tokenizer=FILE and --train_tokenizer'),
-    ('{"text": "fine"}\n', ['--train_tokenizer=300'], 'error: sentencepiece training failed: Vocabulary size'),
-    ('{"text": "fine"}\n', ['--tokenizer=/nonexistent.model', '--train_tokenizer=0'],
+    ('{"text": "fine"}\n', ['--tokenizer=/a.model', '--vocab_size=300'],
+     'error: give one of --tokenizer=FILE and --vocab_size'),
+    ('{"text": "fine"}\n', ['--vocab_size=300'], 'error: sentencepiece training failed: Vocabulary size'),
+    ('{"text": "fine"}\n', ['--tokenizer=/nonexistent.model', '--vocab_size=0'],
      'error: tokenizer file not found: /nonexistent.model'),
 ])
 def test_cli_bad_input(tmp_path, content, args, match):
   (tmp_path / 'bad.jsonl').write_text(content)
   tok = args or [f'--tokenizer={write_hf_tokenizer(tmp_path / "tokenizer.json")}']
-  code, _, err = _prepare_cli(f'--input={tmp_path}/bad.jsonl', f'--output={tmp_path}/d', *tok)
+  code, _, err = _prepare_cli(f'--corpus={tmp_path}/bad.jsonl', f'--prepared={tmp_path}/d', *tok)
   assert code == 2 and error_line(err).startswith('error: ')
   assert len([l for l in err.splitlines() if l.startswith('error: ')]) == 1
   assert re.search(match, error_line(err)), error_line(err)
@@ -186,7 +195,7 @@ def test_a_second_prepare_into_a_held_output_is_refused(jsonl_files, tmp_path):
   from tokenformer_jax.runtime import workdir_lock
   out = tmp_path / 'd'
   with workdir_lock.hold_here(str(out)):  # as a prepare (or a run) in progress holds it
-    code, _, err = _prepare_cli(f'--input={tmp_path}/in/*.jsonl', f'--output={out}', '--train_tokenizer=300')
+    code, _, err = _prepare_cli(f'--corpus={tmp_path}/in/*.jsonl', f'--prepared={out}', '--vocab_size=300')
     assert code == 2, err
     assert [line for line in err.splitlines() if line.startswith('error: ')] == [error_line(err)]
     assert re.fullmatch(f'error: {out} is in use by another run \\(host .*, pid {os.getpid()}, since .*',

@@ -1,4 +1,5 @@
 """KV-cached generation: the same tokens as the full forward pass, batching, sampling, compilation."""
+import dataclasses
 import os
 import sys
 
@@ -46,18 +47,18 @@ def greedy(model):
 
 def _generator(graphdef, eos_id=None, **sampling):
   return generate.Generator(graphdef, context=CONTEXT, vocab_limit=LIMIT, eos_id=eos_id,
-                            sampling=generate.Sampling(**sampling))
+                            sampling=dataclasses.replace(generate.GREEDY, **sampling))
 
 
 def _no_cache(graphdef, params, prompts, n, eos_id=None, seed=0, **sampling):
   return full_forward.generate_without_cache(graphdef, params, prompts, n, context=CONTEXT,
-                                            vocab_limit=LIMIT, eos_id=eos_id,
-                                            sampling=generate.Sampling(**sampling), seed=seed)
+                                            vocab_limit=LIMIT, eos_id=eos_id, seed=seed,
+                                            sampling=dataclasses.replace(generate.GREEDY, **sampling))
 
 
 def test_cached_greedy_equals_full_forward_argmax(model, greedy):
   graphdef, params = model
-  cached = greedy.generate(params, PROMPTS, 24)
+  cached = greedy.generate(params, PROMPTS, 24, seed=0)
   assert cached == _no_cache(graphdef, params, PROMPTS, 24)
   assert all(len(row) == 24 for row in cached)
   assert len({tuple(row) for row in cached}) == 3 and len(set(cached[0])) > 2  # not degenerate
@@ -68,21 +69,22 @@ def test_cached_greedy_equals_full_forward_argmax(model, greedy):
 def test_cached_greedy_equals_full_forward_argmax_other_models(overrides):
   graphdef, params = _model(**overrides)
   prompts = PROMPTS[:2]
-  assert _generator(graphdef).generate(params, prompts, 12) == _no_cache(graphdef, params, prompts, 12)
+  cached = _generator(graphdef).generate(params, prompts, 12, seed=0)
+  assert cached == _no_cache(graphdef, params, prompts, 12)
 
 
 def test_batch_of_different_lengths_equals_each_prompt_alone(model, greedy):
   _, params = model
-  batched = greedy.generate(params, PROMPTS, 16)
-  assert batched == [greedy.generate(params, [p], 16)[0] for p in PROMPTS]
+  batched = greedy.generate(params, PROMPTS, 16, seed=0)
+  assert batched == [greedy.generate(params, [p], 16, seed=0)[0] for p in PROMPTS]
 
 
 def test_one_compilation_for_any_number_of_tokens(model, greedy):
   _, params = model
-  greedy.generate(params, PROMPTS, 3)
+  greedy.generate(params, PROMPTS, 3, seed=0)
   compiled = dict(greedy.traces)
   for n in (1, 17, 40):  # one bucket of output and cache lengths: nothing new is traced
-    greedy.generate(params, PROMPTS, n)
+    greedy.generate(params, PROMPTS, n, seed=0)
   assert greedy.traces == compiled and compiled['decode'] >= 1
 
 
@@ -99,9 +101,9 @@ def test_sampling_with_seed_matches_uncached_and_is_reproducible(model):
 
 def test_stops_at_end_of_text(model, greedy):
   graphdef, params = model
-  full = greedy.generate(params, PROMPTS, 24)
+  full = greedy.generate(params, PROMPTS, 24, seed=0)
   eos = full[0][2]  # row 0 produces it as its third token
-  stopped = _generator(graphdef, eos_id=eos).generate(params, PROMPTS, 24)
+  stopped = _generator(graphdef, eos_id=eos).generate(params, PROMPTS, 24, seed=0)
   assert stopped[0] == full[0][:2]
   for row, whole in zip(stopped, full):
     assert row == (whole[:whole.index(eos)] if eos in whole else whole)
@@ -111,17 +113,17 @@ def test_prompt_longer_than_context_is_refused(model, greedy):
   _, params = model
   generator = greedy
   with pytest.raises(UserError, match='prompt 1 has 65 tokens, more than the model context of 64'):
-    generator.generate(params, [[1], [2] * 65], 4)
+    generator.generate(params, [[1], [2] * 65], 4, seed=0)
   with pytest.raises(UserError, match='prompt 0 is empty'):
-    generator.generate(params, [[]], 4)
+    generator.generate(params, [[]], 4, seed=0)
   with pytest.raises(UserError, match='max_new_tokens must be positive'):
-    generator.generate(params, [[1]], 0)
+    generator.generate(params, [[1]], 0, seed=0)
 
 
 def test_generation_stops_at_the_context(model, greedy):
   graphdef, params = model
   prompts = [[3] * 60, [4] * 10, [5] * 64]  # batch 3, as PROMPTS: no new compilation
-  out = greedy.generate(params, prompts, 10)
+  out = greedy.generate(params, prompts, 10, seed=0)
   assert [len(row) for row in out] == [CONTEXT - 60 + 1, 10, 1]
   assert out == _no_cache(graphdef, params, prompts, 10)
 
@@ -134,7 +136,8 @@ def _draws(logits, sampling, n=4000, vocab_limit=None):
 
 def test_sample_logits_filters():
   logits = np.log([0.5, 0.3, 0.15, 0.05])
-  S = generate.Sampling
+  def S(**settings):
+    return dataclasses.replace(generate.GREEDY, **settings)
   np.testing.assert_array_equal(_draws(logits, S(temperature=0.0)), [1, 0, 0, 0])
   # padding ids are never produced, even when their logit is the largest
   np.testing.assert_array_equal(_draws([0.0, 1.0, 5.0], S(), vocab_limit=2), [0, 1, 0])
@@ -155,7 +158,7 @@ def test_sample_logits_filters():
                                             ({'top_p': 1.5}, 'top_p')])
 def test_bad_sampling_settings(kwargs, message):
   with pytest.raises(UserError, match=message):
-    generate.Sampling(**kwargs)
+    dataclasses.replace(generate.GREEDY, **kwargs)
 
 
 def test_read_prompts(tmp_path):

@@ -18,6 +18,7 @@ lm_eval = pytest.importorskip('lm_eval', reason="lm-evaluation-harness is the ev
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from tokenformer_jax import lm_eval as lm_eval_cli  # noqa: E402
+from tests.runtime.multiprocess_test import finish, free_port  # noqa: E402
 
 TEXT = ('In the beginning God created the heaven and the earth. And the earth was without form, and '
         'void; and darkness was upon the face of the deep. ') * 6
@@ -54,7 +55,7 @@ def trained(data_cache, tmp_path_factory):
 @pytest.fixture(scope='module')
 def model(trained):
   c, workdir = trained
-  return lm_eval_cli.load_model(c, workdir, batch_size=4)
+  return lm_eval_cli.load_model(c, workdir, batch_size=4, step=None, seed=0)
 
 
 def _instance(kind, args, idx=0):
@@ -108,16 +109,19 @@ def _cli(*args):
                         capture_output=True, text=True, timeout=600)
 
 
+def _config_args(c) -> list[str]:
+  return [f'--config={ROOT}/experiments/tiny.py', f'--config.data.cache_dir={c.data.cache_dir}',
+          *[f'--config.model.{k}={c.model[k]}' for k in ('num_layers', 'd_model', 'n_qkv', 'n_proj', 'n_ffn')],
+          '--config.data.vocab_size=512', '--config.data.seq_len=64']
+
+
 def test_the_command_line_scores_a_choice_and_a_generation_task(trained, tmp_path):
   c, workdir = trained
   tasks = write_tasks(tmp_path / 'tasks')
-  config = [f'--config={ROOT}/experiments/tiny.py', f'--config.data.cache_dir={c.data.cache_dir}',
-            *[f'--config.model.{k}={c.model[k]}' for k in ('num_layers', 'd_model', 'n_qkv', 'n_proj',
-                                                          'n_ffn')],
-            '--config.data.vocab_size=512', '--config.data.seq_len=64']
+  config = _config_args(c)
   out = tmp_path / 'results.json'
   proc = _cli(*config, f'--workdir={workdir}', '--tasks=local_mc,local_gen', f'--include_path={tasks}',
-              f'--output={out}', '--batch_size=4')
+              f'--output={out}', '--score_batch_size=4')
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(out.read_text())['results']
   assert 0.0 <= results['local_mc']['acc,none'] <= 1.0
@@ -128,3 +132,36 @@ def test_the_command_line_scores_a_choice_and_a_generation_task(trained, tmp_pat
   assert proc.returncode == 2 and 'unknown task(s) no_such_task' in error_line(proc.stderr)
   proc = _cli(*config, f'--workdir={tmp_path / "empty"}', '--tasks=local_mc', f'--include_path={tasks}')
   assert proc.returncode == 2 and 'no checkpoint in' in error_line(proc.stderr)
+
+
+def test_two_processes_join_one_run_as_main_does(trained, tmp_path):
+  """The runtime flags reach distributed.initialize, and the processes compare their settings first."""
+  c, workdir = trained
+  tasks = write_tasks(tmp_path / 'tasks')
+  env = dict(os.environ, HF_DATASETS_OFFLINE='1', HF_HUB_OFFLINE='1', JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  base = [sys.executable, '-m', 'tokenformer_jax.lm_eval', *_config_args(c), f'--workdir={workdir}',
+          '--tasks=local_mc', f'--include_path={tasks}', '--score_batch_size=4', '--num_processes=2']
+  proc = _cli(*base[3:], '--coordinator_address=localhost:1', '--process_id=2')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert error_line(proc.stderr) == 'error: --process_id=2 is not in [0, --num_processes=2)'
+
+  def run_two(extra):
+    port = free_port()
+    procs = [subprocess.Popen(base + [f'--coordinator_address=localhost:{port}', f'--process_id={i}',
+                                      *extra[i]], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for i in range(2)]
+    errors = finish(procs)
+    return procs, errors
+
+  procs, errors = run_two([[], ['--sample_seed=1']])
+  for p, stderr in zip(procs, errors):
+    assert p.returncode == 2, stderr[-2000:]
+    line = error_line(stderr)
+    assert line.startswith('error: the processes of this run were started with different settings'), line
+    assert 'config.sampling.seed: 0 on process 0, 1 on process 1' in line and 'flags.sample_seed' in line
+
+  out = tmp_path / 'two.json'
+  procs, errors = run_two([[f'--output={out}'], [f'--output={out}']])
+  assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+  assert 0.0 <= json.loads(out.read_text())['results']['local_mc']['acc,none'] <= 1.0

@@ -37,14 +37,17 @@ store.save(store.manager(sys.argv[1]), 7, state_lib.init_state(spec, c), None,
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 1, 2
 restored = loading.load(c, sys.argv[1])
 shards = {{str(s.data.shape) for s in restored.params['blocks']['mlp']['key_tokens'].addressable_shards}}
-generator = generate.Generator(restored.graphdef, context=64, vocab_limit=500, eos_id=None)
-print(json.dumps({{'tokens': generator.generate(restored.params, {PROMPTS}, 12), 'shards': sorted(shards)}}))
+generator = generate.Generator(restored.graphdef, context=64, vocab_limit=500, eos_id=None,
+                               sampling=generate.GREEDY)
+print(json.dumps({{'tokens': generator.generate(restored.params, {PROMPTS}, 12, seed=0),
+                  'shards': sorted(shards)}}))
 '''
 
 
 def _generate(restored):
-  generator = generate.Generator(restored.graphdef, context=64, vocab_limit=500, eos_id=None)
-  return generator.generate(restored.params, PROMPTS, 12)
+  generator = generate.Generator(restored.graphdef, context=64, vocab_limit=500, eos_id=None,
+                                 sampling=generate.GREEDY)
+  return generator.generate(restored.params, PROMPTS, 12, seed=0)
 
 
 def test_checkpoint_of_another_mesh_gives_the_same_parameters_and_tokens(tmp_path):

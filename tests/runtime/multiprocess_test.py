@@ -184,12 +184,12 @@ def test_two_processes_export_the_same_file_as_one(tmp_path):
   base = [sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}', f'--workdir={tmp_path / "w"}',
           *FAST, f'--config.data.cache_dir={tmp_path / "cache"}', '--config.train.sample_tokens=0']
   assert subprocess.run(base, cwd=ROOT, env=env, capture_output=True, timeout=600).returncode == 0
-  one = subprocess.run(base + ['--mode=export', f'--checkpoint_file={tmp_path / "one.safetensors"}'],
+  one = subprocess.run(base + ['--mode=export', f'--export_file={tmp_path / "one.safetensors"}'],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert one.returncode == 0, one.stderr[-2000:]
   port = free_port()
   # --config.mesh.tensor=2: the token tables are split over the two processes
-  two = [base + ['--mode=export', f'--checkpoint_file={tmp_path / "two.safetensors"}',
+  two = [base + ['--mode=export', f'--export_file={tmp_path / "two.safetensors"}',
                  '--config.mesh.tensor=2', f'--coordinator_address=localhost:{port}', '--num_processes=2',
                  f'--process_id={i}'] for i in range(2)]
   procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.DEVNULL,

@@ -2,7 +2,7 @@
 sequential naming that reference_import.py reads, so the reference PyTorch code loads it with
 `load_state_dict(strict=True)`.
 
-  python -m tokenformer_jax.main --mode=export --config=... --workdir=DIR --checkpoint_file=OUT.safetensors \
+  python -m tokenformer_jax.main --mode=export --config=... --workdir=DIR --export_file=OUT.safetensors \
       [--export_dtype=bfloat16] [--restore_step=N]
 
 Any checkpoint (trained, grown, imported; saved on any mesh, by any number of processes) is restored
@@ -129,7 +129,7 @@ def export(cfg, workdir: str, out_file: str, step: int | None = None, dtype: str
   """Writes the workdir's latest (or `step`) checkpoint as `out_file`; returns its path. `rotary_buffers`:
   also each layer's rotary inv_freq (for a reference built with rotary_save_freqs_buffer)."""
   if not out_file or not out_file.endswith('.safetensors'):
-    raise UserError(f'--mode=export writes a .safetensors file: pass --checkpoint_file=OUT.safetensors '
+    raise UserError(f'--mode=export writes a .safetensors file: pass --export_file=OUT.safetensors '
                     f'(got {out_file or "nothing"})')
   if dtype not in DTYPES:
     raise UserError(f'--export_dtype={dtype}: choose one of {sorted(DTYPES)}')
@@ -137,7 +137,7 @@ def export(cfg, workdir: str, out_file: str, step: int | None = None, dtype: str
     raise UserError(f'only TokenFormer models have the reference format; model.kind={cfg.model.kind!r}')
   out_file = os.path.abspath(os.path.expanduser(out_file))
   if not os.path.isdir(os.path.dirname(out_file)):
-    raise UserError(f'no such folder for --checkpoint_file: {os.path.dirname(out_file)}')
+    raise UserError(f'no such folder for --export_file: {os.path.dirname(out_file)}')
   restored = loading.load(cfg, workdir, step)
   m = restored.spec.model_cfg
   frozen = frozen_tau(m)

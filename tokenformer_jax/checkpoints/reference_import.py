@@ -1,7 +1,7 @@
 """Import of the released reference checkpoints (PyTorch, GPT-NeoX sequential naming) into ours.
 
   python -m tokenformer_jax.main --mode=convert --config=experiments/pile.py:150m --workdir=DIR \
-      --checkpoint_file=model.safetensors --config.data.tokenizer=tokenizer.json
+      --reference_file=model.safetensors --config.data.tokenizer=tokenizer.json
 
 Reading never runs pickled code: `.safetensors` goes through the safetensors package (raw arrays), and
 `.bin` / `.pt` / `.pth` through torch.load(weights_only=True), which accepts only tensors and plain
@@ -168,16 +168,16 @@ def to_params(state: dict[str, np.ndarray], m, vocab_size: int) -> dict[str, np.
           for path, by_layer in layers.items()}
 
 
-def convert(cfg, workdir: str, checkpoint_file: str) -> str:
-  """Writes the reference checkpoint `checkpoint_file` into `workdir` as step 0 of cfg's model."""
+def convert(cfg, workdir: str, reference_file: str) -> str:
+  """Writes the reference checkpoint `reference_file` into `workdir` as step 0 of cfg's model."""
   config_lib.validate(cfg)
   if cfg.model.kind != 'tokenformer':
     raise UserError(f'only TokenFormer checkpoints can be imported; the config has model.kind='
                     f'{cfg.model.kind!r}')
-  if not checkpoint_file:
-    raise UserError('--mode=convert needs --checkpoint_file (a .safetensors, .bin or .pt file)')
+  if not reference_file:
+    raise UserError('--mode=convert needs --reference_file (a .safetensors, .bin or .pt file)')
   with workdir_lock.hold(workdir):  # no training run or other import writes here meanwhile
-    return _write(cfg, workdir, checkpoint_file)
+    return _write(cfg, workdir, reference_file)
 
 
 def _write(cfg, workdir: str, checkpoint_file: str) -> str:

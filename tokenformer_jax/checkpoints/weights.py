@@ -46,7 +46,8 @@ class Source:
     return {'path': self.path, 'step': self.step} if self.step is not None else {'path': self.path}
 
 
-def _split_step(text: str) -> tuple[str, int | None]:
+def split_step(text: str) -> tuple[str, int | None]:
+  """'PATH:STEP' → (absolute PATH, STEP); anything else → (absolute path, None)."""
   path, sep, tail = text.rpartition(':')
   if sep and tail.isdigit() and path:
     return os.path.abspath(os.path.expanduser(path)), int(tail)
@@ -56,7 +57,7 @@ def _split_step(text: str) -> tuple[str, int | None]:
 def open_source(text: str, cfg, step: int | None = None) -> Source:
   """Opens `text` (a workdir, WORKDIR:STEP, or a released file) against cfg's model; `step` is the
   explicit checkpoint step when the caller has its own flag for it."""
-  path, given = _split_step(text)
+  path, given = split_step(text)
   step = given if given is not None else step
   if os.path.isfile(path):
     if step is not None:

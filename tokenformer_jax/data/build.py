@@ -161,7 +161,7 @@ def _tokenizer(opts: Options, files: list[str]):
     return tokenizer_lib.load_file(opts.tokenizer)
   if opts.train_vocab <= 0:
     raise UserError('give a tokenizer file (--tokenizer) or a vocabulary size to train one '
-                    '(--train_tokenizer)')
+                    '(--vocab_size)')
   return tokenizer_lib.train_sentencepiece(list(sample_documents(files, opts.text_key)), opts.train_vocab)
 
 
@@ -266,7 +266,7 @@ def _prepare(opts: Options, beam_args: list[str] | None, log) -> dict:
                           'shards': [e for e in entries if e['tokens']]}
   if m['splits']['train']['tokens'] == 0:
     raise UserError(f'all {m["splits"]["validation"]["documents"]} documents of {opts.inputs} fell in '
-                    f'the validation split: lower --validation_fraction')
+                    f'the validation split: lower --val_fraction')
   sources.write_bytes(os.path.join(opts.output, tokenizer.file_name), tokenizer.file_bytes)
   manifest_lib.write_json(manifest_lib.path(opts.output), m)
   return m

@@ -58,7 +58,7 @@ class RunData:
 
   def no_validation_reason(self) -> str:
     """Why `validation` is None."""
-    return f'{self.dirs[0]} was prepared without a validation split (--validation_fraction=0)'
+    return f'{self.dirs[0]} was prepared without a validation split (--val_fraction=0)'
 
 
 def cache_dir_for(data_cfg, workdir: str) -> str:

@@ -60,7 +60,7 @@ def read(dataset_dir: str) -> dict:
   m = read_json(path(dataset_dir))
   if m is None:
     raise UserError(f'no prepared dataset in {dataset_dir}: {FILE} is missing (a prepare that did not '
-                    f'finish leaves none; run python -m tokenformer_jax.prepare --output={dataset_dir})')
+                    f'finish leaves none; run python -m tokenformer_jax.prepare --prepared={dataset_dir})')
   missing = [k for k in _REQUIRED if k not in m] + [f'tokenizer.{k}' for k in _REQUIRED_TOKENIZER
                                                     if k not in m.get('tokenizer', {})]
   missing += [f'splits.{s}' for s in SPLITS if s not in m.get('splits', {})]

@@ -37,10 +37,11 @@ MAX_BATCH = 32       # prompts generated together by `run`
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-  """temperature 0: greedy (argmax); top_k 0 and top_p 1: no filtering."""
-  temperature: float = 0.0
-  top_k: int = 0
-  top_p: float = 1.0
+  """temperature 0: greedy (argmax); top_k 0 and top_p 1: no filtering. No defaults here: the config's
+  sampling section is the one place a run's settings come from (`of`)."""
+  temperature: float
+  top_k: int
+  top_p: float
 
   def __post_init__(self):
     if self.temperature < 0:
@@ -49,6 +50,14 @@ class Sampling:
       raise UserError(f'top_k must be >= 0 (0: off), got {self.top_k}')
     if not 0.0 < self.top_p <= 1.0:
       raise UserError(f'top_p must be in (0, 1] (1: off), got {self.top_p}')
+
+  @classmethod
+  def of(cls, sampling_cfg) -> 'Sampling':
+    """The settings of a config's sampling section."""
+    return cls(sampling_cfg.temperature, sampling_cfg.top_k, sampling_cfg.top_p)
+
+
+GREEDY = Sampling(temperature=0.0, top_k=0, top_p=1.0)   # the argmax; what the reference checks use
 
 
 def sample_logits(logits_BxV: jax.Array, key: jax.Array, sampling: Sampling, vocab_limit: int):
@@ -127,8 +136,7 @@ class Generator:
   config reuses them.
   """
 
-  def __init__(self, graphdef, *, context: int, vocab_limit: int, eos_id: int | None,
-               sampling: Sampling = Sampling()):
+  def __init__(self, graphdef, *, context: int, vocab_limit: int, eos_id: int | None, sampling: Sampling):
     self.graphdef = graphdef
     self.context = context
     self.vocab_limit = vocab_limit
@@ -171,8 +179,7 @@ class Generator:
     carry = jax.lax.while_loop(keep_going, decode_step, carry)
     return carry[3], carry[4]
 
-  def generate(self, params, prompts: list[list[int]], max_new_tokens: int,
-               seed: int = 0) -> list[list[int]]:
+  def generate(self, params, prompts: list[list[int]], max_new_tokens: int, seed: int) -> list[list[int]]:
     """New ids for each prompt (ids lists), end-of-text excluded; the same seed gives the same ids."""
     batch = plan_batch(prompts, max_new_tokens, self.context)
     key_first, key_loop = jax.random.split(jax.random.key(seed))
@@ -198,7 +205,7 @@ def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
   return prompts
 
 
-def run(cfg, workdir: str, prompts: list[str], max_new_tokens: int, sampling: Sampling, seed: int = 0,
+def run(cfg, workdir: str, prompts: list[str], max_new_tokens: int, sampling: Sampling, seed: int,
         step: int | None = None, out=sys.stdout) -> list[str]:
   """Samples continuations of `prompts` from the workdir's latest (or given) checkpoint; prints them."""
   restored = loading.load(cfg, workdir, step)

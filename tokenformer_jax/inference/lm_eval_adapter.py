@@ -41,7 +41,7 @@ def buckets(context: int) -> list[int]:
 class TokenFormerLM(TemplateLM):
   """A restored checkpoint (graphdef + params on a mesh) behind the harness's model interface."""
 
-  def __init__(self, graphdef, params, mesh, tokenizer, context: int, batch_size: int = 16, seed: int = 0):
+  def __init__(self, graphdef, params, mesh, tokenizer, context: int, batch_size: int, seed: int):
     super().__init__()
     self.graphdef, self.params, self.mesh, self.tok = graphdef, params, mesh, tokenizer
     self.context, self.batch_size, self.seed = context, batch_size, seed

@@ -322,13 +322,11 @@ def _stop_if_diverged(first_bad: int, mngr) -> None:
 
 
 def sample_text(spec, cfg, params, tokenizer) -> str:
-  """train.sample_tokens tokens continuing train.sample_prompt (KV-cached, with the train.sample_*
-  sampling settings: see generate.py); an empty prompt starts a new document."""
+  """train.sample_tokens tokens continuing train.sample_prompt (KV-cached, with the config's sampling
+  settings: see generate.py); an empty prompt starts a new document."""
   t = cfg.train
   generator = generate.Generator(spec.graphdef, context=cfg.data.seq_len, vocab_limit=tokenizer.vocab_size,
-                                 eos_id=tokenizer.eos_id,
-                                 sampling=generate.Sampling(temperature=t.sample_temperature,
-                                                            top_k=t.sample_top_k))
+                                 eos_id=tokenizer.eos_id, sampling=generate.Sampling.of(cfg.sampling))
   prompt_ids = tokenizer.encode(t.sample_prompt) or [tokenizer.eos_id]
   ids = generator.generate(params, [prompt_ids], t.sample_tokens, seed=cfg.seed)[0]
   return t.sample_prompt + tokenizer.decode(ids)
