@@ -263,7 +263,7 @@ def test_digest_cost_benchmark_times_saves_and_restores_with_and_without_digests
 
 
 def test_init_scale_compares_the_kinds_branches():
-  proc = _run([sys.executable, 'benchmarks/init_scale.py', '--quick'])
+  proc = _run([sys.executable, 'studies/kind_gap/init_scale.py', '--quick'])
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = {}
   for line in proc.stdout.splitlines()[2:]:

@@ -1,22 +1,27 @@
 """The kind-gap study's --quick variant end to end: both kinds tuned at two sizes (extending past an edge
 that wins), an ablation at the smaller size at the tuned rates, the longer budget at the larger size, the
 figure and tables written. (Checks the pipeline, not the numbers: those come from the full run, committed
-under experiments/results/.)"""
+under studies/kind_gap/results/.)"""
 import csv
 import subprocess
 import sys
 
 import pytest
 
-from benchmarks import kind_gap_study
-from experiments import kind_gap_cpu, tiny
 from tests.conftest import ROOT
+from tokenformer_jax.config import experiment_module
+
+pytestmark = pytest.mark.study
+STUDY = f'{ROOT}/studies/kind_gap/study.py'
+kind_gap_study = experiment_module(STUDY)   # the driver's functions (its main runs only as a script)
+kind_gap_cpu = experiment_module(f'{ROOT}/studies/kind_gap/experiment.py')
+tiny = experiment_module(f'{ROOT}/experiments/tiny.py')
 
 
 def _study(out, *flags):
-  return subprocess.run([sys.executable, 'benchmarks/kind_gap_study.py', '--quick', f'--out={out}',
+  return subprocess.run([sys.executable, STUDY, '--quick', f'--out={out}',
                          f'--workdir={out / "work"}', *flags],
-                        cwd=ROOT, capture_output=True, text=True, timeout=900)
+                        cwd=out, capture_output=True, text=True, timeout=900)
 
 
 STEPS = kind_gap_cpu.QUICK['steps']
