@@ -125,6 +125,24 @@ def test_bad_flags_are_one_line_errors(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
+def test_init_scale_compares_the_kinds_branches(tmp_path):
+  proc = subprocess.run([sys.executable, f'{ROOT}/studies/kind_gap/init_scale.py', '--quick'], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {}
+  for line in proc.stdout.splitlines()[2:]:
+    model, std, q_rms, ffn_rms = (cell.strip() for cell in line.strip('|').split('|'))
+    rows[(model, std.split('×')[1].rstrip(')'))] = (float(q_rms), float(ffn_rms))
+  assert len(rows) == 12
+  for scale in ('1×', '4×'):
+    tf, dense = rows[(f'tokenformer {scale}', '1')], rows[(f'dense {scale}', '1')]
+    assert tf[1] > 2 * dense[1]   # the FFN branch starts larger at the same value std
+    # every Pattention output scales with the value std; dense q does not depend on it
+    assert rows[(f'tokenformer {scale}', '0.0625')][1] == pytest.approx(tf[1] / 16, rel=0.02)  # printed to 3 decimals
+    assert rows[(f'tokenformer {scale}', '0.0625')][0] == pytest.approx(tf[0] / 16, rel=0.02)
+    assert rows[(f'dense {scale}', '0.0625')][0] == pytest.approx(dense[0])
+
+
 def test_sizes_and_kinds():
   for quick in ('', '-quick'):
     smallest = kind_gap_cpu.get_config('tokenformer-x1' + quick).model
