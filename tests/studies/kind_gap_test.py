@@ -1,19 +1,20 @@
-"""The kind-gap study's --quick variant end to end: both kinds tuned at two sizes (extending past an edge
-that wins), an ablation at the smaller size at the tuned rates, the longer budget at the larger size, the
-figure and tables written. (Checks the pipeline, not the numbers: those come from the full run, committed
-under studies/kind_gap/results/.)"""
+"""The kind-gap study's --quick variant, its training stood in for (fake_training.py: the driver's logic,
+not the numbers, which come from the full run committed under studies/kind_gap/results/): both kinds tuned
+at two sizes (extending past an edge that wins), an ablation at the smaller size at the tuned rates, the
+longer budget at the larger size, the figure and tables written."""
 import csv
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, script_module
+from tests.studies import fake_training
 from tokenformer_jax.config import experiment_module
 
 pytestmark = pytest.mark.study
 STUDY = f'{ROOT}/studies/kind_gap/study.py'
-kind_gap_study = experiment_module(STUDY)   # the driver's functions (its main runs only as a script)
+kind_gap_study = script_module('studies/kind_gap/study.py')
 kind_gap_cpu = experiment_module(f'{ROOT}/studies/kind_gap/experiment.py')
 tiny = experiment_module(f'{ROOT}/experiments/tiny.py')
 
@@ -43,9 +44,11 @@ def _check_tuned(swept, start):
   return best
 
 
-def test_quick_study(tmp_path):
-  proc = _study(tmp_path, '--ablations=warmup_x4')
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def test_quick_study(tmp_path, monkeypatch):
+  fake_training.install(monkeypatch, kind_gap_study.study_runs)
+  monkeypatch.setattr(sys, 'argv', [STUDY, '--quick', f'--out={tmp_path}', f'--workdir={tmp_path / "work"}',
+                                    '--ablations=warmup_x4'])
+  kind_gap_study.main()
   with open(tmp_path / 'kind_gap.csv') as f:
     rows = list(csv.DictReader(f))
   scales = kind_gap_cpu.QUICK['scales']

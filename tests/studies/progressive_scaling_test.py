@@ -1,36 +1,37 @@
-"""The study's --quick variant end to end: both baselines tuned, a growth arm at the from-scratch
-TokenFormer's best learning rate, a second seed, the figure and tables written; a rerun reuses every run.
-(Checks the pipeline, not the numbers: those come from the full run, committed under
-studies/progressive_scaling/results/.)"""
+"""The study's --quick variant, its training stood in for (fake_training.py: the driver's logic, not
+the numbers, which come from the full run committed under studies/progressive_scaling/results/): both
+baselines tuned, a growth arm at the from-scratch TokenFormer's best learning rate, a second seed, the
+figure and tables written; a rerun reuses every run."""
 import csv
 import itertools
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, script_module
+from tests.studies import fake_training
 from tokenformer_jax.config import experiment_module
 
 pytestmark = pytest.mark.study
 STUDY = f'{ROOT}/studies/progressive_scaling/study.py'
+study = script_module('studies/progressive_scaling/study.py')
 experiment = experiment_module(f'{ROOT}/studies/progressive_scaling/experiment.py')
 
 
-def _study(out, work):
-  proc = subprocess.run([sys.executable, STUDY, '--quick', '--arms=exact_carry',
-                         '--seeds=2', f'--out={out}', f'--workdir={work}'],
-                        cwd=out.parent, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def _study(monkeypatch, out, work):
+  monkeypatch.setattr(sys, 'argv', [STUDY, '--quick', '--arms=exact_carry', '--seeds=2', f'--out={out}',
+                                    f'--workdir={work}'])
+  study.main()
   with open(out / 'progressive_scaling.csv') as f:
     return list(csv.DictReader(f))
 
 
-def test_quick_study(tmp_path):
+def test_quick_study(tmp_path, monkeypatch):
+  fake_training.install(monkeypatch, study.study_runs)
   # one of the five growth arms (the others differ only in config.growth and config.stages, which
   # tests/training/growth_test.py and tests/training/stages_test.py cover)
-  rows = _study(tmp_path / 'out', tmp_path / 'work')
+  rows = _study(monkeypatch, tmp_path / 'out', tmp_path / 'work')
   lrs = [str(lr) for lr in experiment.QUICK['lrs']]
   runs = [(r['arm'], r['lr'], r['seed']) for r in rows]
   # 1: each baseline at every learning rate; 2: the growth arm at scratch's best; 3: seed 1 of all three
@@ -55,10 +56,10 @@ def test_quick_study(tmp_path):
 
   records = sorted(p.name for p in (tmp_path / 'out' / 'progressive_study_runs').iterdir())
   assert len(records) == len(rows) and all(name.endswith('.json') for name in records)
-  # a rerun trains nothing, even without the workdirs (a fresh checkout holding the committed records):
-  # every run is found recorded and keeps its seconds
-  shutil.rmtree(tmp_path / 'work')
-  again = _study(tmp_path / 'out', tmp_path / 'work')
+  # a rerun trains nothing (a fresh checkout holding the committed records): every run is found recorded
+  # and keeps its seconds
+  monkeypatch.setattr(study.study_runs, 'train', lambda *args: pytest.fail(f'trained again: {args}'))
+  again = _study(monkeypatch, tmp_path / 'out', tmp_path / 'work')
   assert [r['reused'] for r in again] == ['True'] * len(rows)
   assert [r['train_s'] for r in again] == [r['train_s'] for r in rows]
 
