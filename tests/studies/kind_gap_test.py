@@ -22,7 +22,7 @@ tiny = experiment_module(f'{ROOT}/experiments/tiny.py')
 def _study(out, *flags):
   return subprocess.run([sys.executable, STUDY, '--quick', f'--out={out}',
                          f'--workdir={out / "work"}', *flags],
-                        cwd=out, capture_output=True, text=True, timeout=900)
+                        cwd=out, capture_output=True, text=True, timeout=300)
 
 
 STEPS = kind_gap_cpu.QUICK['steps']
@@ -121,11 +121,18 @@ def best_gap(rows, best, scale):
   return loss[('tokenformer', best[('tokenformer', scale)])] - loss[('dense', best[('dense', scale)])]
 
 
-def test_bad_flags_are_one_line_errors(tmp_path):
-  for flag in ('--scales=1,8', '--scales=one', '--ablations=warmup_x4,louder', '--seeds=0', '--longer=0'):
-    proc = _study(tmp_path, flag)
-    assert proc.returncode == 2 and proc.stderr.startswith('error: '), (flag, proc.stderr)
-    assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+def test_bad_flags_are_one_line_errors(tmp_path, monkeypatch, capsys):
+  for flag in ('--scales=1,8', '--scales=one', '--ablations=warmup_x4,louder', '--seeds=0'):
+    monkeypatch.setattr(sys, 'argv', [STUDY, '--quick', f'--out={tmp_path}', f'--workdir={tmp_path / "work"}',
+                                      flag])
+    with pytest.raises(SystemExit) as exit_:
+      kind_gap_study.main()
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2 and stderr.startswith('error: '), (flag, stderr)
+    assert len(stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+  proc = _study(tmp_path, '--longer=0')   # the script, run from another directory
+  assert proc.returncode == 2 and proc.stderr == 'error: --longer must be at least 1, got 0\n', proc.stderr
+  assert not list(tmp_path.iterdir())
 
 
 def test_init_scale_compares_the_kinds_branches(tmp_path):

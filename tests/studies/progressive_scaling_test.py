@@ -85,9 +85,16 @@ def test_every_arm_has_a_config():
         assert steps == list(experiment.STAGE_STEPS)
 
 
-def test_bad_flags_are_one_line_errors(tmp_path):
-  for flag in ('--arms=exact_carry,no_such_arm', '--lrs=3e-3,fast', '--seeds=0'):
-    proc = subprocess.run([sys.executable, STUDY, '--quick', flag,
-                           f'--out={tmp_path}'], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.startswith('error: '), (flag, proc.stderr)
-    assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+def test_bad_flags_are_one_line_errors(tmp_path, monkeypatch, capsys):
+  for flag in ('--arms=exact_carry,no_such_arm', '--lrs=3e-3,fast'):
+    monkeypatch.setattr(sys, 'argv', [STUDY, '--quick', flag, f'--out={tmp_path}'])
+    with pytest.raises(SystemExit) as exit_:
+      study.main()
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2 and stderr.startswith('error: '), (flag, stderr)
+    assert len(stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+  # the script, run from another directory
+  proc = subprocess.run([sys.executable, STUDY, '--quick', '--seeds=0', f'--out={tmp_path}'], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and proc.stderr == 'error: --seeds must be at least 1, got 0\n', proc.stderr
+  assert not list(tmp_path.iterdir())
