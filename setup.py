@@ -16,8 +16,8 @@ setup(
     description='TokenFormer (Pattention) training, growth and serving in JAX / Flax NNX',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
-    # experiments/ is a package too: experiment files import each other and experiments/common.py
-    packages=find_packages(include=['tokenformer_jax', 'tokenformer_jax.*', 'experiments']),
+    # experiment files (experiments/, studies/) are not installed: they load by path (config.experiment_module)
+    packages=find_packages(include=['tokenformer_jax', 'tokenformer_jax.*']),
     package_data={'tokenformer_jax': ['runtime/gpu_specs/*.txtpb']},   # the GPUs --mode=compile knows
     python_requires='>=3.10',
     install_requires=[
@@ -39,7 +39,7 @@ setup(
     extras_require={
         # libtpu (213 MB; Linux x86_64 wheels only) lets tests/runtime/aot_test.py compile for TPU topologies, the
         # gpu-compile extra (226 MB) tests/runtime/gpu_aot_test.py for GPUs
-        # matplotlib: the study's figure (tests/progressive_study_test.py); safetensors: import tests;
+        # matplotlib: the studies' figures (tests/studies/, -m study); safetensors: import tests;
         # the prepare extra: tests/data_*_test.py; lm-eval: tests/inference/lm_eval_adapter_test.py; wandb (offline):
         # tests/telemetry/metrics_test.py
         'test': ['pytest>=8', 'matplotlib>=3.8', 'safetensors>=0.4',

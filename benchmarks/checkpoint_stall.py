@@ -18,11 +18,7 @@ import os
 import resource
 import shutil
 import statistics
-import sys
 import time
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 MODEL = dict(num_layers=8, d_model=768, num_heads=12, n_qkv=1024, n_proj=1024, n_ffn=4096)
 VOCAB = 512

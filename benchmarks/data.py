@@ -17,7 +17,6 @@ import sys
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SIZES = flags.DEFINE_list('sizes_mb', ['10', '500'], 'Corpus sizes in MB of JSON Lines (small, large).')
 _ROOT = flags.DEFINE_string('root', '/tmp/tokenformer_data_bench', 'Scratch directory (corpora, datasets).')
@@ -147,7 +146,7 @@ def train_startup(dataset_dir: str, workdir: str) -> dict:
 
 
 def main(_):
-  from benchmarks import harness
+  import harness
   from tokenformer_jax.runtime import platforms
   platforms.choose()
   root = _ROOT.value

@@ -12,16 +12,12 @@ Also the digests alone: their first computation (tracing and compiling them) and
 """
 import argparse
 import json
-import os
 import shutil
 import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from benchmarks import checkpoint_stall, harness  # noqa: E402
+import checkpoint_stall
+import harness
 
 TINY = dict(num_layers=4, d_model=128)   # experiments/tiny.py's size (token counts scale with d_model)
 

@@ -20,11 +20,11 @@ from absl import flags
 
 import harness
 
-from tokenformer_jax.runtime import aot  # noqa: E402  (after harness: the checkout's package)
-from tokenformer_jax.runtime import gpu_aot  # noqa: E402  (after harness: the checkout's package)
-from tokenformer_jax.runtime import sharding  # noqa: E402  (after harness: the checkout's package)
-from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax.errors import UserError  # noqa: E402
+from tokenformer_jax.runtime import aot
+from tokenformer_jax.runtime import gpu_aot
+from tokenformer_jax.runtime import sharding
+from tokenformer_jax import config as config_lib
+from tokenformer_jax.errors import UserError
 
 _CONFIGS = flags.DEFINE_list('configs', ['experiments/pile.py:150m'], 'Experiment files (FILE:ARG).')
 _TOPOLOGIES = flags.DEFINE_list('topologies', ['h100:8'], '--mode=compile topologies.')

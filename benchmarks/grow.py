@@ -20,9 +20,6 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 SOURCES = {'full': dict(num_layers=8, d_model=768, num_heads=12, n_qkv=768, n_proj=768, n_ffn=3072),
            'small': dict(num_layers=4, d_model=256, num_heads=4, n_qkv=256, n_proj=256, n_ffn=1024)}
 # what each growth changes: tokens + a third (rounded down to 64s); depth ×1.5 (new blocks appended);
@@ -118,7 +115,7 @@ def main():
 
   def run(name):
     proc = subprocess.run([sys.executable, __file__, '--phase', name, workdir, str(devices), growth_kind,
-                           size], env=env, capture_output=True, text=True, cwd=ROOT)
+                           size], env=env, capture_output=True, text=True)
     if proc.returncode:
       sys.exit(f'error: phase {name} failed:\n{proc.stderr[-3000:]}')
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -6,18 +6,14 @@ flags, chooses the JAX platforms as main.py does, and turns bad input into one `
 """
 import os
 import platform
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from absl import app
 
-from absl import app  # noqa: E402
-
-from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax.errors import UserError, fail, parse_flags  # noqa: E402
-from tokenformer_jax.model import transformer as model_lib  # noqa: E402
-from tokenformer_jax.runtime import platforms  # noqa: E402
+from tokenformer_jax import config as config_lib
+from tokenformer_jax.errors import UserError, fail, parse_flags
+from tokenformer_jax.model import transformer as model_lib
+from tokenformer_jax.runtime import platforms
 
 
 def run(main) -> None:

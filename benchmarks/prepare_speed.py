@@ -30,9 +30,7 @@ import sysconfig
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import process_tree  # noqa: E402
+import process_tree
 
 _REFERENCE = flags.DEFINE_string('reference', None, 'A checkout of the reference repository.')
 _REFERENCE_PYTHON = flags.DEFINE_string('reference_python', sys.executable,

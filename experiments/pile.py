@@ -6,8 +6,9 @@ Pile setup (experiments/common.py). Prepare the Pile once with the released mode
       --tokenizer=20B_tokenizer.json --val_fraction=0.0005 [-- BEAM_OPTIONS]
 and train with --config.data.prepared=DIR.
 """
-from experiments import common
-from tokenformer_jax.config import base_config
+from tokenformer_jax.config import base_config, experiment_beside
+
+common = experiment_beside(__file__, 'common.py')
 
 # layers, d_model, heads, n_qkv, n_proj, n_ffn
 SIZES = {

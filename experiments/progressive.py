@@ -4,8 +4,9 @@
 576 / 2304 ("124M"), 2140 / 8560 ("354M"), 4850 / 19400 ("757M"), 8620 / 34480 ("1.4B"). Training
 settings as the Pile models (experiments/common.py), global batch 512 × 2048, 30k steps per stage.
 """
-from experiments import common
-from tokenformer_jax.config import base_config
+from tokenformer_jax.config import base_config, experiment_beside
+
+common = experiment_beside(__file__, 'common.py')
 
 # attention tokens (q, k, v and the output projection), FFN tokens
 STAGES = {'124m': (576, 2304), '354m': (2140, 8560), '757m': (4850, 19400), '1.4b': (8620, 34480)}

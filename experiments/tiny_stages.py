@@ -5,7 +5,9 @@ Each stage lives in WORKDIR/stage_<i>; rerunning the command continues where it 
 exact (new keys 0, τ frozen) and carries the optimizer state, so the step count goes on: 300 steps
 per stage, 900 in all; the last stage ends with a sample.
 """
-from experiments import tiny
+from tokenformer_jax.config import experiment_beside
+
+tiny = experiment_beside(__file__, 'tiny.py')
 
 
 def get_config():

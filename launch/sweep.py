@@ -29,16 +29,13 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax import sweeps  # noqa: E402
-from tokenformer_jax.errors import UserError, fail  # noqa: E402
-from tokenformer_jax.runtime.preemption import EXIT_INTERRUPTED  # noqa: E402
-from tokenformer_jax.telemetry import run_status  # noqa: E402
+from tokenformer_jax import config as config_lib
+from tokenformer_jax import sweeps
+from tokenformer_jax.errors import UserError, fail
+from tokenformer_jax.runtime.preemption import EXIT_INTERRUPTED
+from tokenformer_jax.telemetry import run_status
 
 SUBMITTED = 'sweep_submitted.json'   # in a run's workdir: when the sweep last started it through --launcher
 
@@ -120,7 +117,7 @@ def _status_of(name: str, workdir: str, command: list[str]) -> str:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, SUBMITTED), 'w', encoding='utf-8') as f:
       json.dump({'time': started, 'command': command}, f)
-  code = subprocess.run(command, cwd=ROOT).returncode
+  code = subprocess.run(command).returncode
   outcome = run_status.read(workdir) or {}
   if outcome.get('time', 0) >= started:
     return outcome['status']

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, script_module
 from tokenformer_jax.runtime import gpu_aot
 
 SMALL = ['--config.train.batch_size=4', '--config.data.seq_len=32']
@@ -149,8 +149,7 @@ def test_step_benchmark_bad_input(args, message):
 @pytest.mark.parametrize('spec', ['experiments/tiny.py', 'experiments/bench.py:b', 'experiments/bench.py:m20',
                                   'experiments/progressive.py:354m'])
 def test_dense_baseline_has_equal_nonembedding_params(spec):
-  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-  import harness  # pylint: disable=import-outside-toplevel
+  harness = script_module('benchmarks/harness.py')
   from tokenformer_jax.config import load_experiment
   from tokenformer_jax.model.transformer import nonembedding_params
   cfg = load_experiment(spec)
@@ -262,23 +261,6 @@ def test_digest_cost_benchmark_times_saves_and_restores_with_and_without_digests
   assert not (tmp_path / 'w').exists()
 
 
-def test_init_scale_compares_the_kinds_branches():
-  proc = _run([sys.executable, 'benchmarks/init_scale.py', '--quick'])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = {}
-  for line in proc.stdout.splitlines()[2:]:
-    model, std, q_rms, ffn_rms = (cell.strip() for cell in line.strip('|').split('|'))
-    rows[(model, std.split('×')[1].rstrip(')'))] = (float(q_rms), float(ffn_rms))
-  assert len(rows) == 12
-  for scale in ('1×', '4×'):
-    tf, dense = rows[(f'tokenformer {scale}', '1')], rows[(f'dense {scale}', '1')]
-    assert tf[1] > 2 * dense[1]   # the FFN branch starts larger at the same value std
-    # every Pattention output scales with the value std; dense q does not depend on it
-    assert rows[(f'tokenformer {scale}', '0.0625')][1] == pytest.approx(tf[1] / 16, rel=0.02)  # printed to 3 decimals
-    assert rows[(f'tokenformer {scale}', '0.0625')][0] == pytest.approx(tf[0] / 16, rel=0.02)
-    assert rows[(f'dense {scale}', '0.0625')][0] == pytest.approx(dense[0])
-
-
 _STAND_IN_REFERENCE = '''
 """Stands in for the reference's tools/datasets/preprocess_data.py: ids and end-of-text, uint16 .bin."""
 import argparse, json
@@ -342,9 +324,11 @@ if __name__ == '__main__':
 def test_process_tree_sums_every_process(tmp_path):
   script = tmp_path / 'fan_out.py'
   script.write_text(_FAN_OUT)
-  code = ('import json, sys; from benchmarks import process_tree; process_tree.become_subreaper(); '
-          'print(json.dumps(process_tree.run([sys.executable, sys.argv[1]])))')
-  proc = _run([sys.executable, '-c', code, str(script)])
+  code = ('import importlib.util, json, sys\n'   # the script by its path, as the tests load scripts
+          'spec = importlib.util.spec_from_file_location("process_tree", sys.argv[2])\n'
+          'process_tree = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(process_tree)\n'
+          'process_tree.become_subreaper()\nprint(json.dumps(process_tree.run([sys.executable, sys.argv[1]])))')
+  proc = _run([sys.executable, '-c', code, str(script), os.path.join(ROOT, 'benchmarks', 'process_tree.py')])
   assert proc.returncode == 0, proc.stderr[-2000:]
   r = json.loads(proc.stdout)
   assert r['peak_rss_sum_MiB'] > 2 * 64 and len(r['processes']) >= 4

@@ -1,4 +1,7 @@
 """The experiment loader and overrides: what main.py's --config and --config.x=y give, for tools."""
+import subprocess
+import sys
+
 import pytest
 
 from tests.conftest import ROOT
@@ -18,6 +21,39 @@ def test_experiments_import_each_other():
   stages = config_lib.load_experiment(f'{ROOT}/experiments/tiny_stages.py')
   tiny = config_lib.load_experiment(f'{ROOT}/experiments/tiny.py')
   assert stages.model.d_model == tiny.model.d_model and len(stages.stages) == 3
+
+
+def _shadowed_cwd(tmp_path):
+  """A current directory holding a user's own package named `experiments` (any project may have one):
+  our experiment files must not import a package by that name."""
+  (tmp_path / 'experiments').mkdir()
+  (tmp_path / 'experiments' / '__init__.py').write_text('raise ImportError("a user\'s experiments")\n')
+  return tmp_path
+
+
+def test_experiment_files_load_by_path_from_any_directory(tmp_path):
+  """They share settings (common.py, the studies' cpu_training.py) and import each other (tiny_stages →
+  tiny) by path, so they load from anywhere, beside a user's own `experiments` package."""
+  specs = ['experiments/tiny_stages.py', 'experiments/pile.py:450m', 'experiments/progressive.py:354m',
+           'studies/progressive_scaling/experiment.py:exact_carry', 'studies/kind_gap/experiment.py:dense-x4',
+           'studies/grow_dims/experiment.py:width']
+  code = ('import sys\nfrom tokenformer_jax import config\n'
+          'print([config.load_experiment(spec).model.d_model for spec in sys.argv[1:]])')
+  proc = subprocess.run([sys.executable, '-c', code, *(f'{ROOT}/{spec}' for spec in specs)],
+                        cwd=_shadowed_cwd(tmp_path), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == str([config_lib.load_experiment(f'{ROOT}/{spec}').model.d_model
+                                     for spec in specs])
+
+
+def test_main_loads_an_experiment_file_by_path_from_any_directory(tmp_path):
+  """main.py's --config (absl's config_flags) with an argument: the file loads (the misspelt override is
+  what fails, after it), beside a user's own `experiments` package."""
+  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={ROOT}/experiments/pile.py:450m',
+                         f'--workdir={tmp_path / "run"}', '--config.model.d_modle=3'],
+                        cwd=_shadowed_cwd(tmp_path), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and 'd_modle' in proc.stderr and 'cannot load' not in proc.stderr, proc.stderr
+  assert not (tmp_path / 'run').exists()
 
 
 @pytest.mark.parametrize('spec, overrides, message', [

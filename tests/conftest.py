@@ -1,5 +1,6 @@
 """Shared test helpers: small configs, the command line as a user runs it, and the data cache."""
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -156,3 +157,13 @@ def reference_state_dict(m, vocab=512, seed=0):
       sd[f'sequential.{i + 2}.{name}.key_param_tokens'] = normal((n, d), 0.5)
       sd[f'sequential.{i + 2}.{name}.value_param_tokens'] = normal((n, d), 0.2)
   return sd
+
+
+def script_module(path: str):
+  """A script of the checkout (benchmarks/, studies/) as a module, loaded by its path: the scripts are not
+  a package, and a test does not put their folder on everyone's sys.path."""
+  path = os.path.join(ROOT, path)
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -76,6 +76,18 @@ def test_sweep_runs_collects_and_skips(tmp_path):
   assert not (tmp_path / 'other' / 'results.csv').exists()
 
 
+def test_sweep_runs_from_another_directory_with_a_relative_config(tmp_path):
+  """Every run starts in the caller's directory, so a --config relative to it names the same file for the
+  sweep and for its runs; the script imports the installed package, from wherever it is run."""
+  (tmp_path / 'exp.py').write_text(EXPERIMENT.replace("[1e-3, 3e-3]", "[3e-3]"))
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'launch', 'sweep.py'), '--config=exp.py',
+                         '--root=root', '--', *FAST, f'--config.data.cache_dir={tmp_path / "cache"}',
+                         '--config.train.sample_tokens=0'],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(tmp_path / 'root' / 'results.csv') as f:
+    assert [(r['optimizer.lr'], r['status']) for r in csv.DictReader(f)] == [('0.003', 'done')]
+
 def test_no_get_sweep(tmp_path):
   experiment = tmp_path / 'exp.py'
   experiment.write_text('def get_config():\n  return None\n')

@@ -277,6 +277,13 @@ def experiment_module(path: str):
   return module
 
 
+def experiment_beside(file: str, name: str):
+  """The file `name` ('tiny.py', '../cpu_training.py') relative to the folder of `file` (the caller's
+  __file__), loaded by path as experiment_module does: experiment files share settings by path, not as an
+  installed package, so they load the same from any current directory."""
+  return experiment_module(os.path.join(os.path.dirname(os.path.abspath(file)), name))
+
+
 def load_experiment(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
   """'experiments/tiny.py' or 'experiments/pile.py:150m' (get_config's argument after the colon), with
   overrides; locked, as main.py's --config. What main.py would train, for tools and tests."""

@@ -1,7 +1,5 @@
 """KV-cached generation: the same tokens as the full forward pass, batching, sampling, compilation."""
 import dataclasses
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,13 +7,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import ROOT, cpu_model, small_config
+from tests.conftest import cpu_model, script_module, small_config
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import generate
 from tokenformer_jax.model import transformer as model_lib
 
-sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-import full_forward  # noqa: E402  (the reference: the training forward pass for every token)
+# the reference: the training forward pass for every token
+full_forward = script_module('benchmarks/full_forward.py')
 
 VOCAB = 128
 LIMIT = 120          # the "tokenizer" vocab: ids 120..127 are padding rows, never produced

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import pile, progressive
 from tests import reference_numpy as ref
-from tests.conftest import cpu_model, small_config
+from tests.conftest import ROOT, cpu_model, small_config
+from tokenformer_jax.config import experiment_module
 from tokenformer_jax.model import transformer as model_lib
+
+pile, progressive = (experiment_module(f'{ROOT}/experiments/{name}.py') for name in ('pile', 'progressive'))
 
 VOCAB = 128
 

@@ -10,10 +10,12 @@ import sys
 
 import pytest
 
-from experiments import pile, tiny
 from tests.conftest import ROOT
+from tokenformer_jax.config import experiment_module
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.runtime import aot
+
+pile, tiny = (experiment_module(f'{ROOT}/experiments/{name}.py') for name in ('pile', 'tiny'))
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
                                   reason="libtpu is not installed (pip install -e '.[tpu]')")

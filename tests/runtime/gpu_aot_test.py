@@ -14,11 +14,13 @@ import sys
 
 import pytest
 
-from experiments import tiny
 from tests.conftest import ROOT
+from tokenformer_jax.config import experiment_module
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.runtime import aot
 from tokenformer_jax.runtime import gpu_aot
+
+tiny = experiment_module(f'{ROOT}/experiments/tiny.py')
 
 needs_plugin = pytest.mark.skipif(not gpu_aot.compiler_installed(),
                                   reason=f'the CUDA plugin of JAX is not installed ({gpu_aot.INSTALL})')

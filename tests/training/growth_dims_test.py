@@ -242,10 +242,10 @@ def test_growth_keys_are_validated():
 @pytest.mark.parametrize('arm', ['tokens', 'depth', 'depth_interleave', 'width', 'all', 'dense-all',
                                  'dense-tokens', 'width-quick'])
 def test_grow_dims_experiment_stages_are_growths(arm):
-  """experiments/grow_dims_cpu.py: every stage is valid and a growth of the one before; the TokenFormer
+  """studies/grow_dims/experiment.py: every stage is valid and a growth of the one before; the TokenFormer
   arms end at tiny's block parameters (the non-embedding ones but the final LayerNorm's 2·d)."""
   from tokenformer_jax.model import transformer as model_lib
-  c = config_lib.load_experiment(f'{ROOT}/experiments/grow_dims_cpu.py:{arm}')
+  c = config_lib.load_experiment(f'{ROOT}/studies/grow_dims/experiment.py:{arm}')
   configs = [config_lib.apply_overrides(c, {**stage, 'stages': ()}) for stage in c.stages]
   for before, after in zip(configs, configs[1:]):
     config_lib.validate(after)

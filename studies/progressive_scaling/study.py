@@ -1,14 +1,14 @@
 """The progressive-scaling study at CPU scale, in one command: tunes the learning rate of both
 from-scratch baselines (TokenFormer and the dense Transformer of equal non-embedding parameters), runs
-every growth arm of experiments/progressive_scaling_cpu.py at the from-scratch TokenFormer's best, then a
+every growth arm of studies/progressive_scaling/experiment.py at the from-scratch TokenFormer's best, then a
 second seed of both baselines and of the best growth arm; draws validation loss against cumulative
 training FLOPs and writes the table. Every run is resumable in its own workdir, and each finished one
-is kept as a record (benchmarks/study_runs.py; the full study's are committed): rerun to continue.
+is kept as a record (studies/study_runs.py; the full study's are committed): rerun to continue.
 
-  python benchmarks/progressive_study.py                 # the full study (hours on 2 cores)
-  python benchmarks/progressive_study.py --quick         # the pipeline check (tiny sizes)
+  python studies/progressive_scaling/study.py                 # the full study (hours on 2 cores)
+  python studies/progressive_scaling/study.py --quick         # the pipeline check (tiny sizes)
 
-Outputs (--out, default experiments/results; the quick check defaults to a temporary folder):
+Outputs (--out, default studies/progressive_scaling/results; the quick check defaults to a temporary folder):
   progressive_scaling.png   validation loss vs cumulative training FLOPs: both baselines at their best
                             learning rate and every growth arm (seed 0)
   progressive_scaling.csv   per run: arm, lr, seed, final validation loss, total FLOPs, the FLOPs at
@@ -23,17 +23,15 @@ FLOPs per step = train_flops_per_token(model of that stage) × batch × sequence
 import argparse
 import csv
 import os
-import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from tokenformer_jax import config as config_lib
 
-from benchmarks import study_runs  # noqa: E402
-from experiments import progressive_scaling_cpu  # noqa: E402
-
-EXPERIMENT = os.path.join(ROOT, 'experiments', 'progressive_scaling_cpu.py')
-BASELINES = progressive_scaling_cpu.BASELINES
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXPERIMENT = os.path.join(HERE, 'experiment.py')
+experiment = config_lib.experiment_module(EXPERIMENT)
+study_runs = config_lib.experiment_beside(__file__, '../study_runs.py')
+BASELINES = experiment.BASELINES
 
 
 def plot(curves: dict, target: float, path: str, title: str) -> None:
@@ -91,11 +89,11 @@ def main():
   parser.add_argument('--seeds', type=int, default=2, help='seeds of the baselines and the best arm')
   args = parser.parse_args()
   out = args.out or (tempfile.mkdtemp(prefix='study_') if args.quick
-                     else os.path.join(ROOT, 'experiments', 'results'))
+                     else os.path.join(HERE, 'results'))
   work = args.workdir or os.path.join(out if args.quick else tempfile.gettempdir(),
                                       'progressive_study_quick' if args.quick else 'progressive_study')
   os.makedirs(out, exist_ok=True)
-  arms = progressive_scaling_cpu.GROWTH_ARMS
+  arms = experiment.GROWTH_ARMS
   if args.arms:
     unknown = set(args.arms.split(',')) - set(arms)
     if unknown:
@@ -103,14 +101,14 @@ def main():
     arms = [a for a in arms if a in args.arms.split(',')]
   try:
     lrs = ([float(v) for v in args.lrs.split(',')] if args.lrs else
-           progressive_scaling_cpu.QUICK['lrs'] if args.quick else progressive_scaling_cpu.LRS)
+           experiment.QUICK['lrs'] if args.quick else experiment.LRS)
   except ValueError:
     study_runs.fail(f'--lrs wants comma-separated numbers, got {args.lrs!r}')
   if args.seeds < 1:
     study_runs.fail(f'--seeds must be at least 1, got {args.seeds}')
 
   records = os.path.join(out, 'progressive_study_runs')
-  study = Study(study_runs.Runs(EXPERIMENT, progressive_scaling_cpu, work, records, args.quick))
+  study = Study(study_runs.Runs(EXPERIMENT, experiment, work, records, args.quick))
   best = {arm: study.best_lr(arm, lrs) for arm in BASELINES}        # 1: tune both baselines
   for arm in arms:                                                   # 2: growth at scratch's best
     study.run(arm, best['scratch'], 0)

@@ -7,13 +7,14 @@ already about ten minutes a run on 2 CPU cores.
 
 get_config('KIND-xSCALE'), KIND one of KINDS, SCALE one of SCALES (add '-quick' for the pipeline
 check's 2-layer, d 64 models of 40 steps). The learning rate (and any ablation) is a command-line
-override; benchmarks/kind_gap_study.py tunes each kind at each size and plots the gap.
+override; studies/kind_gap/study.py tunes each kind at each size and plots the gap.
 """
 import math
 
-from experiments.common import cpu_study_training
-from tokenformer_jax.config import base_config
+from tokenformer_jax.config import base_config, experiment_beside
 from tokenformer_jax.model.transformer import dense_mlp_dim_matching
+
+cpu_study_training = experiment_beside(__file__, '../cpu_training.py').cpu_study_training
 
 KINDS = ('tokenformer', 'dense')
 SCALES = (1, 4, 16)

@@ -1,5 +1,5 @@
 """How far TokenFormer trails the dense Transformer of equal non-embedding parameters, each at its best
-learning rate, at three sizes (experiments/kind_gap_cpu.py), and what explains it. Per size, smallest
+learning rate, at three sizes (studies/kind_gap/experiment.py), and what explains it. Per size, smallest
 first: both kinds tuned (three learning rates: LRS at the smallest, then the size below's tuned rate and
 its neighbours; extended along the half-decade ladder while an edge wins); at the smallest, the
 suspects (ABLATIONS) at the tuned rates; the one that closes the gap most, carried to every size with
@@ -8,13 +8,13 @@ the sizes above the smallest (largest first), a longer budget: --longer times th
 4× size's proportional budget and a quarter of the 16× size's), both kinds with the carried suspect,
 tuned from the 600-step rate and the one below it (longer runs favour lower rates; the one above lost at
 600 steps), extended downward while the lower edge wins. Each finished run is kept as a record
-(benchmarks/study_runs.py; the full study's are committed): rerun to continue.
+(studies/study_runs.py; the full study's are committed): rerun to continue.
 
-  python benchmarks/kind_gap_study.py                    # every size (about 4.5 h on 2 cores, most at 16×)
-  python benchmarks/kind_gap_study.py --scales=1,4       # the smaller sizes only
-  python benchmarks/kind_gap_study.py --quick            # the pipeline check (tiny sizes)
+  python studies/kind_gap/study.py                    # every size (about 4.5 h on 2 cores, most at 16×)
+  python studies/kind_gap/study.py --scales=1,4       # the smaller sizes only
+  python studies/kind_gap/study.py --quick            # the pipeline check (tiny sizes)
 
-Outputs (--out, default experiments/results; the quick check defaults to a temporary folder):
+Outputs (--out, default studies/kind_gap/results; the quick check defaults to a temporary folder):
   kind_gap.png     the gap (TokenFormer − dense final validation loss) against non-embedding parameters,
                    and both kinds' best losses
   kind_gap.csv     per run: kind, scale, non-embedding parameters, steps, lr, the ablation, seed, final
@@ -26,22 +26,20 @@ Outputs (--out, default experiments/results; the quick check defaults to a tempo
 import argparse
 import csv
 import os
-import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from tokenformer_jax import config as config_lib
 
-from benchmarks import study_runs  # noqa: E402
-from experiments import kind_gap_cpu  # noqa: E402
-
-EXPERIMENT = os.path.join(ROOT, 'experiments', 'kind_gap_cpu.py')
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXPERIMENT = os.path.join(HERE, 'experiment.py')
+experiment = config_lib.experiment_module(EXPERIMENT)
+study_runs = config_lib.experiment_beside(__file__, '../study_runs.py')
 # suspects for the gap, tried at the smallest size at each kind's tuned learning rate: the init of the
 # value tokens (reference: 2 / (L·√d); the dense model's output projections use the same std, so those
 # run for both kinds), of the key tokens (the L2 norm makes the forward pass blind to their scale, not
 # Adam's steps relative to it), and a 4× longer warmup (for both kinds, so it cannot favour one). The
 # one that closes the gap most is then carried to every size, its learning rate tuned again.
-BOTH, TOKENFORMER = kind_gap_cpu.KINDS, ('tokenformer',)
+BOTH, TOKENFORMER = experiment.KINDS, ('tokenformer',)
 ABLATIONS = {
     'value_init_x0.0625': (BOTH, lambda m: {'model.value_init_std': _wang_std(m) / 16}),
     'value_init_x0.25': (BOTH, lambda m: {'model.value_init_std': _wang_std(m) / 4}),
@@ -58,8 +56,8 @@ def _wang_std(m) -> float:
 def _around(lr: float) -> list:
   """lr and its neighbours on the ladder: where a larger size's tuning starts, since the best rate moves
   by about one rung between sizes; tune() still extends past an edge that wins."""
-  i = kind_gap_cpu.LR_LADDER.index(lr)
-  return list(kind_gap_cpu.LR_LADDER[max(i - 1, 0):i + 2])
+  i = experiment.LR_LADDER.index(lr)
+  return list(experiment.LR_LADDER[max(i - 1, 0):i + 2])
 
 
 def non_embedding_params(m) -> int:
@@ -69,14 +67,14 @@ def non_embedding_params(m) -> int:
 
 class GapStudy:
   """The runs by (kind, scale, lr, ablation, seed, steps); `best` holds the tuned rate per (kind, scale,
-  ablation, steps). steps 0 is the experiment's own budget (kind_gap_cpu.STEPS)."""
+  ablation, steps). steps 0 is the experiment's own budget (experiment.STEPS)."""
 
   def __init__(self, runs: study_runs.Runs, quick: bool):
     self.runs, self.quick, self.rows, self.best = runs, quick, {}, {}
-    self.steps = kind_gap_cpu.QUICK['steps'] if quick else kind_gap_cpu.STEPS
+    self.steps = experiment.QUICK['steps'] if quick else experiment.STEPS
 
   def config(self, kind: str, scale: int):
-    return kind_gap_cpu.get_config(f'{kind}-x{scale}' + ('-quick' if self.quick else ''))
+    return experiment.get_config(f'{kind}-x{scale}' + ('-quick' if self.quick else ''))
 
   def run(self, kind: str, scale: int, lr: float, ablation: str = '', seed: int = 0, steps: int = 0) -> dict:
     key = (kind, scale, lr, ablation, seed, steps)
@@ -101,7 +99,7 @@ class GapStudy:
 
   def loss(self, kind: str, scale: int, ablation: str = '', seed: int = 0, steps: int = 0) -> float:
     """The final loss at the tuned rate (the dense model's own when the ablation is not for it)."""
-    if kind not in ABLATIONS.get(ablation, (kind_gap_cpu.KINDS,))[0]:
+    if kind not in ABLATIONS.get(ablation, (experiment.KINDS,))[0]:
       ablation = ''
     lr = self.best.get((kind, scale, ablation, steps)) or self.best[(kind, scale, '', steps)]
     return self.run(kind, scale, lr, ablation, seed, steps)['final_val_loss']
@@ -113,7 +111,7 @@ class GapStudy:
   def tune(self, kind: str, scale: int, lrs, ablation: str = '', steps: int = 0, upward: bool = True) -> float:
     """The best learning rate: lrs, then one more half-decade past whichever edge wins (only the lower
     one unless `upward`), while one does."""
-    ladder, tried = kind_gap_cpu.LR_LADDER, sorted(lrs)
+    ladder, tried = experiment.LR_LADDER, sorted(lrs)
     while True:
       best = min(tried, key=lambda lr: self.run(kind, scale, lr, ablation, 0, steps)['final_val_loss'])
       i = ladder.index(best)
@@ -145,13 +143,13 @@ def _sweep(study: GapStudy, scale: int, variants, steps: int) -> list[str]:
 
 
 def _variants(carried: str) -> list:
-  variants = [(kind, '') for kind in kind_gap_cpu.KINDS]
+  variants = [(kind, '') for kind in experiment.KINDS]
   return variants + ([(kind, carried) for kind in ABLATIONS[carried][0]] if carried else [])
 
 
 def _longer_variants(carried: str) -> list:
   """Each kind with the carried suspect where it applies to that kind, else as it is."""
-  return [(kind, carried if carried and kind in ABLATIONS[carried][0] else '') for kind in kind_gap_cpu.KINDS]
+  return [(kind, carried if carried and kind in ABLATIONS[carried][0] else '') for kind in experiment.KINDS]
 
 
 def _longer_table(study: GapStudy, scales, carried: str, steps: int) -> list[str]:
@@ -183,7 +181,7 @@ def _table(study: GapStudy, scales, carried: str, longer_scales=(), longer: int 
                       + ' | ' for ablation, seed in gaps) + 'train s (tf, dense) |',
             '|---|' + '---|' * (5 + len(gaps))]
   for scale in scales:
-    tf, dense = (study.run(kind, scale, study.best[(kind, scale, '', 0)]) for kind in kind_gap_cpu.KINDS)
+    tf, dense = (study.run(kind, scale, study.best[(kind, scale, '', 0)]) for kind in experiment.KINDS)
     cells = [f'{scale}×', f"{tf['non_embedding_params'] / 1e6:.2f}M",
              f"{tf['final_val_loss']:.4f} ({tf['lr']:g})", f"{dense['final_val_loss']:.4f} ({dense['lr']:g})",
              f'{study.gap(scale):+.4f}']
@@ -222,7 +220,7 @@ def _plot(study: GapStudy, scales, carried: str, path: str, title: str, longer_s
     for seed in seeds:                                   # the other seeds as open markers: the noise
       gap_ax.plot(params, [study.gap(scale, ablation, seed) for scale in scales], linestyle='none',
                   marker='o', markerfacecolor='none', color=line.get_color(), label=f'{label}, seed {seed}')
-    for kind in kind_gap_cpu.KINDS:
+    for kind in experiment.KINDS:
       if not ablation or kind in ABLATIONS[ablation][0]:
         loss_ax.plot(params, [study.loss(kind, scale, ablation) for scale in scales], marker='o',
                      linestyle='--' if ablation else '-', label=f'{kind}, {label}')
@@ -260,7 +258,7 @@ def main():
   parser.add_argument('--longer', type=int, default=4,
                       help='the longer budget at the larger sizes, in multiples of the steps (1: none)')
   args = parser.parse_args()
-  default_scales = kind_gap_cpu.QUICK['scales'] if args.quick else kind_gap_cpu.SCALES
+  default_scales = experiment.QUICK['scales'] if args.quick else experiment.SCALES
   try:
     scales = sorted(int(v) for v in args.scales.split(',')) if args.scales else list(default_scales)
   except ValueError:
@@ -275,17 +273,17 @@ def main():
   if args.longer < 1:
     study_runs.fail(f'--longer must be at least 1, got {args.longer}')
   out = args.out or (tempfile.mkdtemp(prefix='kind_gap_') if args.quick
-                     else os.path.join(ROOT, 'experiments', 'results'))
+                     else os.path.join(HERE, 'results'))
   work = args.workdir or os.path.join(out if args.quick else tempfile.gettempdir(),
                                       'kind_gap_quick' if args.quick else 'kind_gap')
   os.makedirs(out, exist_ok=True)
-  runs = study_runs.Runs(EXPERIMENT, kind_gap_cpu, work, os.path.join(out, 'kind_gap_runs'), args.quick)
+  runs = study_runs.Runs(EXPERIMENT, experiment, work, os.path.join(out, 'kind_gap_runs'), args.quick)
   study = GapStudy(runs, args.quick)
-  lrs = kind_gap_cpu.QUICK['lrs'] if args.quick else kind_gap_cpu.LRS
+  lrs = experiment.QUICK['lrs'] if args.quick else experiment.LRS
 
   carried = ''
   for i, scale in enumerate(scales):
-    for kind in kind_gap_cpu.KINDS:                      # 1: both kinds tuned, from the size below's rate
+    for kind in experiment.KINDS:                      # 1: both kinds tuned, from the size below's rate
       study.tune(kind, scale, lrs if i == 0 else _around(study.best[(kind, scales[i - 1], '', 0)]))
     if i == 0:                                           # 2: the suspects, where runs are cheapest
       for ablation in ablations:
@@ -298,7 +296,7 @@ def main():
         study.tune(kind, scale, [study.best[(kind, scale, '', 0)]], carried)
     for seed in range(1, args.seeds):                    # 4: the noise between seeds
       for ablation in ('', carried) if carried else ('',):
-        for kind in ABLATIONS.get(ablation, (kind_gap_cpu.KINDS,))[0]:
+        for kind in ABLATIONS.get(ablation, (experiment.KINDS,))[0]:
           study.run(kind, scale, study.best[(kind, scale, ablation, 0)], ablation, seed)
 
   longer = args.longer * study.steps if args.longer > 1 else 0
@@ -306,8 +304,8 @@ def main():
   for scale in reversed(longer_scales):                  # 5: a longer budget, the largest size first
     for kind, ablation in _longer_variants(carried):
       start = study.best[(kind, scale, ablation, 0)]
-      i = kind_gap_cpu.LR_LADDER.index(start)
-      study.tune(kind, scale, kind_gap_cpu.LR_LADDER[max(i - 1, 0):i + 1], ablation, longer, upward=False)
+      i = experiment.LR_LADDER.index(start)
+      study.tune(kind, scale, experiment.LR_LADDER[max(i - 1, 0):i + 1], ablation, longer, upward=False)
 
   rows = list(study.rows.values())
   with open(os.path.join(out, 'kind_gap.csv'), 'w', newline='', encoding='utf-8') as f:

@@ -12,12 +12,13 @@ A TokenFormer's non-embedding parameters are linear in each of the three, so eve
 'dense-ARM' runs the dense baseline through the same stages ('tokens' then doubles its MLP width); its
 parameters are quadratic in d, so there the arms end at different sizes. Add '-quick' for a ≤ 5 min
 pipeline check (2 stages of 20 steps, a 512-piece vocabulary).
-  python -m tokenformer_jax.main --config=experiments/grow_dims_cpu.py:width --workdir=/tmp/grow_width
+  python -m tokenformer_jax.main --config=studies/grow_dims/experiment.py:width --workdir=/tmp/grow_width
 """
 import itertools
 
-from experiments.common import cpu_study_training
-from tokenformer_jax.config import base_config
+from tokenformer_jax.config import base_config, experiment_beside
+
+cpu_study_training = experiment_beside(__file__, '../cpu_training.py').cpu_study_training
 
 START = {'num_layers': 2, 'd_model': 64, 'num_heads': 2, 'n_qkv': 64, 'n_proj': 64, 'n_ffn': 256,
          'mlp_dim': 256}

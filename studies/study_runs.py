@@ -1,4 +1,4 @@
-"""The runs of a CPU-scale study (benchmarks/progressive_study.py, benchmarks/kind_gap_study.py): each
+"""The runs of a CPU-scale study (studies/progressive_scaling/study.py, studies/kind_gap/study.py): each
 one trained by the real command line in its own workdir (resumable), then kept as a small JSON record
 (its validation curve against cumulative training FLOPs and its real training seconds) in the study's
 records folder. A later call reuses a record without the workdir, so a study whose records are
@@ -9,14 +9,11 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from tokenformer_jax import config as config_lib  # noqa: E402
-from tokenformer_jax.model import flops  # noqa: E402
-from tokenformer_jax.telemetry import goodput  # noqa: E402
-from tokenformer_jax.telemetry import metrics  # noqa: E402
-from tokenformer_jax.training import stages  # noqa: E402
+from tokenformer_jax import config as config_lib
+from tokenformer_jax.model import flops
+from tokenformer_jax.telemetry import goodput
+from tokenformer_jax.telemetry import metrics
+from tokenformer_jax.training import stages
 
 
 def fail(message: str):
@@ -39,8 +36,7 @@ def train(experiment: str, arm: str, changes: dict, workdir: str, cache: str) ->
   command = [sys.executable, '-m', 'tokenformer_jax.main', f'--config={experiment}:{arm}',
              f'--workdir={workdir}', f'--config.data.cache_dir={cache}',
              *(f'--config.{key}={value!r}' for key, value in changes.items())]
-  proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                        text=True)
+  proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   if proc.returncode:
     sys.exit(f'error: {arm} ({changes}) failed: {proc.stderr.strip().splitlines()[-1]}')
 

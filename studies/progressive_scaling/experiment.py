@@ -13,13 +13,14 @@ get_config(arm), arm one of ARMS (add '-quick' for the ≤ 5 min pipeline check)
   dense          a dense Transformer with the largest member's non-embedding parameters, from scratch
 The learning rate and seed are command-line overrides (`--config.optimizer.lr`, `--config.seed`): the
 study tunes the baselines over LRS and runs the growth arms at the from-scratch TokenFormer's best.
-Run them all, with the figure and table: python benchmarks/progressive_study.py [--quick]
+Run them all, with the figure and table: python studies/progressive_scaling/study.py [--quick]
 """
 import itertools
 
-from experiments.common import cpu_study_training
-from tokenformer_jax.config import base_config
+from tokenformer_jax.config import base_config, experiment_beside
 from tokenformer_jax.model.transformer import dense_mlp_dim_matching
+
+cpu_study_training = experiment_beside(__file__, '../cpu_training.py').cpu_study_training
 
 BASELINES = ('scratch', 'dense')
 GROWTH_ARMS = ('exact_carry', 'paper_carry', 'exact_reset', 'paper_reset', 'freeze_old')

@@ -1,22 +1,28 @@
-"""The kind-gap study's --quick variant end to end: both kinds tuned at two sizes (extending past an edge
-that wins), an ablation at the smaller size at the tuned rates, the longer budget at the larger size, the
-figure and tables written. (Checks the pipeline, not the numbers: those come from the full run, committed
-under experiments/results/.)"""
+"""The kind-gap study's --quick variant, its training stood in for (fake_training.py: the driver's logic,
+not the numbers, which come from the full run committed under studies/kind_gap/results/): both kinds tuned
+at two sizes (extending past an edge that wins), an ablation at the smaller size at the tuned rates, the
+longer budget at the larger size, the figure and tables written."""
 import csv
 import subprocess
 import sys
 
 import pytest
 
-from benchmarks import kind_gap_study
-from experiments import kind_gap_cpu, tiny
-from tests.conftest import ROOT
+from tests.conftest import ROOT, script_module
+from tests.studies import fake_training
+from tokenformer_jax.config import experiment_module
+
+pytestmark = pytest.mark.study
+STUDY = f'{ROOT}/studies/kind_gap/study.py'
+kind_gap_study = script_module('studies/kind_gap/study.py')
+kind_gap_cpu = experiment_module(f'{ROOT}/studies/kind_gap/experiment.py')
+tiny = experiment_module(f'{ROOT}/experiments/tiny.py')
 
 
 def _study(out, *flags):
-  return subprocess.run([sys.executable, 'benchmarks/kind_gap_study.py', '--quick', f'--out={out}',
+  return subprocess.run([sys.executable, STUDY, '--quick', f'--out={out}',
                          f'--workdir={out / "work"}', *flags],
-                        cwd=ROOT, capture_output=True, text=True, timeout=900)
+                        cwd=out, capture_output=True, text=True, timeout=300)
 
 
 STEPS = kind_gap_cpu.QUICK['steps']
@@ -38,9 +44,11 @@ def _check_tuned(swept, start):
   return best
 
 
-def test_quick_study(tmp_path):
-  proc = _study(tmp_path, '--ablations=warmup_x4')
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def test_quick_study(tmp_path, monkeypatch):
+  fake_training.install(monkeypatch, kind_gap_study.study_runs)
+  monkeypatch.setattr(sys, 'argv', [STUDY, '--quick', f'--out={tmp_path}', f'--workdir={tmp_path / "work"}',
+                                    '--ablations=warmup_x4'])
+  kind_gap_study.main()
   with open(tmp_path / 'kind_gap.csv') as f:
     rows = list(csv.DictReader(f))
   scales = kind_gap_cpu.QUICK['scales']
@@ -113,11 +121,36 @@ def best_gap(rows, best, scale):
   return loss[('tokenformer', best[('tokenformer', scale)])] - loss[('dense', best[('dense', scale)])]
 
 
-def test_bad_flags_are_one_line_errors(tmp_path):
-  for flag in ('--scales=1,8', '--scales=one', '--ablations=warmup_x4,louder', '--seeds=0', '--longer=0'):
-    proc = _study(tmp_path, flag)
-    assert proc.returncode == 2 and proc.stderr.startswith('error: '), (flag, proc.stderr)
-    assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+def test_bad_flags_are_one_line_errors(tmp_path, monkeypatch, capsys):
+  for flag in ('--scales=1,8', '--scales=one', '--ablations=warmup_x4,louder', '--seeds=0'):
+    monkeypatch.setattr(sys, 'argv', [STUDY, '--quick', f'--out={tmp_path}', f'--workdir={tmp_path / "work"}',
+                                      flag])
+    with pytest.raises(SystemExit) as exit_:
+      kind_gap_study.main()
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2 and stderr.startswith('error: '), (flag, stderr)
+    assert len(stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+  proc = _study(tmp_path, '--longer=0')   # the script, run from another directory
+  assert proc.returncode == 2 and proc.stderr == 'error: --longer must be at least 1, got 0\n', proc.stderr
+  assert not list(tmp_path.iterdir())
+
+
+def test_init_scale_compares_the_kinds_branches(tmp_path):
+  proc = subprocess.run([sys.executable, f'{ROOT}/studies/kind_gap/init_scale.py', '--quick'], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {}
+  for line in proc.stdout.splitlines()[2:]:
+    model, std, q_rms, ffn_rms = (cell.strip() for cell in line.strip('|').split('|'))
+    rows[(model, std.split('×')[1].rstrip(')'))] = (float(q_rms), float(ffn_rms))
+  assert len(rows) == 12
+  for scale in ('1×', '4×'):
+    tf, dense = rows[(f'tokenformer {scale}', '1')], rows[(f'dense {scale}', '1')]
+    assert tf[1] > 2 * dense[1]   # the FFN branch starts larger at the same value std
+    # every Pattention output scales with the value std; dense q does not depend on it
+    assert rows[(f'tokenformer {scale}', '0.0625')][1] == pytest.approx(tf[1] / 16, rel=0.02)  # printed to 3 decimals
+    assert rows[(f'tokenformer {scale}', '0.0625')][0] == pytest.approx(tf[0] / 16, rel=0.02)
+    assert rows[(f'dense {scale}', '0.0625')][0] == pytest.approx(dense[0])
 
 
 def test_sizes_and_kinds():

@@ -1,31 +1,38 @@
-"""The study's --quick variant end to end: both baselines tuned, a growth arm at the from-scratch
-TokenFormer's best learning rate, a second seed, the figure and tables written; a rerun reuses every run.
-(Checks the pipeline, not the numbers: those come from the full run, committed under
-experiments/results/.)"""
+"""The study's --quick variant, its training stood in for (fake_training.py: the driver's logic, not
+the numbers, which come from the full run committed under studies/progressive_scaling/results/): both
+baselines tuned, a growth arm at the from-scratch TokenFormer's best learning rate, a second seed, the
+figure and tables written; a rerun reuses every run."""
 import csv
 import itertools
-import shutil
 import subprocess
 import sys
 
-from experiments import progressive_scaling_cpu
-from tests.conftest import ROOT
+import pytest
+
+from tests.conftest import ROOT, script_module
+from tests.studies import fake_training
+from tokenformer_jax.config import experiment_module
+
+pytestmark = pytest.mark.study
+STUDY = f'{ROOT}/studies/progressive_scaling/study.py'
+study = script_module('studies/progressive_scaling/study.py')
+experiment = experiment_module(f'{ROOT}/studies/progressive_scaling/experiment.py')
 
 
-def _study(out, work):
-  proc = subprocess.run([sys.executable, 'benchmarks/progressive_study.py', '--quick', '--arms=exact_carry',
-                         '--seeds=2', f'--out={out}', f'--workdir={work}'],
-                        cwd=ROOT, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def _study(monkeypatch, out, work):
+  monkeypatch.setattr(sys, 'argv', [STUDY, '--quick', '--arms=exact_carry', '--seeds=2', f'--out={out}',
+                                    f'--workdir={work}'])
+  study.main()
   with open(out / 'progressive_scaling.csv') as f:
     return list(csv.DictReader(f))
 
 
-def test_quick_study(tmp_path):
+def test_quick_study(tmp_path, monkeypatch):
+  fake_training.install(monkeypatch, study.study_runs)
   # one of the five growth arms (the others differ only in config.growth and config.stages, which
   # tests/training/growth_test.py and tests/training/stages_test.py cover)
-  rows = _study(tmp_path / 'out', tmp_path / 'work')
-  lrs = [str(lr) for lr in progressive_scaling_cpu.QUICK['lrs']]
+  rows = _study(monkeypatch, tmp_path / 'out', tmp_path / 'work')
+  lrs = [str(lr) for lr in experiment.QUICK['lrs']]
   runs = [(r['arm'], r['lr'], r['seed']) for r in rows]
   # 1: each baseline at every learning rate; 2: the growth arm at scratch's best; 3: seed 1 of all three
   assert runs[:4] == [(arm, lr, '0') for arm in ('scratch', 'dense') for lr in lrs]
@@ -49,19 +56,19 @@ def test_quick_study(tmp_path):
 
   records = sorted(p.name for p in (tmp_path / 'out' / 'progressive_study_runs').iterdir())
   assert len(records) == len(rows) and all(name.endswith('.json') for name in records)
-  # a rerun trains nothing, even without the workdirs (a fresh checkout holding the committed records):
-  # every run is found recorded and keeps its seconds
-  shutil.rmtree(tmp_path / 'work')
-  again = _study(tmp_path / 'out', tmp_path / 'work')
+  # a rerun trains nothing (a fresh checkout holding the committed records): every run is found recorded
+  # and keeps its seconds
+  monkeypatch.setattr(study.study_runs, 'train', lambda *args: pytest.fail(f'trained again: {args}'))
+  again = _study(monkeypatch, tmp_path / 'out', tmp_path / 'work')
   assert [r['reused'] for r in again] == ['True'] * len(rows)
   assert [r['train_s'] for r in again] == [r['train_s'] for r in rows]
 
 
 def test_every_arm_has_a_config():
-  for arm in progressive_scaling_cpu.ARMS:
+  for arm in experiment.ARMS:
     for name in (arm, arm + '-quick'):
-      c = progressive_scaling_cpu.get_config(name)
-      if arm in progressive_scaling_cpu.BASELINES:
+      c = experiment.get_config(name)
+      if arm in experiment.BASELINES:
         assert not c.stages and c.model.kind == ('dense' if arm == 'dense' else 'tokenformer')
         continue
       policy = ('exact', 'carry') if arm == 'freeze_old' else tuple(arm.split('_'))
@@ -73,14 +80,21 @@ def test_every_arm_has_a_config():
       if c.growth.optimizer == 'carry':   # the step count goes on: each stage ends at the running total
         assert steps == sorted(steps) and len(set(steps)) == len(steps)
         if not name.endswith('-quick'):
-          assert steps == list(itertools.accumulate(progressive_scaling_cpu.STAGE_STEPS))
+          assert steps == list(itertools.accumulate(experiment.STAGE_STEPS))
       elif not name.endswith('-quick'):
-        assert steps == list(progressive_scaling_cpu.STAGE_STEPS)
+        assert steps == list(experiment.STAGE_STEPS)
 
 
-def test_bad_flags_are_one_line_errors(tmp_path):
-  for flag in ('--arms=exact_carry,no_such_arm', '--lrs=3e-3,fast', '--seeds=0'):
-    proc = subprocess.run([sys.executable, 'benchmarks/progressive_study.py', '--quick', flag,
-                           f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.startswith('error: '), (flag, proc.stderr)
-    assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+def test_bad_flags_are_one_line_errors(tmp_path, monkeypatch, capsys):
+  for flag in ('--arms=exact_carry,no_such_arm', '--lrs=3e-3,fast'):
+    monkeypatch.setattr(sys, 'argv', [STUDY, '--quick', flag, f'--out={tmp_path}'])
+    with pytest.raises(SystemExit) as exit_:
+      study.main()
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2 and stderr.startswith('error: '), (flag, stderr)
+    assert len(stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+  # the script, run from another directory
+  proc = subprocess.run([sys.executable, STUDY, '--quick', '--seeds=0', f'--out={tmp_path}'], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and proc.stderr == 'error: --seeds must be at least 1, got 0\n', proc.stderr
+  assert not list(tmp_path.iterdir())
