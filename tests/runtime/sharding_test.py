@@ -30,5 +30,8 @@ def test_logical_rules_shard_the_token_axis():
   assert sharding.logical_to_spec(('layers', 'param_tokens', 'embed'), RULES) == PartitionSpec(
       None, 'tensor', 'fsdp')
   assert sharding.logical_to_spec(('batch', None), RULES) == PartitionSpec(('data', 'fsdp'), None)
-  # a mesh axis is used once per array: the second claimant is replicated
-  assert sharding.logical_to_spec(('embed', 'embed'), RULES) == PartitionSpec('fsdp', None)
+  # a mesh axis is used once per array: 'embed' wants fsdp, which 'batch' (an earlier rule) holds
+  assert sharding.logical_to_spec(('batch', 'embed'), RULES) == PartitionSpec(('data', 'fsdp'), None)
+  assert sharding.logical_to_spec(('embed', 'batch'), RULES) == PartitionSpec(None, ('data', 'fsdp'))
+  # rules overridden from the command line arrive as lists
+  assert sharding.logical_to_spec(('batch',), [['batch', ['data']]]) == PartitionSpec('data')
