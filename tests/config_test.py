@@ -61,6 +61,8 @@ def test_main_loads_an_experiment_file_by_path_from_any_directory(tmp_path):
     ('experiments/pile.py:2b', {}, "unknown size '2b'"),
     ('experiments/tiny.py', {'model.d_modle': 3}, 'override model.d_modle=3: no such config key'),
     ('experiments/tiny.py', {'model.d_model': 'wide'}, "override model.d_model='wide'"),
+    # a key below a leaf
+    ('experiments/tiny.py', {'model.d_model.x': 1}, r'override model.d_model.x=1: no such config key'),
 ])
 def test_bad_input_is_a_user_error(spec, overrides, message):
   with pytest.raises(UserError, match=message):
@@ -71,3 +73,6 @@ def test_apply_overrides_copies():
   base = config_lib.load_experiment(f'{ROOT}/experiments/tiny.py')
   changed = config_lib.apply_overrides(base, {'model.n_ffn': 1024})
   assert changed.model.n_ffn == 1024 and base.model.n_ffn == 512
+  # ml_collections' flattened keys also reach into tuples
+  rules = config_lib.apply_overrides(base, {'sharding_rules[0]': ('batch', 'data')}).sharding_rules
+  assert rules[0] == ('batch', 'data') and rules[1:] == base.sharding_rules[1:]

@@ -240,12 +240,8 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_colle
   out = ml_collections.ConfigDict(cfg.to_dict())
   out.lock()
   for key, value in overrides.items():
-    section, _, name = key.rpartition('.')
-    try:
-      parent = out
-      for part in section.split('.') if section else ():
-        parent = parent[part]
-      parent[name] = value
+    try:   # one key at a time, so that an error names the key
+      out.update_from_flattened_dict({key: value})
     except (KeyError, AttributeError) as e:
       raise UserError(f'override {key}={value!r}: no such config key') from e
     except (TypeError, ValueError) as e:

@@ -1,10 +1,9 @@
-"""Metrics: JSON lines plus TensorBoard scalars that read back; tensorboardX loads without PyTorch; a
-resumed run's records of the steps it trains again replace the earlier ones (JSON lines and
-TensorBoard) and goes on with the same Weights & Biases run (offline: no network)."""
+"""Metrics: JSON lines plus TensorBoard scalars that TensorBoard's own reader reads back; the writer
+loads without PyTorch; a resumed run's records of the steps it trains again replace the earlier ones
+(JSON lines and TensorBoard) and goes on with the same Weights & Biases run (offline: no network)."""
 import glob
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -17,33 +16,18 @@ from tokenformer_jax.telemetry.metrics import MetricsWriter
 from tokenformer_jax.training import loop
 
 
-def _events(folder):
-  """Every event of the TFRecord event files under `folder`, in file order."""
-  from tensorboardX.proto import event_pb2
-  for name in sorted(os.listdir(folder)):
-    with open(os.path.join(folder, name), 'rb') as f:
-      data = f.read()
-    at = 0
-    while at < len(data):
-      (length,) = struct.unpack('<Q', data[at:at + 8])
-      yield event_pb2.Event.FromString(data[at + 12:at + 12 + length])
-      at += 12 + length + 4
+def _tensorboard(folder):
+  """The event files under `folder` as TensorBoard reads them: its own reader, which purges the events
+  a later session start hides."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  accumulator = EventAccumulator(str(folder))
+  accumulator.Reload()
+  return accumulator
 
 
-def _event_scalars(folder):
-  """(step, tag, value) of every scalar in the event files under `folder`."""
-  return [(e.step, v.tag, v.simple_value) for e in _events(folder) for v in e.summary.value]
-
-
-def _visible_scalars(folder):
-  """(step, tag, value) as TensorBoard shows them: a session start at step S hides the events read
-  before it whose step is S or later (TensorBoard's purge of orphaned data)."""
-  shown = []
-  for event in _events(folder):
-    if event.HasField('session_log') and event.session_log.status == event.session_log.START:
-      shown = [s for s in shown if s[0] < event.step]
-    shown += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
-  return shown
+def _shown_scalars(folder, tag):
+  """(step, value) of `tag` as TensorBoard shows them."""
+  return [(e.step, e.value) for e in _tensorboard(folder).Scalars(tag)]
 
 
 def test_writes_json_lines_and_tensorboard_scalars(tmp_path):
@@ -55,8 +39,20 @@ def test_writes_json_lines_and_tensorboard_scalars(tmp_path):
     records = [json.loads(line) for line in f]
   assert [(r['step'], r['loss'], r['attempt']) for r in records] == [(5, 2.5, 1), (10, 1.5, 1)]
   assert records[0]['lr'] == 0.125
-  assert sorted(_event_scalars(tmp_path / 'tensorboard')) == [
-      (5, 'loss', 2.5), (5, 'lr', 0.125), (10, 'loss', 1.5)]
+  assert sorted(_tensorboard(tmp_path / 'tensorboard').Tags()['scalars']) == ['loss', 'lr']
+  assert _shown_scalars(tmp_path / 'tensorboard', 'loss') == [(5, 2.5), (10, 1.5)]
+  assert _shown_scalars(tmp_path / 'tensorboard', 'lr') == [(5, 0.125)]
+
+
+def test_an_attempt_hides_in_tensorboard_the_steps_it_trains_again(tmp_path):
+  first = MetricsWriter(str(tmp_path), start_step=0)
+  for step in (1, 2, 3, 4):
+    first.write(step, {'loss': float(step)})
+  first.close()
+  second = MetricsWriter(str(tmp_path), start_step=2)   # trains steps 3, 4, ... again
+  second.write(3, {'loss': 30.0})
+  second.close()
+  assert _shown_scalars(tmp_path / 'tensorboard', 'loss') == [(1, 1.0), (2, 2.0), (3, 30.0)]
 
 
 def test_metrics_do_not_import_torch(tmp_path):
@@ -64,7 +60,7 @@ def test_metrics_do_not_import_torch(tmp_path):
   probe = ('import sys\n'
            'from tokenformer_jax.telemetry.metrics import MetricsWriter\n'
            f'MetricsWriter({str(tmp_path)!r}).close()\n'
-           'assert "torch" not in sys.modules, "tensorboardX pulled in torch"\n'
+           'assert "torch" not in sys.modules, "the TensorBoard writer pulled in torch"\n'
            'import torch\n'                                   # and torch still imports afterwards
            'print(torch.ones(2).sum().item())\n')
   proc = subprocess.run([sys.executable, '-c', probe], cwd=ROOT, capture_output=True, text=True,
@@ -125,9 +121,8 @@ def test_a_run_resumed_from_an_earlier_checkpoint_keeps_one_record_per_step_the_
   assert [(r['event'], r['step'], r['attempt']) for r in raw if 'event' in r] == [('start', 0, 1),
                                                                                   ('start', 4, 2)]
   assert sorted(r['attempt'] for r in raw if r.get('step') == 6 and 'loss' in r) == [1, 2]
-  shown = [(step, value) for step, tag, value in _visible_scalars(tmp_path / 'tensorboard')
-           if tag == 'loss']
-  assert shown == [(2, pytest.approx(first.train_losses[2])), (4, pytest.approx(first.train_losses[4])),
+  assert _shown_scalars(tmp_path / 'tensorboard', 'loss') == [
+      (2, pytest.approx(first.train_losses[2])), (4, pytest.approx(first.train_losses[4])),
                    (6, pytest.approx(second.train_losses[6]))]
 
 

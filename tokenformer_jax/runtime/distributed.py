@@ -22,6 +22,7 @@ import os
 import jax
 import numpy as np
 from absl import logging
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from tokenformer_jax.errors import UserError
@@ -59,12 +60,19 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat_s)
   logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  from jax._src import distributed as jax_distributed  # the client: no public accessor
-  _watch = peers.PeerWatch(jax_distributed.global_state.client, jax.process_index(), jax.process_count(),
-                           heartbeat_s, on_peer_lost)
+  _watch = peers.PeerWatch(_coordination_client(), jax.process_index(), jax.process_count(), heartbeat_s,
+                           on_peer_lost)
   _watch.start()
   atexit.register(leave, 1)   # for an entry point that does not call leave: ends as if it had failed
   return True
+
+
+def _coordination_client():
+  """The coordination service's client (get_live_nodes, its key-value store, shutdown), for peers.py.
+  jax.distributed has no public accessor for it (initialize, is_initialized and shutdown only);
+  Orbax's public multihost API hands it out, so its version pairing with JAX keeps this working."""
+  from orbax.checkpoint import multihost  # pylint: disable=import-outside-toplevel
+  return multihost.get_jax_distributed_client()
 
 
 def check_peers() -> None:
@@ -84,15 +92,6 @@ def leave(exit_status: int) -> None:
     jax.distributed.shutdown()
 
 
-def _flatten(tree, prefix: str = '') -> dict:
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  out = {}
-  for key, value in tree.items():
-    out.update(_flatten(value, f'{prefix}.{key}' if prefix else str(key)))
-  return out
-
-
 def _gather_texts(text: str) -> list[str]:
   """Every process's `text`, in process order (two all-gathers: the lengths, then the padded bytes)."""
   local = np.frombuffer(text.encode(), np.uint8)
@@ -109,10 +108,10 @@ def agree(settings: dict) -> None:
   if jax.process_count() < 2:
     return
   texts = _gather_texts(json.dumps(settings, sort_keys=True, default=repr))
-  first = _flatten(json.loads(texts[0]))
+  first = traverse_util.flatten_dict(json.loads(texts[0]), sep='.')
   problems = []
   for index, text in enumerate(texts[1:], start=1):
-    other = _flatten(json.loads(text))
+    other = traverse_util.flatten_dict(json.loads(text), sep='.')
     keys = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
     problems += [f'{k}: {first.get(k)!r} on process 0, {other.get(k)!r} on process {index}' for k in keys]
   if problems:

@@ -138,6 +138,8 @@ def cudnn_loadable() -> bool:
   only after asking it, even when it only compiles; without it that is a RuntimeError deep in tracing."""
   if not compiler_installed():
     return False
+  # JAX's own check, asked through its private module: there is no public accessor of the cuDNN
+  # version JAX's CUDA plugin loaded, and loading libcudnn ourselves could find another copy.
   from jax._src.lib import cuda_versions  # pylint: disable=import-outside-toplevel
   try:
     return cuda_versions is not None and cuda_versions.cudnn_get_version() > 0

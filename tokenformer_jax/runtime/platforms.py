@@ -16,6 +16,9 @@ _GPU_DEVICES = ('/dev/nvidiactl', '/dev/kfd')   # NVIDIA, AMD
 
 
 def tpu_attached() -> bool:
+  """Whether TPU chips are on this machine's PCI bus. JAX has no public way to ask before a backend
+  starts (jax.devices() would start libtpu, the very thing to avoid), and libtpu none that is quiet; so
+  this asks JAX's private PCI scan, whose list of TPU device ids grows with each TPU generation."""
   try:
     from jax._src import hardware_utils  # pylint: disable=import-outside-toplevel
     return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0

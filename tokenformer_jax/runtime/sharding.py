@@ -1,8 +1,10 @@
 """Mesh from the config, logical-axis rules, and the shardings of abstract state.
 
 Parameters carry logical axis names (e.g. ('layers', 'param_tokens', 'embed')); the config's
-`sharding_rules` map each name to mesh axes. A dimension is sharded only when its size divides evenly —
-otherwise a clear error, never a silent replication.
+`sharding_rules` map each name to mesh axes through flax's logical-axis rules (flax.linen.
+logical_to_mesh_axes: rules in order of precedence, each mesh axis used at most once per array). On top of
+them, a dimension is sharded only when its size divides evenly — otherwise a clear error, never a silent
+replication.
 """
 import contextlib
 import threading
@@ -10,6 +12,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -56,16 +59,11 @@ def make_mesh(cfg_mesh, devices: Sequence[Any] | None = None) -> Mesh:
 
 
 def logical_to_spec(names: Sequence[str | None], rules) -> PartitionSpec:
-  """Maps logical names to a PartitionSpec; a mesh axis is used at most once per array."""
-  table = dict(rules)
-  used, out = set(), []
-  for name in names:
-    target = table.get(name) if name is not None else None
-    axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
-    axes = tuple(a for a in axes if a not in used)
-    used.update(axes)
-    out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
-  return PartitionSpec(*out)
+  """Maps logical names to a PartitionSpec with flax's rules: a rule claims a dimension only while all
+  its mesh axes are still free in that array, so an axis is used at most once (the later claimant is
+  replicated). Rules may come back from a config override as lists; flax wants tuples."""
+  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+  return nn.logical_to_mesh_axes(tuple(names), rules)
 
 
 def named_sharding(shape: Sequence[int], names: Sequence[str | None], mesh: Mesh, rules,

@@ -5,37 +5,21 @@ A resumed run trains again the steps after its checkpoint, so the workdir's logs
 one step. Each start of training in a workdir is an attempt: metrics.jsonl gets a 'start' record (the
 attempt's number and the step it starts from) and every record carries its attempt's number, so
 `kept_records` keeps, of each step, only the records no later attempt trained again or rolled back.
-TensorBoard is told the same with its own mechanism (the writer's purge_step: events at or after the
-first step trained again are hidden). W&B keeps the earlier attempt's records of the steps trained
-again: it drops a record whose step is older than the last one it has.
+TensorBoard is told the same with its own mechanism (a session start at the first step trained
+again: the events read before it at that step or later are hidden). W&B keeps the earlier attempt's
+records of the steps trained again: it drops a record whose step is older than the last one it has.
 """
 import json
 import os
 import secrets
-import sys
 import time
 
 import jax
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from tokenformer_jax.errors import UserError
-
-
-def _summary_writer_class():
-  """tensorboardX's SummaryWriter, imported without PyTorch.
-
-  Where torch is installed, tensorboardX imports it (only to accept torch tensors, which we never
-  pass): 2.5-3.5 s at the start of every training process. A None entry in sys.modules makes that
-  import fail at once, and tensorboardX falls back to numpy; the entry is removed again, so a later
-  `import torch` works as usual. A process that already imported torch is left as it is."""
-  block = 'torch' not in sys.modules
-  if block:
-    sys.modules['torch'] = None
-  try:
-    from tensorboardX import SummaryWriter
-  finally:
-    if block and sys.modules.get('torch', 0) is None:
-      del sys.modules['torch']
-  return SummaryWriter
 
 
 FILE = 'metrics.jsonl'
@@ -75,17 +59,23 @@ class JsonlSink:
 
 
 class TensorBoardSink:
-  """WORKDIR/tensorboard/: event files TensorBoard reads, written without TensorFlow. An attempt that
-  starts at step S hides the events of earlier attempts from step S + 1 on (TensorBoard's purge on a
-  session start), the steps it trains again."""
+  """WORKDIR/tensorboard/: event files TensorBoard reads, written with TensorBoard's own writer, which
+  needs neither TensorFlow nor PyTorch. An attempt that starts at step S hides the events of earlier
+  attempts from step S + 1 on, the steps it trains again: its file opens with a session start at step
+  S + 1, and TensorBoard drops the events already read at that step or later (its purge of orphaned
+  data)."""
 
   def __init__(self, workdir: str, start_step: int | None):
-    purge = None if start_step is None else int(start_step) + 1
-    self._writer = _summary_writer_class()(os.path.join(workdir, 'tensorboard'), purge_step=purge)
+    self._writer = EventFileWriter(os.path.join(workdir, 'tensorboard'))
+    if start_step is not None:
+      self._writer.add_event(event_pb2.Event(
+          wall_time=time.time(), step=int(start_step) + 1,
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def write(self, step: int, scalars: dict) -> None:
-    for name, value in scalars.items():
-      self._writer.add_scalar(name, value, step)
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=name, simple_value=value)
+                                         for name, value in scalars.items()])
+    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
   def close(self) -> None:
     self._writer.close()
