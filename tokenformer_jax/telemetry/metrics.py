@@ -24,7 +24,7 @@ def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without PyTorch.
 
   Where torch is installed, tensorboardX imports it (only to accept torch tensors, which we never
-  pass): 2.5-3.5 s at the start of every training process. A None entry in sys.modules makes that
+  pass), seconds at the start of every training process (docs/performance.md). A None entry in sys.modules makes that
   import fail at once, and tensorboardX falls back to numpy; the entry is removed again, so a later
   `import torch` works as usual. A process that already imported torch is left as it is."""
   block = 'torch' not in sys.modules

@@ -160,7 +160,8 @@ def _plan_from_params(cfg_b, source, dst_workdir: str, mesh) -> Plan:
 
 
 def _make_plan(cfg_b, model_s, meta_s, vocab, dst_workdir, mesh, src, step, src_path, source=None) -> Plan:
-  dst = store.manager(dst_workdir, keep=cfg_b.train.keep_checkpoints, create=False)
+  dst = store.manager(dst_workdir, keep=cfg_b.train.keep_checkpoints, create=False,
+                      compress=cfg_b.train.checkpoint_compression)
   if dst.latest_step() is not None:
     raise UserError(f'{dst_workdir} already holds a checkpoint; grow into a new workdir')
   grown_cfg = grown_config(cfg_b, model_s, meta_s)
