@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.checkpoint_every = 200
   t.keep_checkpoints = 3
   t.async_checkpointing = True   # arrays written in the background while training goes on
-  t.checkpoint_compression = False  # zstd: a float32 state shrinks ~8% for twice the write's host CPU
+  t.checkpoint_compression = False  # zstd on every checkpoint: float32 barely compresses, for more host CPU
   t.sample_tokens = 64           # tokens sampled at the end of a run (0: none) ...
   t.sample_prompt = ''           # ... continuing this text ('': a new document), with sampling.*
   t.peak_tflops = 0.0            # per-chip peak for the logged MFU; 0: the datasheet's (chips.py), if known
@@ -299,11 +299,11 @@ def resolve_model(m: ml_collections.ConfigDict, platform: str,
   will run on (the mesh's, which for an AOT compile is not this process's backend):
   - attention_impl '' → attention.default_impl (which may look at the training seq_len); splash off a
     TPU runs in the Pallas interpreter (splash_interpret).
-  - gelu_impl '' → erf on CPU, whose kernel is faster there (−3% of config (b)'s step); erfc elsewhere,
-    which the TPU compiler keeps in less memory (the erf form costs progressive 1.4B on v5p-8 20 GiB
-    more per device).
-  - scan_unroll 0 → all layers on CPU (the unrolled loop saves the stacked residual copies there; 6
-    layers of config (b): −6% step time), 1 elsewhere.
+  - gelu_impl '' → erf on CPU, whose kernel is faster there; erfc elsewhere, which the TPU compiler
+    keeps in less memory.
+  - scan_unroll 0 → all layers on CPU (the unrolled loop saves the stacked residual copies there), 1
+    elsewhere.
+  (The measurements behind each choice: docs/model.md's table of platform defaults.)
   """
   m = ml_collections.ConfigDict(m.to_dict())
   if not m.attention_impl:

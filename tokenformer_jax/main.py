@@ -186,7 +186,9 @@ def _run(cfg, workdir: str) -> tuple[int, str]:
   # imported after flag parsing: keeps --help fast
   from tokenformer_jax.runtime import distributed
   from tokenformer_jax.telemetry import run_status
+  from tokenformer_jax.runtime import preemption
   from tokenformer_jax.training import loop
+  from tokenformer_jax.training import periodic
 
   def record(exit_status: int) -> None:
     if _MODE.value == 'train':
@@ -200,10 +202,10 @@ def _run(cfg, workdir: str) -> tuple[int, str]:
     record(status)
   except UserError as e:   # bad input: one line, status 2; on record only if the run had trained
     status, message = 2, f'error: {" ".join(str(e).split())}'
-    if isinstance(e, loop.Diverged):
+    if isinstance(e, periodic.Diverged):
       record(status)
   except KeyboardInterrupt:   # Ctrl-C outside the training steps (they save first: preemption.py)
-    status, message = loop.EXIT_INTERRUPTED, 'stopped by Ctrl-C'
+    status, message = preemption.EXIT_INTERRUPTED, 'stopped by Ctrl-C'
     record(status)
   except Exception:
     distributed.check_peers()   # a collective that failed because a process died ends here, in one line

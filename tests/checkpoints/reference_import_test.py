@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from tests import reference_numpy as ref
-from tests.conftest import reference_state_dict, small_config, write_hf_tokenizer
+from tests.conftest import damage_array_bytes, reference_state_dict, small_config, write_hf_tokenizer
 from tokenformer_jax.checkpoints import reference_import
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import evaluate
@@ -61,6 +61,8 @@ def test_safetensors_import_matches_numpy_reference(tmp_path):
   assert restored.step == 0 and restored.meta['imported_from'] == str(path)
   with pytest.raises(UserError, match='already holds checkpoints'):
     reference_import.convert(cfg, str(tmp_path / 'w'), str(path))
+  # written as training writes (store.manager): uncompressed, so the array's bytes lie in the files as is
+  damage_array_bytes(tmp_path / 'w' / 'checkpoints' / '0')
 
 
 def test_torch_import_unwraps_and_casts(tmp_path):

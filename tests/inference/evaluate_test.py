@@ -10,7 +10,6 @@ from tokenformer_jax.data import pipeline, shards
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import evaluate
 from tokenformer_jax.runtime import sharding
-from tokenformer_jax.training import loop
 from tokenformer_jax.training import state as state_lib
 from tokenformer_jax.training import step as step_lib
 
@@ -88,7 +87,7 @@ def test_validation_split_equals_training_eval(setup, tmp_path):
   validation = pipeline.Windows(str(tmp_path), m, 'validation', cfg.data.seq_len)
   result = evaluate.evaluate_split(spec, cfg, params, CharTokenizer(), validation)
   batches = pipeline.eval_batches(validation, cfg.train.batch_size, cfg.train.eval_batches)
-  expected = loop.evaluate(step_lib.make_eval_step(spec, cfg), spec, cfg, params, batches)
+  expected = step_lib.mean_loss(step_lib.make_eval_step(spec, cfg), spec, cfg, params, batches)
   assert result.loss == pytest.approx(expected, rel=1e-6)
   targets = np.concatenate([b[:, 1:].reshape(-1) for b in batches]).tolist()
   assert result.tokens == len(targets)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import small_config, tree_digest
+from tests.conftest import damage_array_bytes, small_config, tree_digest
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.model import transformer as model_lib
@@ -182,6 +182,13 @@ def test_grown_checkpoint_trains_on(source, data_cache, tmp_path):
   result = loop.train(b, dst)  # the config leaves n_ref at 0: τ is taken from the checkpoint
   assert result.step == 8 and result.cfg.model.n_ref_ffn == 256 and b.model.n_ref_ffn == 0
   assert sorted(result.train_losses) == [5, 8]
+
+def test_a_grown_checkpoint_is_written_as_training_writes(source, data_cache, tmp_path):
+  b = small_config(data_cache)
+  b.model.n_ffn = 512
+  growth.grow(b, source, str(tmp_path / 'dst'))
+  # uncompressed (store.manager), so the array's bytes lie in the checkpoint's files as they are
+  damage_array_bytes(tmp_path / 'dst' / 'checkpoints' / '4')
 
 def test_random_values_do_not_depend_on_how_they_are_split():
   chunk = growth_compose.CHUNK

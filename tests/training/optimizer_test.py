@@ -31,11 +31,12 @@ def test_frozen_rows_keeps_the_state_structure_and_masks_updates():
   cfg = base_config().optimizer
   params = {'table': jnp.ones((2, 4, 3)), 'other': jnp.ones((3,))}
   grads = jax.tree.map(jnp.ones_like, params)
-  free = make_optimizer(cfg, 10)
+  free = make_optimizer(cfg, schedule(cfg, 10))
   # per-axis masks of the old (frozen) positions: rows 0, 1 of block 0, and all of 'other'
   old_rows = np.array([1, 1, 0, 0], np.float32).reshape(1, 4, 1)
   old_blocks = np.array([1, 0], np.float32).reshape(2, 1, 1)
-  frozen = make_optimizer(cfg, 10, {'table': (old_blocks, old_rows), 'other': (np.ones(3, np.float32),)})
+  frozen = make_optimizer(cfg, schedule(cfg, 10),
+                          {'table': (old_blocks, old_rows), 'other': (np.ones(3, np.float32),)})
   # the same optimizer state either way, so a checkpoint resumes frozen or not
   assert jax.tree.structure(free.init(params)) == jax.tree.structure(frozen.init(params))
   updates, _ = frozen.update(grads, frozen.init(params), params)

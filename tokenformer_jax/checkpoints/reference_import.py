@@ -197,7 +197,7 @@ def _write(cfg, workdir: str, checkpoint_file: str) -> str:
   params = jax.tree_util.tree_map_with_path(place, spec.abstract['params'], spec.shardings['params'])
   meta = store.run_meta(cfg, vocab)
   meta['imported_from'] = os.path.abspath(os.path.expanduser(checkpoint_file))
-  mngr = store.manager(workdir, create=True)
+  mngr = store.manager(workdir, create=True, compress=cfg.train.checkpoint_compression)
   store.save(mngr, 0, {'params': params}, None, meta)
   where = os.path.join(str(mngr.directory), '0')
   logging.info('imported %s (%.1fM parameters) into %s', checkpoint_file, state_lib.num_params(spec) / 1e6,

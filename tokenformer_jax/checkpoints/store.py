@@ -113,11 +113,15 @@ def _disk_full_message(mngr: ocp.CheckpointManager, reason: str, step: int, n_by
 
 
 def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool = False,
-            cleanup: bool = False, compress: bool = True) -> ocp.CheckpointManager:
+            cleanup: bool = False, compress: bool = False) -> ocp.CheckpointManager:
   """A manager of WORKDIR/checkpoints. `async_save`: saves return before the write (see `save`);
   `cleanup` (a training run, holding the workdir's lock): removes the temporary folders of saves a
   crash cut short; `compress`: zstd on the arrays (reading takes either). A save that finds the disk
-  full is a UserError naming the checkpoint and the space it needs (_Manager)."""
+  full is a UserError naming the checkpoint and the space it needs (_Manager).
+
+  Every checkpoint (trained, grown, converted) is written the same way: uncompressed unless
+  train.checkpoint_compression, because float32 weights barely compress while zstd multiplies the
+  write's host CPU, which competes with the train step (measured: docs/reliability.md)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                          enable_async_checkpointing=async_save,
                                          cleanup_tmp_directories=cleanup)

@@ -16,13 +16,11 @@ import math
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tokenformer_jax.data import dataset as dataset_lib, pipeline
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import loading
-from tokenformer_jax.runtime import sharding
 from tokenformer_jax.training import step as step_lib
 
 
@@ -54,22 +52,17 @@ def windows(tokens_N: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def total_nats(spec, cfg, params, windows_RxW: np.ndarray, mask_RxT: np.ndarray) -> float:
-  """Summed cross entropy of the masked targets, in batches of train.batch_size rows (padded)."""
+  """Summed cross entropy of the masked targets, in batches of train.batch_size rows (padded), each
+  process evaluating its share of every batch, by training's eval step (step.make_eval_step)."""
   batch = cfg.train.batch_size
   rows = -(-windows_RxW.shape[0] // batch) * batch
   windows_RxW = np.pad(windows_RxW, ((0, rows - windows_RxW.shape[0]), (0, 0)))
   mask_RxT = np.pad(mask_RxT, ((0, rows - mask_RxT.shape[0]), (0, 0)))
-  batch_sh = sharding.batch_sharding(spec.mesh, cfg.sharding_rules, 2)
-
-  def batch_nats(params, tokens_BxT1, mask_BxT):
-    return jnp.sum(step_lib.token_losses(spec, params, tokens_BxT1) * mask_BxT)
-
-  batch_nats = jax.jit(batch_nats, in_shardings=(spec.shardings['params'], batch_sh, batch_sh),
-                       out_shardings=sharding.replicated(spec.mesh))
-  total = 0.0
-  for start in range(0, rows, batch):
-    total += float(batch_nats(params, windows_RxW[start:start + batch], mask_RxT[start:start + batch]))
-  return total
+  local = batch // jax.process_count()
+  mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+  batches = ((windows_RxW[start:start + batch][mine], mask_RxT[start:start + batch][mine])
+             for start in range(0, rows, batch))
+  return step_lib.summed_loss(step_lib.make_eval_step(spec, cfg), spec, cfg, params, batches)
 
 
 def _result(nats: float, tokens: int, num_bytes: int) -> EvalResult:

@@ -83,9 +83,8 @@ def _backward(tau, gelu_impl, saved, dy_MxO):
   Autodiff of the forward gives the same numbers but keeps more [M, n] intermediates alive and spreads
   the norm's backward over several passes; here it is one fused elementwise pass and one row reduction.
   The reduction is taken against the saved scores S rather than u (⟨du, u⟩ = τ·r·⟨du, S⟩): XLA:CPU
-  then feeds it the matmul's output instead of writing u out as one more [M, n] array (−14% of the
-  tiny config's temporaries; its step 8-30% and config (b)'s 1-4% faster, one process per variant).
-  The backward is the same for either GELU form.
+  then feeds it the matmul's output instead of writing u out as one more [M, n] array (fewer
+  temporaries and a faster step: docs/performance.md). The backward is the same for either GELU form.
   """
   del gelu_impl
   x_MxI, keys_NxI, values_NxO, scores_MxN, inv_norm_Mx1, saved_weights_MxN = saved
@@ -143,10 +142,9 @@ _gelu_erf.defvjp(_gelu_erf_forward, _gelu_erf_backward)
 def gelu_grad(u, y=None):
   """GELU'(u) = Φ(u) + u·φ(u). Given the forward's y = u·Φ(u), Φ(u) is taken as y / u instead of a second
   erf: erf then has one consumer and XLA:CPU fuses it into the pass that writes y, where it otherwise
-  wrote Φ(u) out as one more array for the backward to read (config (b)'s TokenFormer temporaries
-  1153 → 961 MiB; both kinds' steps 1-6% faster, old and new alternating). y / u is Φ(u) to within
-  2 ulp of y's precision, so only outputs stored in at least float32 are used (`_keeps_cdf`); below
-  |u| = 1e-30, Φ(u) is ½."""
+  wrote Φ(u) out as one more array for the backward to read (the measured saving: docs/performance.md).
+  y / u is Φ(u) to within 2 ulp of y's precision, so only outputs stored in at least float32 are used
+  (`_keeps_cdf`); below |u| = 1e-30, Φ(u) is ½."""
   if y is None:
     cdf = _normal_cdf(u)
   else:

@@ -126,26 +126,24 @@ class Plan:
   source: Any = None        # weights.Source when only parameters are read (an import or a file)
 
 
-def plan(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> Plan:
+def plan(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None, mesh=None) -> Plan:
   """Every check of a growth (source step, empty destination, same tokenizer, a change GROWTH_RULES
-  allows). The source is a workdir (trained, grown or imported) or a released checkpoint file."""
+  allows). The source is a workdir (trained, grown or imported) or a released checkpoint file. `mesh`:
+  B's, where the caller has built it (a staged run), else made from cfg_b.mesh."""
   if os.path.isfile(src_workdir):
-    return _plan_from_params(cfg_b, weights.open_source(src_workdir, cfg_b, step), dst_workdir)
+    return _plan_from_params(cfg_b, weights.open_source(src_workdir, cfg_b, step), dst_workdir, mesh)
   src = store.manager(src_workdir, create=False)
-  available = src.all_steps()
-  if not available:
+  step = store.choose_step(src, step)   # training's choice of the checkpoint to restore
+  if step is None:
     raise UserError(f'no checkpoint to grow in {src_workdir}')
-  step = max(available) if step is None else step
-  if step not in available:
-    raise UserError(f'no checkpoint step {step} in {src_workdir}; available: {sorted(available)}')
   if all(path.startswith('params/') for path in store.saved_shapes(src, step)):
-    return _plan_from_params(cfg_b, weights.open_source(src_workdir, cfg_b, step), dst_workdir)
+    return _plan_from_params(cfg_b, weights.open_source(src_workdir, cfg_b, step), dst_workdir, mesh)
   meta_s = store.read_meta(src, step)
-  return _make_plan(cfg_b, meta_s['config']['model'], meta_s, meta_s['vocab_size'], dst_workdir,
+  return _make_plan(cfg_b, meta_s['config']['model'], meta_s, meta_s['vocab_size'], dst_workdir, mesh,
                     src, step, os.path.abspath(src_workdir))
 
 
-def _plan_from_params(cfg_b, source, dst_workdir: str) -> Plan:
+def _plan_from_params(cfg_b, source, dst_workdir: str, mesh) -> Plan:
   """A source with parameters only (an imported checkpoint, a released file): the grown state gets
   Adam moments of zero and step 0, and the data iterator starts at the beginning. A file says its
   token counts but not its heads, so it grows in tokens only (the config gives its other sizes)."""
@@ -157,16 +155,18 @@ def _plan_from_params(cfg_b, source, dst_workdir: str) -> Plan:
       raise UserError(f'{source.text} has {layers} layers of d_model {np.shape(embedding)[1]}, the config '
                       f'{m.num_layers} of {m.d_model}: a released file grows in parameter tokens only; '
                       f'import it (--mode=convert with its own sizes), then grow that workdir')
-  return _make_plan(cfg_b, source.model, source.meta, source.vocab_size, dst_workdir, None,
+  return _make_plan(cfg_b, source.model, source.meta, source.vocab_size, dst_workdir, mesh, None,
                     source.step or 0, source.path, source)
 
 
-def _make_plan(cfg_b, model_s, meta_s, vocab, dst_workdir, src, step, src_path, source=None) -> Plan:
-  dst = store.manager(dst_workdir, keep=cfg_b.train.keep_checkpoints, create=False)
+def _make_plan(cfg_b, model_s, meta_s, vocab, dst_workdir, mesh, src, step, src_path, source=None) -> Plan:
+  dst = store.manager(dst_workdir, keep=cfg_b.train.keep_checkpoints, create=False,
+                      compress=cfg_b.train.checkpoint_compression)
   if dst.latest_step() is not None:
     raise UserError(f'{dst_workdir} already holds a checkpoint; grow into a new workdir')
   grown_cfg = grown_config(cfg_b, model_s, meta_s)
-  spec_b = state_lib.make_spec(grown_cfg, vocab, sharding.make_mesh(cfg_b.mesh))
+  mesh = sharding.make_mesh(cfg_b.mesh) if mesh is None else mesh
+  spec_b = state_lib.make_spec(grown_cfg, vocab, mesh)
   g = growth_layout.from_configs(model_s, grown_cfg.model, cfg_b.growth.depth_placement)
   leaves = _leaves(grown_cfg, g, int(model_s['d_model']), spec_b.abstract['params'])
   meta = store.run_meta(grown_cfg, vocab)
@@ -247,8 +247,8 @@ def save(p: Plan, state_b) -> int:
   return new_step
 
 
-def grow(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None) -> int:
+def grow(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None, mesh=None) -> int:
   """Grows SRC's checkpoint (latest, or `step`) into a checkpoint of cfg_b in DST; returns its step."""
   with workdir_lock.hold(dst_workdir):
-    p = plan(cfg_b, src_workdir, dst_workdir, step)
+    p = plan(cfg_b, src_workdir, dst_workdir, step, mesh)
     return save(p, compose_state(p, restore_source(p)))

@@ -5,14 +5,13 @@ state, step and data-iterator position), so an interrupted run continues exactly
 A workdir holding a checkpoint of a different model is refused before anything in it is touched.
 """
 import dataclasses
-import math
 import sys
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from absl import logging
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from tokenformer_jax import config as config_lib
@@ -21,7 +20,6 @@ from tokenformer_jax.checkpoints import store
 from tokenformer_jax.checkpoints import weights
 from tokenformer_jax.data import dataset as dataset_lib, pipeline
 from tokenformer_jax.errors import UserError
-from tokenformer_jax.inference import generate
 from tokenformer_jax.model import flops
 from tokenformer_jax.runtime import preemption as preemption_lib
 from tokenformer_jax.runtime import sharding
@@ -31,14 +29,10 @@ from tokenformer_jax.telemetry import goodput
 from tokenformer_jax.telemetry import metrics
 from tokenformer_jax.telemetry import profiling
 from tokenformer_jax.telemetry import step_clock
+from tokenformer_jax.training import hooks as hooks_lib
+from tokenformer_jax.training import periodic
 from tokenformer_jax.training import state as state_lib
 from tokenformer_jax.training import step as step_lib
-# a run stopped by SIGTERM (143) or Ctrl-C (130) after saving exits with these (see preemption.py)
-from tokenformer_jax.runtime.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED  # noqa: F401
-
-
-class Diverged(UserError):
-  """A non-finite loss or gradient norm: the run trained and then failed (not a refusal of its input)."""
 
 
 @dataclasses.dataclass
@@ -55,7 +49,7 @@ class RunResult:
 
 
 @dataclasses.dataclass
-class Prepared:
+class RunSetup:
   """Everything a run needs before its first step."""
   cfg: Any                  # the run's config, with the checkpoint's frozen τ adopted
   mngr: Any
@@ -67,11 +61,10 @@ class Prepared:
   init_source: Any = None     # a fresh run's weights.Source (--init_from)
 
 
-def prepare(cfg, workdir: str, restore_step: int | None = None, accept_data_change: bool = False,
-            init_from: str = '') -> Prepared:
-  """Validates, checks the workdir's checkpoint (or the --init_from source of a fresh run) against
-  cfg, builds corpus, mesh and state spec."""
-  config_lib.validate(cfg)
+def setup_run(cfg, mesh: Mesh, workdir: str, restore_step: int | None = None,
+              accept_data_change: bool = False, init_from: str = '') -> RunSetup:
+  """Checks the workdir's checkpoint (or the --init_from source of a fresh run) against cfg (which
+  `check` validated), builds corpus and state spec on `mesh`."""
   mngr = store.manager(workdir, keep=cfg.train.keep_checkpoints, create=False,
                             async_save=cfg.train.async_checkpointing, cleanup=True,
                             compress=cfg.train.checkpoint_compression)
@@ -97,17 +90,8 @@ def prepare(cfg, workdir: str, restore_step: int | None = None, accept_data_chan
   run_data = dataset_lib.open_run_data(cfg.data, workdir,
                                        tokenizer_sha256=(saved_meta or {}).get('tokenizer_sha256'))
   vocab = config_lib.padded_vocab(cfg.model, run_data.vocab_size)
-  mesh = sharding.make_mesh(cfg.mesh)
   spec = state_lib.make_spec(cfg, vocab, mesh, grown_from=grown_from if cfg.growth.freeze_old else None)
-  return Prepared(cfg, mngr, step, saved_meta, run_data, spec, restart_data, init_source)
-
-
-def evaluate(eval_step, spec, cfg, params, batches) -> float:
-  total, count = 0.0, 0
-  for tokens in batches:
-    total += float(eval_step(params, step_lib.global_batch(spec, cfg, tokens)))
-    count += tokens.shape[0] * (tokens.shape[1] - 1) * jax.process_count()
-  return total / count
+  return RunSetup(cfg, mngr, step, saved_meta, run_data, spec, restart_data, init_source)
 
 
 def train(cfg, workdir: str, stop_at_step: int | None = None, restore_step: int | None = None,
@@ -120,170 +104,172 @@ def train(cfg, workdir: str, stop_at_step: int | None = None, restore_step: int 
   started = time.perf_counter(), time.time()   # start-up and goodput count from here
   if stop_at_step is not None and stop_at_step < 1:
     raise UserError(f'--stop_at_step must be positive, got {stop_at_step}')
+  mesh = check(cfg)  # before the lock: a refused run writes nothing
+  return train_checked(cfg, mesh, workdir, stop_at_step, restore_step, accept_data_change, init_from,
+                       started)
+
+
+def check(cfg) -> Mesh:
+  """Validates cfg (the one validation of a run's config) and refuses what no run of it could do,
+  before anything is written; returns the run's mesh."""
   config_lib.validate(cfg)
-  check_batch(cfg)  # before the lock: a refused run writes nothing
+  mesh = sharding.make_mesh(cfg.mesh)
+  check_batch(cfg, mesh)
   metrics.check(cfg.metrics)
+  return mesh
+
+
+def train_checked(cfg, mesh: Mesh, workdir: str, stop_at_step: int | None = None,
+                  restore_step: int | None = None, accept_data_change: bool = False, init_from: str = '',
+                  started: tuple | None = None) -> RunResult:
+  """`train` of a config `check` accepted, on the mesh it returned."""
+  started = started or (time.perf_counter(), time.time())
   with workdir_lock.hold(workdir):
-    return _train(cfg, workdir, stop_at_step, restore_step, accept_data_change, init_from, started)
+    return _train(cfg, mesh, workdir, stop_at_step, restore_step, accept_data_change, init_from, started)
 
 
-def check_batch(cfg) -> None:
+def check_batch(cfg, mesh: Mesh) -> None:
   """The global batch splits evenly over processes and over the mesh's batch axes."""
   t, n_proc = cfg.train, jax.process_count()
   if t.batch_size % n_proc:
     raise UserError(f'train.batch_size={t.batch_size} is not divisible by {n_proc} processes')
-  sharding.check_batch(sharding.make_mesh(cfg.mesh), cfg.sharding_rules, t.batch_size, t.grad_accum)
+  sharding.check_batch(mesh, cfg.sharding_rules, t.batch_size, t.grad_accum)
 
 
-def _train(cfg, workdir: str, stop_at_step: int | None, restore_step: int | None,
+@dataclasses.dataclass
+class _Run:
+  """A run at its first step: the setup, the state and where the steps start and end."""
+  setup: RunSetup
+  state: Any
+  start: int
+  end: int
+  train_iter: Any
+  meta: dict
+  val_batches: list | None    # this process's rows of each validation batch (None: no validation data)
+  step_flops: float
+  peak: float | None          # the chips' peak FLOP/s, for MFU (None: unknown)
+
+
+def _train(cfg, mesh, workdir: str, stop_at_step: int | None, restore_step: int | None,
            accept_data_change: bool, init_from: str, started: tuple) -> RunResult:
-  prep = prepare(cfg, workdir, restore_step, accept_data_change, init_from)
-  cfg, mngr, latest, run_data, spec = prep.cfg, prep.mngr, prep.step, prep.data, prep.spec
-  t = cfg.train
-  n_proc, proc = jax.process_count(), jax.process_index()
-  local_batch = t.batch_size // n_proc
-  seq_len = cfg.data.seq_len
-  train_iter = pipeline.BatchIterator(run_data.train_stream(seq_len, cfg.seed, t.batch_size),
-                                      t.batch_size, proc, n_proc)
-  val_batches = _validation_batches(run_data, seq_len, t, proc, local_batch)
-  meta = store.run_meta(cfg, spec.vocab_size, run_data.tokenizer)
-  for key in ('grown_from', 'initialized_from'):  # where the weights came from stays on record
-    if key in (prep.saved_meta or {}):
-      meta[key] = prep.saved_meta[key]
-
-  # ---- state: restore or init ----
-  if latest is not None:
-    state = store.restore(mngr, latest, state_lib.abstract_targets(spec),
-                               None if prep.restart_data else train_iter)
-    store.set_aside_later(mngr, latest)
-    logging.info('resumed from step %d in %s', latest, workdir)
-  elif prep.init_source is not None:
-    state = state_lib.from_params(spec, weights.read_params(prep.init_source, spec))
-    meta['initialized_from'] = prep.init_source.describe()
-    logging.info('starting from the parameters of %s (step 0, a fresh optimizer state and data iterator)',
-                 prep.init_source.text)
-  else:
-    state = state_lib.init_state(spec, cfg)
-  start = int(state['step'])
-  end = min(t.steps, stop_at_step) if stop_at_step else t.steps
-
-  n_params = state_lib.num_params(spec)
-  step_flops = flops.train_flops_per_token(cfg.model, spec.vocab_size, seq_len) * t.batch_size * seq_len
-  peak, peak_source = chips.peak_flops(t.peak_tflops, spec.mesh.devices.flatten().tolist())
-  if proc == 0:
-    logging.info('%s model: %.2fM parameters, %.3f GFLOP per step, mesh %s; MFU peak: %s', cfg.model.kind,
-                 n_params / 1e6, step_flops / 1e9, dict(spec.mesh.shape), peak_source)
-
+  run = _start(setup_run(cfg, mesh, workdir, restore_step, accept_data_change, init_from), workdir,
+               stop_at_step)
+  cfg, spec, t = run.setup.cfg, run.setup.spec, run.setup.cfg.train
   train_step = step_lib.make_train_step(spec, cfg)
-  eval_step = step_lib.make_eval_step(spec, cfg)
-  result = RunResult(state=state, step=start, train_losses={}, val_losses={}, cfg=cfg)
-  tokens_per_step = t.batch_size * seq_len
-  account = goodput.Goodput(workdir, start, start_time=started[1], record=start < end)
+  result = RunResult(state=run.state, step=run.start, train_losses={}, val_losses={}, cfg=cfg)
+  account = goodput.Goodput(workdir, run.start, start_time=started[1], record=run.start < run.end)
   clock = step_clock.StepClock(start=started[0])
-
-  # ---- steps ----
-  # The first step whose loss or gradient norm is not finite, tracked on the device (no sync per step)
-  # and read before every save and log: a diverged state is never saved, so rotation keeps a good one.
-  first_bad = jax.jit(lambda: jnp.int32(-1), out_shardings=sharding.replicated(spec.mesh))()
-  track_bad = jax.jit(lambda first, m, step: jnp.where(
-      (first < 0) & ~(jnp.isfinite(m['loss']) & jnp.isfinite(m['grad_norm'])), step, first))
-  bar = tqdm(total=end, initial=start, desc='train', unit='step', disable=proc != 0 or start >= end,
-             dynamic_ncols=True, file=sys.stderr)
-  writer = metrics.MetricsWriter(workdir, cfg.metrics, cfg.to_dict(),
-                                 start_step=start if start < end else None)   # None: trains nothing
+  bar = tqdm(total=run.end, initial=run.start, desc='train', unit='step', file=sys.stderr,
+             disable=jax.process_index() != 0 or run.start >= run.end, dynamic_ncols=True)
+  writer = metrics.MetricsWriter(workdir, cfg.metrics, cfg.to_dict(),   # None: trains nothing
+                                 start_step=run.start if run.start < run.end else None)
   profiler = profiling.Profiler(t, workdir)
-  window_steps, step_metrics, done = 0, None, start
+  log = periodic.LogWindow(clock, account, writer, bar, result, t.batch_size * cfg.data.seq_len,
+                           run.step_flops, run.peak)
+  saves = periodic.Checkpoints(run.setup.mngr, run.train_iter, run.meta, clock, t.async_checkpointing)
+  preemption = preemption_lib.Preemption(run.setup.mngr)
+  hooks = _add_hooks(run, log, saves, periodic.ProfileWindow(profiler, clock),
+                     periodic.Stop(preemption, result), clock, writer, bar, result)
   clock.add('startup', time.perf_counter() - started[0])   # config, data, restore or init
   # (the first batch's fetch counts as waiting for data, the first step's compilation as start-up)
   # try/finally: whatever ends the loop, a save still being written commits (or the last one stays).
   try:
-    with preemption_lib.Preemption(mngr) as preemption:
-      for step in range(start, end):
-        batch = clock.fetch(lambda: step_lib.global_batch(spec, cfg, next(train_iter)),
-                            step_metrics and step_metrics['loss'])
-        if profiler.starts_at(step):
-          with clock.measure('profile'):
-            profiler.start(step)
-        if step == start:   # the first call traces and compiles: start-up
-          compile_start = time.perf_counter()
-          state, step_metrics = train_step(state, batch)
-          clock.add('startup', time.perf_counter() - compile_start)
-          if proc == 0:
-            logging.info('start-up: %.1f s to the first step (config, data, state), %.1f s compiling it',
-                         compile_start - started[0], time.perf_counter() - compile_start)
-        else:
-          state, step_metrics = train_step(state, batch)
-        window_steps += 1
-        done = step + 1
-        first_bad = track_bad(first_bad, step_metrics, done)
-        if profiler.ends_at(step):
-          jax.block_until_ready(state)   # the window's device work, inside the trace
-          with clock.measure('profile'):
-            profiler.stop()
-        preempted = preemption.reached(done)
-        saving = done % t.checkpoint_every == 0 or done == end or preempted
-        evaluating = val_batches is not None and (done % t.eval_every == 0 or done == end)
-        if saving or done % t.log_every == 0:
-          _stop_if_diverged(int(first_bad), mngr)
-        if done % t.log_every == 0 or done == end:
-          scalars = {k: float(v) for k, v in step_metrics.items()}   # waits for the window's steps
-          scalars.update(_close_window(clock, account, done, window_steps, tokens_per_step * window_steps,
-                                       step_flops * window_steps, peak))
-          window_steps = 0
-          result.train_losses[done] = scalars['loss']
-          writer.write(done, scalars)
-          shown = {'loss': f"{scalars['loss']:.3f}", 'tok_s': f"{scalars['tokens_per_s']:.0f}"}
-          if 'mfu' in scalars:
-            shown['mfu'] = f"{scalars['mfu']:.1%}"
-          bar.set_postfix(shown)
-        bar.update(1)
-        if evaluating or saving:
-          jax.block_until_ready(state)   # the steps' time stays theirs, not the eval's or the save's
-        if evaluating:
-          with clock.measure('eval'):
-            val = evaluate(eval_step, spec, cfg, state['params'], val_batches)
-          result.val_losses[done] = val
-          writer.write(done, {'val_loss': val, 'val_ppl': math.exp(min(val, 50.0))})
-          if proc == 0:
-            bar.write(f'step {done}: val loss {val:.4f}, ppl {math.exp(min(val, 50.0)):.2f}')
-        if saving:
-          # async: returns once the arrays are on the host; waited for at the end or when preempted
-          with clock.measure('checkpoint'):
-            store.save(mngr, done, state, train_iter, meta,
-                            wait=preempted or done == end or not t.async_checkpointing)
-        if preempted:
-          logging.warning('%s: saved step %d, exiting (status %d: rerun to resume)', preemption.signal_name,
-                          done, preemption.exit_status)
-          result.preempted, result.exit_status = True, preemption.exit_status
-          break
-    with clock.measure('checkpoint'):
-      mngr.wait_until_finished()
-    # the end's evaluation and save (and a preempted run's last steps) close one more window
-    final = _close_window(clock, account, done, window_steps, tokens_per_step * window_steps,
-                          step_flops * window_steps, peak)
-    if start < end:
-      writer.write(done, {k: v for k, v in final.items() if k.startswith(('goodput', 'badput', 'time_'))})
-      if proc == 0:
-        bar.write(goodput.describe(account.summary()))
+    with preemption:
+      info = _steps(run, hooks, periodic.timed_first_call(train_step, clock, started[0]), clock)
+    saves.wait()
+    log.finish(info.step, trained=run.start < run.end)
   finally:
     account.close()
-    mngr.wait_until_finished()
+    run.setup.mngr.wait_until_finished()
     profiler.close()
     bar.close()
     writer.close()
-  result.state, result.step = state, int(state['step'])
-
-  # ---- a taste of the model ----
-  if t.sample_tokens and result.step == t.steps and not result.preempted:
-    result.sample = sample_text(spec, cfg, state['params'], run_data.tokenizer)
-    if proc == 0:
-      print('--- sample ---\n' + result.sample + '\n--------------', flush=True)
+  result.state, result.step = info.state, int(info.state['step'])
+  hooks.run_end(info)
   return result
 
 
-def _validation_batches(run_data, seq_len: int, t, proc: int, local_batch: int) -> list | None:
+def _steps(run: _Run, hooks: hooks_lib.Hooks, train_step, clock) -> hooks_lib.StepInfo:
+  """The loop: a batch, a step, the hooks; until run.end or a hook says stop. Returns the last StepInfo
+  (the state and step it ended with)."""
+  spec, cfg, train_iter = run.setup.spec, run.setup.cfg, run.train_iter
+  info = hooks_lib.StepInfo(run.start, run.end, run.state, None)
+  for step in range(run.start, run.end):
+    batch = clock.fetch(lambda: step_lib.global_batch(spec, cfg, next(train_iter)),
+                        info.metrics and info.metrics['loss'])
+    hooks.run_before(step)
+    state, step_metrics = train_step(info.state, batch)
+    info = hooks.run_after(hooks_lib.StepInfo(step + 1, run.end, state, step_metrics))
+    if info.stopping:
+      break
+  return info
+
+
+def _add_hooks(run: _Run, log, saves, profile, stop, clock, writer, bar, result) -> hooks_lib.Hooks:
+  """The run's periodic actions, in the order they run within a step: divergence is read before the log
+  and before any save (a diverged state is never saved), the evaluation runs before the save, and the
+  stop (SIGTERM, Ctrl-C) is known before the save it forces."""
+  spec, cfg, t = run.setup.spec, run.setup.cfg, run.setup.cfg.train
+  divergence = periodic.Divergence(spec.mesh, run.setup.mngr)
+  saving = hooks_lib.every(t.checkpoint_every, at_end=True, on_stop=True)
+  log_due = hooks_lib.every(t.log_every)
+  hooks = hooks_lib.Hooks()
+  hooks.before_step(profile.start, profile.starts_at)
+  hooks.add(log.count)
+  hooks.add(divergence.track)
+  hooks.add(profile.stop, profile.ends_after)
+  hooks.add(stop.check)
+  hooks.add(divergence.check, lambda info: saving(info) or log_due(info))
+  hooks.add(log.write, hooks_lib.every(t.log_every, at_end=True))
+  hooks.add(log.progress)
+  if run.val_batches is not None:
+    hooks.add(periodic.Evaluation(spec, cfg, run.val_batches, clock, writer, bar, result),
+              hooks_lib.every(t.eval_every, at_end=True))
+  hooks.add(saves.save, saving)
+  hooks.add(stop.announce, lambda info: info.stopping)
+  hooks.at_end(periodic.Sample(spec, cfg, run.setup.data.tokenizer, result))
+  return hooks
+
+
+def _start(setup: RunSetup, workdir: str, stop_at_step: int | None) -> _Run:
+  """The state to start from (restored, from --init_from's parameters, or initialised), the data
+  iterator and validation batches, and what is saved beside the state."""
+  cfg, spec, t = setup.cfg, setup.spec, setup.cfg.train
+  n_proc, proc = jax.process_count(), jax.process_index()
+  seq_len = cfg.data.seq_len
+  train_iter = pipeline.BatchIterator(setup.data.train_stream(seq_len, cfg.seed, t.batch_size),
+                                      t.batch_size, proc, n_proc)
+  val_batches = _validation_batches(setup.data, seq_len, t)
+  meta = store.run_meta(cfg, spec.vocab_size, setup.data.tokenizer)
+  for key in ('grown_from', 'initialized_from'):  # where the weights came from stays on record
+    if key in (setup.saved_meta or {}):
+      meta[key] = setup.saved_meta[key]
+  if setup.step is not None:
+    state = store.restore(setup.mngr, setup.step, state_lib.abstract_targets(spec),
+                          None if setup.restart_data else train_iter)
+    store.set_aside_later(setup.mngr, setup.step)
+    logging.info('resumed from step %d in %s', setup.step, workdir)
+  elif setup.init_source is not None:
+    state = state_lib.from_params(spec, weights.read_params(setup.init_source, spec))
+    meta['initialized_from'] = setup.init_source.describe()
+    logging.info('starting from the parameters of %s (step 0, a fresh optimizer state and data iterator)',
+                 setup.init_source.text)
+  else:
+    state = state_lib.init_state(spec, cfg)
+  start = int(state['step'])
+  end = min(t.steps, stop_at_step) if stop_at_step else t.steps
+  step_flops = flops.train_flops_per_token(cfg.model, spec.vocab_size, seq_len) * t.batch_size * seq_len
+  peak, peak_source = chips.peak_flops(t.peak_tflops, spec.mesh.devices.flatten().tolist())
+  if proc == 0:
+    logging.info('%s model: %.2fM parameters, %.3f GFLOP per step, mesh %s; MFU peak: %s', cfg.model.kind,
+                 state_lib.num_params(spec) / 1e6, step_flops / 1e9, dict(spec.mesh.shape), peak_source)
+  return _Run(setup, state, start, end, train_iter, meta, val_batches, step_flops, peak)
+
+
+def _validation_batches(run_data, seq_len: int, t) -> list | None:
   """This process's rows of the validation batches; None (said once) when there is no validation data.
   Rows are split over processes so each global batch holds every row once."""
+  proc, local_batch = jax.process_index(), t.batch_size // jax.process_count()
   validation = run_data.validation(seq_len)
   if validation is None:
     if proc == 0:
@@ -292,41 +278,3 @@ def _validation_batches(run_data, seq_len: int, t, proc: int, local_batch: int) 
     return None
   val_rows = pipeline.eval_batches(validation, t.batch_size, t.eval_batches)
   return [b[proc * local_batch:(proc + 1) * local_batch] for b in val_rows]
-
-
-def _close_window(clock, account, done: int, steps: int, tokens: int, flop: float, peak) -> dict:
-  """The window's time breakdown, its throughput over the time spent training (train steps and waiting
-  for data: evaluation, saves and start-up have columns of their own), MFU where a peak is known, and
-  the run's goodput so far."""
-  times = clock.close_window()
-  account.add_window(done, steps, times)
-  out = dict(times)
-  training_s = times['time_step_s'] + times['time_data_s']
-  if steps and training_s > 0:
-    out['tokens_per_s'] = tokens / training_s
-    out['gflops_per_s'] = flop / training_s / 1e9
-    if peak:
-      out['mfu'] = flop / training_s / peak
-  summary = account.summary()
-  out.update({k: v for k, v in summary.items() if k.startswith(('goodput', 'badput'))})
-  return out
-
-
-def _stop_if_diverged(first_bad: int, mngr) -> None:
-  if first_bad >= 0:
-    mngr.wait_until_finished()  # the last save (of a finite state) commits before it is named
-    kept = mngr.latest_step()
-    where = f'the last checkpoint, step {kept}, is kept' if kept is not None else 'nothing was saved'
-    raise Diverged(f'the loss or gradient norm is not finite at step {first_bad}; stopped before saving '
-                    f'({where}): lower optimizer.lr or raise optimizer.warmup_frac and rerun')
-
-
-def sample_text(spec, cfg, params, tokenizer) -> str:
-  """train.sample_tokens tokens continuing train.sample_prompt (KV-cached, with the config's sampling
-  settings: see generate.py); an empty prompt starts a new document."""
-  t = cfg.train
-  generator = generate.Generator(spec.graphdef, context=cfg.data.seq_len, vocab_limit=tokenizer.vocab_size,
-                                 eos_id=tokenizer.eos_id, sampling=generate.Sampling.of(cfg.sampling))
-  prompt_ids = tokenizer.encode(t.sample_prompt) or [tokenizer.eos_id]
-  ids = generator.generate(params, [prompt_ids], t.sample_tokens, seed=cfg.seed)[0]
-  return t.sample_prompt + tokenizer.decode(ids)

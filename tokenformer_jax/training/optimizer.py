@@ -43,10 +43,11 @@ def frozen_rows(tx: optax.GradientTransformation, old_masks) -> optax.GradientTr
   return optax.GradientTransformation(tx.init, update)
 
 
-def make_optimizer(cfg_opt, total_steps: int, multipliers=None) -> optax.GradientTransformation:
-  """The chain; `multipliers` (old masks, see frozen_rows) restricts which parameters it updates."""
+def make_optimizer(cfg_opt, lr_schedule: optax.Schedule, multipliers=None) -> optax.GradientTransformation:
+  """The chain on `lr_schedule` (built once per run by `schedule`: the train step logs the same one);
+  `multipliers` (old masks, see frozen_rows) restricts which parameters it updates."""
   tx = optax.chain(
       optax.clip_by_global_norm(cfg_opt.clip_norm),
-      optax.adamw(schedule(cfg_opt, total_steps), b1=cfg_opt.b1, b2=cfg_opt.b2, eps=cfg_opt.eps,
+      optax.adamw(lr_schedule, b1=cfg_opt.b1, b2=cfg_opt.b2, eps=cfg_opt.eps,
                   weight_decay=cfg_opt.weight_decay, mask=decay_mask))
   return tx if multipliers is None else frozen_rows(tx, multipliers)

@@ -32,28 +32,26 @@ def stage_dir(workdir: str, index: int) -> str:
 
 
 def stage_config(cfg, workdir: str, index: int) -> ml_collections.ConfigDict:
-  """The plain (single-run) config of stage `index`."""
-  c = config_lib.apply_overrides(cfg, {**cfg.stages[index], 'stages': (),
-                                       'data.cache_dir': dataset_lib.cache_dir_for(cfg.data, workdir)})
-  config_lib.validate(c)
-  return c
+  """The plain (single-run) config of stage `index` (loop.check validates it)."""
+  return config_lib.apply_overrides(cfg, {**cfg.stages[index], 'stages': (),
+                                          'data.cache_dir': dataset_lib.cache_dir_for(cfg.data, workdir)})
 
 
 def run(cfg, workdir: str, accept_data_change: bool = False) -> list[loop.RunResult]:
-  config_lib.validate(cfg)
+  config_lib.validate(cfg)   # the staged config itself (its stages' overrides are well formed)
   configs = [stage_config(cfg, workdir, index) for index in range(len(cfg.stages))]
-  for c in configs:  # every stage's batch fits the mesh, before the first stage writes anything
-    loop.check_batch(c)
+  # every stage's config is valid and its batch fits its mesh, before the first stage writes anything
+  meshes = [loop.check(c) for c in configs]
   for index in range(1, len(configs)):  # and every stage is a growth of the one before
     diffs = store.growth_differences(configs[index - 1].model.to_dict(), configs[index].model)
     if diffs:
       raise UserError(f'stages[{index}] is not a growth of stages[{index - 1}]: ' + '; '.join(diffs))
   results = []
-  for index, c in enumerate(configs):
+  for index, (c, mesh) in enumerate(zip(configs, meshes)):
     here = stage_dir(workdir, index)
     if index > 0 and store.manager(here, create=False).latest_step() is None:
-      growth.grow(c, stage_dir(workdir, index - 1), here)
-    result = loop.train(c, here, accept_data_change=accept_data_change)
+      growth.grow(c, stage_dir(workdir, index - 1), here, mesh=mesh)
+    result = loop.train_checked(c, mesh, here, accept_data_change=accept_data_change)
     results.append(result)
     if result.preempted:
       break

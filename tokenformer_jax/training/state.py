@@ -32,6 +32,7 @@ class StateSpec:
   shardings: Any       # NamedSharding tree of the state
   mesh: Mesh
   vocab_size: int
+  lr_schedule: optax.Schedule   # the one the optimizer follows; the train step logs its value
 
 
 def new_part_multipliers(abstract_params, m, grown_from: dict):
@@ -56,7 +57,8 @@ def make_spec(cfg, vocab_size: int, mesh: Mesh, grown_from: dict | None = None) 
   abstract_params = nnx.to_pure_dict(param_state)
   params_sh = sharding.param_shardings(logical, abstract_params, mesh, cfg.sharding_rules)
   multipliers = None if grown_from is None else new_part_multipliers(abstract_params, cfg.model, grown_from)
-  tx = optimizer.make_optimizer(cfg.optimizer, cfg.train.steps, multipliers)
+  lr_schedule = optimizer.schedule(cfg.optimizer, cfg.train.steps)
+  tx = optimizer.make_optimizer(cfg.optimizer, lr_schedule, multipliers)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   rep = sharding.replicated(mesh)
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, params_sh,
@@ -64,7 +66,7 @@ def make_spec(cfg, vocab_size: int, mesh: Mesh, grown_from: dict | None = None) 
   abstract = {'params': abstract_params, 'opt_state': abstract_opt,
               'step': jax.ShapeDtypeStruct((), jnp.int32)}
   shardings = {'params': params_sh, 'opt_state': opt_sh, 'step': rep}
-  return StateSpec(graphdef, model_cfg, tx, abstract, shardings, mesh, vocab_size)
+  return StateSpec(graphdef, model_cfg, tx, abstract, shardings, mesh, vocab_size, lr_schedule)
 
 
 def abstract_targets(spec: StateSpec):
