@@ -185,9 +185,8 @@ def _run(cfg, workdir: str) -> tuple[int, str]:
   outcome in WORKDIR/status (run_status.py), unless it was refused before training."""
   # imported after flag parsing: keeps --help fast
   from tokenformer_jax.runtime import distributed
-  from tokenformer_jax.telemetry import run_status
   from tokenformer_jax.runtime import preemption
-  from tokenformer_jax.training import loop
+  from tokenformer_jax.telemetry import run_status
   from tokenformer_jax.training import periodic
 
   def record(exit_status: int) -> None:
