@@ -101,9 +101,9 @@ def _prepare_raw(data_cfg, cache_dir: str, create: bool, record: dict | None) ->
     if jax.process_index() == 0:
       build.run(opts, log=logging.info)  # e.g. the shards reused from a stopped run's prepare
     _sync('data prepared')
+    got = manifest_lib.read(cache_dir)['tokenizer']['sha256']
     try:
-      run_record.check_tokenizer(record, manifest_lib.read(cache_dir)['tokenizer']['sha256'],
-                                 where=cache_dir)
+      run_record.check_tokenizer(record, got, where=cache_dir)
     except UserError:
       _sync('data checked')
       if jax.process_index() == 0 and not existed:
