@@ -65,6 +65,7 @@ def main():
   platforms.choose()
   import jax
   import numpy as np
+  from tokenformer_jax.checkpoints import run_record
   from tokenformer_jax.checkpoints import store
   from tokenformer_jax.data import pipeline
   from tokenformer_jax.training import state as state_lib
@@ -75,7 +76,7 @@ def main():
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, VOCAB, (args.batch_size, args.seq_len + 1), dtype=np.int32)
   batch = step_lib.global_batch(spec, c, tokens)
-  meta = store.run_meta(c, VOCAB)
+  meta = run_record.run_meta(c, VOCAB)
   managers = {mode: store.manager(os.path.join(args.workdir, mode), keep=1, async_save=mode == 'async',
                                        compress=args.compression) for mode in ('sync', 'async')}
 

@@ -39,6 +39,7 @@ def _save_without_digests(mngr, step, state, meta):
 def measure(name: str, size: dict, workdir: str, rounds: int) -> dict:
   import jax
   from tokenformer_jax.checkpoints import digests
+  from tokenformer_jax.checkpoints import run_record
   from tokenformer_jax.checkpoints import store
   from tokenformer_jax.data import pipeline
   from tokenformer_jax.training import state as state_lib
@@ -49,7 +50,7 @@ def measure(name: str, size: dict, workdir: str, rounds: int) -> dict:
          'state_MiB': round(sum(x.nbytes for x in arrays.values()) / 2**20),
          'digest_first_s': _timed(lambda: digests.compute(arrays))}
   out['digest_s'] = statistics.median(_timed(lambda: digests.compute(arrays)) for _ in range(rounds))
-  meta, targets = store.run_meta(c, checkpoint_stall.VOCAB), state_lib.abstract_targets(spec)
+  meta, targets = run_record.run_meta(c, checkpoint_stall.VOCAB), state_lib.abstract_targets(spec)
   times = {key: [] for key in ('save', 'save_plain', 'async_call', 'async_call_plain', 'restore',
                                'restore_plain')}
   step = 0

@@ -46,6 +46,7 @@ def config(big: bool, cache: str, devices: int, growth: str, size: str):
 def phase(name: str, workdir: str, devices: int, growth_kind: str, size: str) -> dict:
   """One measured phase, in this (fresh) process."""
   import jax
+  from tokenformer_jax.checkpoints import run_record
   from tokenformer_jax.checkpoints import store
   from tokenformer_jax.data import pipeline
   from tokenformer_jax.runtime import sharding
@@ -59,7 +60,7 @@ def phase(name: str, workdir: str, devices: int, growth_kind: str, size: str) ->
     c = config(False, cache, devices, growth_kind, size)
     spec = state_lib.make_spec(c, 512, sharding.make_mesh(c.mesh))
     state = state_lib.init_state(spec, c)
-    store.save(store.manager(src), 0, state, pipeline.Position(), store.run_meta(c, 512))
+    store.save(store.manager(src), 0, state, pipeline.Position(), run_record.run_meta(c, 512))
     out['params_M'] = state_lib.num_params(spec) / 1e6
     out['state_MiB'] = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
   elif name == 'grow':   # growth's three phases, timed one by one, with the peak RSS after each
@@ -78,8 +79,8 @@ def phase(name: str, workdir: str, devices: int, growth_kind: str, size: str) ->
     out.update(save_s=time.perf_counter() - clock, peak_rss_after_save_MiB=_peak_rss_MiB())
   elif name == 'plain_restore':
     mngr = store.manager(dst)
-    c = store.adopt_frozen_tau(config(True, cache, devices, growth_kind, size),
-                                    store.read_meta(mngr, mngr.latest_step()))
+    c = run_record.adopt_frozen_tau(config(True, cache, devices, growth_kind, size),
+                                         store.read_meta(mngr, mngr.latest_step()))
     spec = state_lib.make_spec(c, 512, sharding.make_mesh(c.mesh))
     t0, cpu = time.perf_counter(), time.process_time()
     state = store.restore(mngr, mngr.latest_step(), state_lib.abstract_targets(spec))

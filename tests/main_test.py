@@ -226,7 +226,7 @@ def test_grow_from_names_the_source_step(trained_workdir, tmp_path):
   """--grow_from=WORKDIR:STEP (the syntax of --init_from) instead of a --restore_step of another workdir."""
   code, _, err = run_main(*FAST, '--mode=grow', f'--grow_from={trained_workdir}:7', '--config.model.n_ffn=128',
                           workdir=tmp_path / 'w')
-  assert code == 2 and f'no checkpoint step 7 in {trained_workdir}' in error_line(err), err
+  assert code == 2 and f'--grow_from={trained_workdir}:7: no such checkpoint in {trained_workdir}' in error_line(err), err
   code, _, err = run_main(*FAST, '--mode=grow', f'--grow_from={trained_workdir}:2', '--config.model.n_ffn=128',
                           workdir=tmp_path / 'w')
   assert code == 0, err

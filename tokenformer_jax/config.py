@@ -25,11 +25,6 @@ DEPTH_PLACEMENTS = ('append', 'interleave')   # where a growth puts new blocks (
 # or jax.nn.gelu's erfc form: the same function, different kernels.
 GELU_IMPLEMENTATIONS = ('erf', 'erfc')
 WANDB_MODES = ('online', 'offline')
-# Model keys that change how the function is computed, not which function: a checkpoint may be resumed,
-# grown or sampled with other values of these.
-RUNTIME_MODEL_KEYS = ('dtype', 'remat', 'scan_unroll', 'attention_impl', 'gelu_impl')
-# Model keys that only say how fresh parameters are drawn (growth draws its new rows with them too).
-INIT_MODEL_KEYS = ('key_init_std', 'value_init_std', 'embed_init_std')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -122,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
   o.clip_norm = 1.0
 
   # Growth: how `--mode=grow` (and each stage of a multi-stage schedule) makes a model deeper, wider
-  # and adds parameter tokens (checkpoint.GROWTH_RULES says which model keys may change, and how).
+  # and adds parameter tokens (run_record.GROWTH_RULES says which model keys may change, and how).
   c.growth = g = ml_collections.ConfigDict()
   g.policy = 'exact'             # exact: new keys 0, new values random, τ frozen; paper: all random, τ = √n
   g.optimizer = 'carry'          # carry: Adam moments kept (mapped onto the grown layout, 0 for what is

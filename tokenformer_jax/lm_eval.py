@@ -41,6 +41,7 @@ _SAMPLE_SEED = flags.DEFINE_integer('sample_seed', None, 'Seed of sampled genera
 
 def load_model(cfg, workdir: str, batch_size: int, step: int | None, seed: int):
   """The harness model over the workdir's checkpoint, with the checkpoint's tokenizer."""
+  from tokenformer_jax.checkpoints import run_record  # pylint: disable=import-outside-toplevel
   from tokenformer_jax.data import dataset as dataset_lib  # pylint: disable=import-outside-toplevel
   from tokenformer_jax.inference import lm_eval_adapter  # pylint: disable=import-outside-toplevel
   from tokenformer_jax.inference import loading  # pylint: disable=import-outside-toplevel
@@ -48,7 +49,7 @@ def load_model(cfg, workdir: str, batch_size: int, step: int | None, seed: int):
     raise UserError(f'--score_batch_size must be positive, got {batch_size}')
   restored = loading.load(cfg, workdir, step)
   tokenizer = dataset_lib.tokenizer_for_inference(loading.data_config(cfg, workdir, restored), workdir)
-  loading.check_tokenizer(tokenizer, restored)
+  run_record.inference_tokenizer(restored.meta, tokenizer, restored.vocab_size, restored.step)
   return lm_eval_adapter.TokenFormerLM(restored.graphdef, restored.params, restored.spec.mesh, tokenizer,
                                context=cfg.data.seq_len, batch_size=batch_size, seed=seed)
 

@@ -9,7 +9,7 @@ import ml_collections
 import pytest
 
 from tests.conftest import FAST, error_line, run_main, tree_digest, write_hf_tokenizer
-from tokenformer_jax.checkpoints import store
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.data import dataset, pipeline, build
 from tokenformer_jax.errors import UserError
 
@@ -130,12 +130,12 @@ def test_damaged_datasets_are_named(two_datasets, tmp_path):
 def test_checkpoint_refuses_another_tokenizer(two_datasets, tmp_path):
   _, tok, (d0, _) = two_datasets
   run = dataset.open_run_data(_cfg(prepared=d0), str(tmp_path / 'w'))
-  meta = store.run_meta(ml_collections.ConfigDict({'a': 1}), 384, run.tokenizer)
-  store.check_tokenizer(meta, run.tokenizer, 7)
+  meta = run_record.run_meta(ml_collections.ConfigDict({'a': 1}), 384, run.tokenizer)
+  run_record.check_tokenizer(meta, run.tokenizer.sha256, 7)
   other = dataset.open_run_data(_cfg(), str(tmp_path / 'w2')).tokenizer
   with pytest.raises(UserError, match=f'step 7 was trained with tokenizer sha256 {run.tokenizer.sha256}, '
                                       f".*tokenizer is sha256 {other.sha256}"):
-    store.check_tokenizer(meta, other, 7)
+    run_record.check_tokenizer(meta, other.sha256, 7)
 
 
 def _raise_count(dataset_dir, key, by):

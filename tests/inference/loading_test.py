@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, small_config
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import generate
@@ -24,6 +25,7 @@ PROMPTS = [[5, 6, 7, 8, 9], [1, 2], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]]
 WORKER = f'''
 import json, sys
 from tests.conftest import small_config
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.inference import generate
 from tokenformer_jax.inference import loading
@@ -33,7 +35,7 @@ c = small_config()
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 2, 2
 spec = state_lib.make_spec(c, {VOCAB}, sharding.make_mesh(c.mesh))
 store.save(store.manager(sys.argv[1]), 7, state_lib.init_state(spec, c), None,
-                store.run_meta(c, {VOCAB}))
+                run_record.run_meta(c, {VOCAB}))
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 1, 2
 restored = loading.load(c, sys.argv[1])
 shards = {{str(s.data.shape) for s in restored.params['blocks']['mlp']['key_tokens'].addressable_shards}}
@@ -73,7 +75,7 @@ def saved(tmp_path):
   c.model.n_ref_qkv, c.model.n_ref_proj, c.model.n_ref_ffn = 48, 40, 200
   spec = state_lib.make_spec(c, VOCAB, sharding.make_mesh(c.mesh))
   store.save(store.manager(str(tmp_path)), 3, state_lib.init_state(spec, c), None,
-                  store.run_meta(c, VOCAB))
+                  run_record.run_meta(c, VOCAB))
   return str(tmp_path)
 
 
@@ -99,4 +101,5 @@ def test_refusals(saved, tmp_path):
   class Big:
     vocab_size = VOCAB + 1
   with pytest.raises(UserError, match='513 ids but the model only 512 embedding rows'):
-    loading.check_tokenizer(Big(), loading.load(small_config(), saved))
+    restored = loading.load(small_config(), saved)
+    run_record.inference_tokenizer(restored.meta, Big(), restored.vocab_size, restored.step)

@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import ROOT, small_config
 from tokenformer_jax import config as config_lib
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.runtime import sharding
@@ -46,7 +47,7 @@ def source(request, data_cache, tmp_path_factory):
 def _load(cfg, workdir):
   mngr = store.manager(workdir, create=False)
   meta = store.read_meta(mngr, mngr.latest_step())
-  cfg = store.adopt_frozen_tau(cfg, meta)
+  cfg = run_record.adopt_frozen_tau(cfg, meta)
   spec = state_lib.make_spec(cfg, meta['vocab_size'], sharding.make_mesh(cfg.mesh))
   state = store.restore(mngr, mngr.latest_step(), state_lib.abstract_targets(spec))
   return cfg, spec, jax.tree.map(np.asarray, state), meta
@@ -249,7 +250,7 @@ def test_grow_dims_experiment_stages_are_growths(arm):
   configs = [config_lib.apply_overrides(c, {**stage, 'stages': ()}) for stage in c.stages]
   for before, after in zip(configs, configs[1:]):
     config_lib.validate(after)
-    assert not store.growth_differences(before.model.to_dict(), after.model)
+    assert not run_record.growth_differences(before.model.to_dict(), after.model)
   tiny = config_lib.load_experiment(f'{ROOT}/experiments/tiny.py')
   blocks = lambda m: model_lib.nonembedding_params(m) - 2 * m.d_model
   if not arm.startswith('dense') and not arm.endswith('quick'):

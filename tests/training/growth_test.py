@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import damage_array_bytes, small_config, tree_digest
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.model import transformer as model_lib
@@ -33,7 +34,7 @@ def _load(cfg, workdir):
   mngr = store.manager(workdir, create=False)
   step = mngr.latest_step()
   meta = store.read_meta(mngr, step)
-  cfg = store.adopt_frozen_tau(cfg, meta)
+  cfg = run_record.adopt_frozen_tau(cfg, meta)
   spec = state_lib.make_spec(cfg, meta['vocab_size'], sharding.make_mesh(cfg.mesh))
   return cfg, spec, store.restore(mngr, step, state_lib.abstract_targets(spec))
 

@@ -36,6 +36,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from tokenformer_jax.checkpoints import reference_import
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import loading
@@ -43,12 +44,6 @@ from tokenformer_jax.model import transformer as model_lib
 from tokenformer_jax.training import state as state_lib
 
 DTYPES = {'float32': (np.float32, 'F32'), 'bfloat16': (ml_dtypes.bfloat16, 'BF16')}
-
-
-def frozen_tau(m) -> list[str]:
-  """'n_ref_qkv 128 ≠ n_qkv 256', ... for every group whose τ is frozen at another count."""
-  return [f'n_ref_{g} {m[f"n_ref_{g}"]} ≠ n_{g} {m[f"n_{g}"]}' for g in model_lib.TOKEN_GROUPS
-          if m[f'n_ref_{g}'] and m[f'n_ref_{g}'] != m[f'n_{g}']]
 
 
 def _layout(m, vocab: int, rotary_buffers: bool) -> list[tuple[str, str, int | None, tuple]]:
@@ -78,8 +73,8 @@ def package_version() -> str:
 def file_metadata(restored, model_cfg) -> dict[str, str]:
   """The safetensors `__metadata__` (string → string): what the file is and where it came from.
   model_cfg: the run's model config with the checkpoint's frozen τ (the model the parameters are of;
-  check_config has compared it with the checkpoint's). 'format': 'pt' is the key Hugging Face loaders
-  look for in PyTorch-layout files."""
+  run_record.for_inference has compared it with the checkpoint's). 'format': 'pt' is the key Hugging
+  Face loaders look for in PyTorch-layout files."""
   meta = {'format': 'pt', 'tokenformer_jax_version': package_version(),
           'model_config': json.dumps(model_cfg.to_dict(), sort_keys=True),
           'vocab_size': str(restored.vocab_size), 'step': str(restored.step)}
@@ -111,10 +106,11 @@ def _whole(x: jax.Array) -> np.ndarray:
 
 
 def logit_shift(restored, cfg) -> float:
-  """Largest |Δ logit| / max |logit| on a fixed sample when τ goes from √n_ref to √n."""
+  """Largest |Δ logit| / max |logit| on a fixed sample when τ goes from √n_ref to √n (cfg: with the
+  checkpoint's frozen τ)."""
   tokens = jnp.asarray(np.random.default_rng(0).integers(
       0, restored.vocab_size, (1, min(64, cfg.data.seq_len))), jnp.int32)
-  plain = store.adopt_frozen_tau(cfg, restored.meta).to_dict()
+  plain = cfg.to_dict()
   for g in model_lib.TOKEN_GROUPS:
     plain['model'][f'n_ref_{g}'] = 0
   spec_plain = state_lib.make_spec(ml_collections.ConfigDict(plain), restored.vocab_size,
@@ -140,17 +136,12 @@ def export(cfg, workdir: str, out_file: str, step: int | None = None, dtype: str
     raise UserError(f'no such folder for --export_file: {os.path.dirname(out_file)}')
   restored = loading.load(cfg, workdir, step)
   m = restored.spec.model_cfg
-  frozen = frozen_tau(m)
-  if frozen:
-    why = (f'checkpoint step {restored.step} was grown with τ frozen ({", ".join(frozen)}); the reference '
-           f'code always uses τ = √n, so it would compute another function')
-    if not allow_tau_change:
-      raise UserError(f'{why}. Export it anyway with --allow_tau_change (the logits move; it reports '
-                      f'how far), or grow with growth.policy=paper (τ = √n) and train on')
+  cfg, why = run_record.for_export(restored.meta, cfg, restored.step, allow_tau_change)
+  if why:
     logging.warning('%s: exporting as asked (--allow_tau_change); on a sample the logits move by up to '
                     '%.3g of their largest magnitude', why, logit_shift(restored, cfg))
   rows = _layout(m, restored.vocab_size, rotary_buffers)
-  metadata = file_metadata(restored, store.adopt_frozen_tau(cfg, restored.meta).model)
+  metadata = file_metadata(restored, cfg.model)
   flat = {store.path_string(path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(restored.params)[0]}
   np_dtype = DTYPES[dtype][0]

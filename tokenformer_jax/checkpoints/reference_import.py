@@ -31,6 +31,7 @@ import numpy as np
 from absl import logging
 
 from tokenformer_jax import config as config_lib
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.model import transformer as model_lib
@@ -195,7 +196,7 @@ def _write(cfg, workdir: str, checkpoint_file: str) -> str:
     return jax.device_put(array, target_sharding)
 
   params = jax.tree_util.tree_map_with_path(place, spec.abstract['params'], spec.shardings['params'])
-  meta = store.run_meta(cfg, vocab)
+  meta = run_record.run_meta(cfg, vocab)
   meta['imported_from'] = os.path.abspath(os.path.expanduser(checkpoint_file))
   mngr = store.manager(workdir, create=True, compress=cfg.train.checkpoint_compression)
   store.save(mngr, 0, {'params': params}, None, meta)

@@ -8,8 +8,9 @@ Training saves asynchronously: `save(..., wait=False)` returns once the arrays a
 memory (so the train step may donate their buffers), and Orbax writes and commits them in the
 background while training goes on; the next save, and `finish`, wait for that commit first.
 
-Restore is strict: before reading any array, the saved model config and every saved array's path and
-shape are compared with the target; any difference is a UserError naming the parameter and both shapes.
+Restore is strict: before reading any array, every saved array's path and shape are compared with the
+target (the saved config was reconciled before, run_record.py); any difference is a UserError naming the
+parameter and both shapes.
 There is one restore, `restore`, onto explicit targets: abstract arrays carrying the current mesh's
 shardings, so Orbax reads each shard straight onto its devices (a checkpoint saved on another mesh is
 resharded on the way in). The targets say what is read: the whole train state, or only {'params'} (for
@@ -17,7 +18,8 @@ inference, from a training checkpoint or an imported one). Growth reads into tar
 passes the shapes the checkpoint must hold (`expected`), which are checked as strictly, and Orbax
 zero-pads a target longer than saved while reading.
 
-Which model keys a growth may change, and how, is stated once, in GROWTH_RULES (`growth_differences`).
+What a checkpoint records of its run (`meta`) and what a later run may change is run_record.py's; the
+store saves the meta it is given.
 
 After reading, every array is checked against the digest saved with it (digests.py), so array bytes
 damaged on disk are the same corrupt-checkpoint error as a truncated file, not NaN losses or garbage
@@ -25,6 +27,7 @@ samples. Checkpoints written before digests were kept restore unchecked (the log
 """
 import contextlib
 import errno
+import json
 import os
 import shutil
 import time
@@ -33,24 +36,11 @@ from typing import Any
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 import orbax.checkpoint as ocp
 
-from tokenformer_jax import config as config_lib
 from tokenformer_jax.checkpoints import digests
 from tokenformer_jax.errors import UserError
-from tokenformer_jax.model import transformer as model_lib
 
-# Model keys growth sets: τ frozen at the count before growth.
-N_REF_KEYS = tuple(f'n_ref_{group}' for group in model_lib.TOKEN_GROUPS)
-# The model keys a growth (--mode=grow, a stage) may change, and how; every other key that defines the
-# function must stay (model_differences). 'more': at least the checkpoint's. 'width': d_model times an
-# integer k ≥ 1. 'heads': num_heads times the same k (heads keep their size). 'mlp': the dense MLP's
-# width (mlp_dim, 0 meaning 4·d_model) at least k times the checkpoint's. 'settled': set by the growth
-# policy (frozen τ), not by the config.
-GROWTH_RULES = {'num_layers': 'more', 'd_model': 'width', 'num_heads': 'heads', 'mlp_dim': 'mlp',
-                **{f'n_{group}': 'more' for group in model_lib.TOKEN_GROUPS},
-                **{key: 'settled' for key in N_REF_KEYS}}
 # The item holding the arrays' digests (digests.py); checkpoints written before it have none.
 DIGESTS = 'digests'
 
@@ -131,41 +121,54 @@ def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool =
                                  DIGESTS: ocp.JsonCheckpointHandler()})
 
 
-def run_meta(cfg, vocab_size: int, tokenizer=None) -> dict:
-  """What is saved beside the arrays: the config (as JSON), the model's padded vocab size and the
-  sha256 and size of the tokenizer whose ids it was trained on (the size says what model.vocab_size=0
-  means for this checkpoint, see resolved_vocab)."""
-  meta = {'config': cfg.to_dict(), 'vocab_size': vocab_size}
-  if tokenizer is not None:
-    meta['tokenizer_sha256'] = tokenizer.sha256
-    meta['tokenizer_vocab_size'] = tokenizer.vocab_size
-  return meta
+# TensorStore's status codes for files that are missing or hold other bytes than were written (a deleted
+# or truncated file, a chunk that does not decode). Other codes (RESOURCE_EXHAUSTED, INVALID_ARGUMENT of
+# a sharding, ...) say nothing about the checkpoint.
+_DAMAGE_STATUS = ('NOT_FOUND:', 'DATA_LOSS:', 'OUT_OF_RANGE:')
 
 
-def check_tokenizer(saved_meta: dict, tokenizer, step: int) -> None:
-  """Refuses a tokenizer other than the checkpoint's (when the checkpoint names one)."""
-  saved = saved_meta.get('tokenizer_sha256')
-  if saved and saved != tokenizer.sha256:
-    raise UserError(f'checkpoint step {step} was trained with tokenizer sha256 {saved}, but this run\'s '
-                    f'tokenizer is sha256 {tokenizer.sha256}: its ids mean other pieces')
+class DamagedArrays(Exception):
+  """Restored arrays whose values differ from the digests written when they were saved."""
 
 
-def _unreadable(mngr: ocp.CheckpointManager, step: int, error: Exception) -> UserError:
-  older = sorted(s for s in mngr.all_steps() if s < step)
-  detail = ' '.join(str(error).split('See full')[0].split())[:200]
-  hint = (f'choose an older one with --restore_step (available: {older})' if older
-          else 'no older checkpoint to fall back on')
-  return UserError(f'checkpoint {mngr.directory}/{step} is corrupt or truncated '
-                   f'({type(error).__name__}: {detail}); {hint}')
+def _damage(error: BaseException | None) -> BaseException | None:
+  """The error in `error`'s chain of causes that says the checkpoint's files are damaged (missing,
+  truncated, undecodable, not what was written), or None: Orbax wraps a TensorStore read error in a
+  plain Exception raised from it."""
+  while error is not None:
+    if isinstance(error, (DamagedArrays, json.JSONDecodeError, FileNotFoundError, EOFError)) or (
+        isinstance(error, ValueError) and str(error).startswith(_DAMAGE_STATUS)):
+      return error
+    error = error.__cause__
+  return None
 
 
-def choose_step(mngr: ocp.CheckpointManager, restore_step: int | None) -> int | None:
-  """The latest checkpoint, or the requested one (which must exist)."""
+@contextlib.contextmanager
+def _reading(mngr: ocp.CheckpointManager, step: int):
+  """A damaged checkpoint's error becomes one UserError naming it and the older steps to fall back on;
+  any other failure (out of memory, a sharding the devices cannot take, a bug) keeps its own."""
+  try:
+    yield
+  except Exception as e:
+    damage = _damage(e)
+    if damage is None:
+      raise
+    older = sorted(s for s in mngr.all_steps() if s < step)
+    detail = ' '.join(str(damage).split('See full')[0].split())[:200]
+    hint = (f'choose an older one with --restore_step (available: {older})' if older
+            else 'no older checkpoint to fall back on')
+    raise UserError(f'checkpoint {mngr.directory}/{step} is corrupt or truncated '
+                    f'({type(damage).__name__}: {detail}); {hint}') from e
+
+
+def choose_step(mngr: ocp.CheckpointManager, restore_step: int | None, asked_by: str = '') -> int | None:
+  """The latest checkpoint, or the requested one (which must exist); `asked_by` is the flag that asked
+  for it, as the user wrote it (default: --restore_step=N)."""
   steps = mngr.all_steps()
   if restore_step is None:
     return max(steps) if steps else None
   if restore_step not in steps:
-    raise UserError(f'--restore_step={restore_step}: no such checkpoint in {mngr.directory} '
+    raise UserError(f'{asked_by or f"--restore_step={restore_step}"}: no such checkpoint in {mngr.directory} '
                     f'(available: {sorted(steps)})')
   return restore_step
 
@@ -187,98 +190,8 @@ def set_aside_later(mngr: ocp.CheckpointManager, step: int) -> None:
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
-  try:
+  with _reading(mngr, step):
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-  except Exception as e:  # Orbax/JSON/TensorStore errors of a damaged checkpoint
-    raise _unreadable(mngr, step, e) from e
-
-
-def adopt_frozen_tau(cfg, saved_meta: dict) -> ml_collections.ConfigDict:
-  """A copy of cfg that takes the checkpoint's frozen-τ counts (n_ref_*) where cfg leaves them at 0.
-
-  τ frozen by growth is a property of the trained model, so the config a grown run was started with
-  (which does not mention it) resumes, samples and evaluates it; an explicit, different value is still
-  refused by check_config."""
-  saved_model = saved_meta['config'].get('model', {})
-  out = ml_collections.ConfigDict(cfg.to_dict())
-  for key in N_REF_KEYS:
-    if not out.model[key] and saved_model.get(key):
-      out.model[key] = saved_model[key]
-  out.lock()
-  return out
-
-
-def resolved_vocab(m, saved_meta: dict) -> int | None:
-  """The padded vocabulary that model config m means with the checkpoint's tokenizer
-  (config.padded_vocab): an explicit model.vocab_size rounded up to 128, 0 the tokenizer's size rounded
-  up. None where m leaves it to the tokenizer and the checkpoint does not say what that came to (one
-  saved before run_meta recorded the tokenizer's size, with an explicit model.vocab_size)."""
-  tokenizer_vocab = saved_meta.get('tokenizer_vocab_size')
-  if m.vocab_size or tokenizer_vocab is not None:
-    return config_lib.padded_vocab(m, tokenizer_vocab or 0)
-  if not saved_meta['config'].get('model', {}).get('vocab_size'):
-    return saved_meta['vocab_size']     # 0 then and now: the same tokenizer's size (sha256-checked)
-  return None
-
-
-def model_differences(saved_model: dict, m, ignore: tuple = (), saved_meta: dict | None = None) -> list[str]:
-  """'model.KEY: checkpoint OLD, config NEW' for every model key that defines the function and
-  differs: all keys but config.RUNTIME_MODEL_KEYS, INIT_MODEL_KEYS and `ignore`. A key the checkpoint's
-  config lacks (saved before the key existed) counts as its base_config default. Given the checkpoint's
-  `saved_meta`, model.vocab_size is compared by what it resolves to (resolved_vocab) against the padded
-  vocabulary the checkpoint was built with, so 0 and the size it stands for are the same model."""
-  defaults = config_lib.base_config().model
-  skip = set(config_lib.RUNTIME_MODEL_KEYS) | set(config_lib.INIT_MODEL_KEYS) | set(ignore)
-  diffs = []
-  for key in m.keys():
-    if key in skip:
-      continue
-    old = saved_model.get(key, defaults.get(key))
-    if key == 'vocab_size' and saved_meta is not None:
-      now = resolved_vocab(m, saved_meta)
-      if now == saved_meta['vocab_size']:
-        continue
-      if now is not None:
-        diffs.append(f'model.{key}: checkpoint {old!r}, config {m[key]!r} (padded vocab: checkpoint '
-                     f'{saved_meta["vocab_size"]}, config {now})')
-        continue
-    if old != m[key]:
-      diffs.append(f'model.{key}: checkpoint {old!r}, config {m[key]!r}')
-  return diffs
-
-
-def growth_differences(saved_model: dict, m, saved_meta: dict | None = None) -> list[str]:
-  """Every way config m is not a growth of the checkpoint's model (GROWTH_RULES): model_differences
-  over the keys a growth may not change, then each rule; 'model.KEY: checkpoint OLD, config NEW: why'."""
-  defaults = config_lib.base_config().model
-  diffs = model_differences(saved_model, m, ignore=tuple(GROWTH_RULES), saved_meta=saved_meta)
-  old = {key: saved_model.get(key, defaults.get(key)) for key in GROWTH_RULES}
-  width, remainder = divmod(m.d_model, old['d_model'])
-  mlp_old, mlp_new = old['mlp_dim'] or 4 * old['d_model'], m.mlp_dim or 4 * m.d_model
-  for key, rule in GROWTH_RULES.items():
-    why = None
-    if rule == 'more' and m[key] < old[key]:
-      why = 'a growth cannot make it smaller'
-    elif rule == 'width' and (remainder or width < 1):
-      why = 'width grows by an integer factor'
-    elif rule == 'heads' and not remainder and width >= 1 and m[key] != width * old[key]:
-      why = (f'heads keep their size (d_model/num_heads = {old["d_model"] // old[key]}), so with d_model '
-             f'×{width} num_heads must be {width * old[key]}')
-    elif rule == 'mlp' and m.kind == 'dense' and not remainder and width >= 1 and mlp_new < width * mlp_old:
-      why = f'the MLP width (mlp_dim, 0: 4·d_model) must be at least ×{width} the checkpoint\'s {mlp_old}'
-    if why:
-      diffs.append(f'model.{key}: checkpoint {old[key]!r}, config {m[key]!r}: {why}')
-  return diffs
-
-
-def check_config(saved_meta: dict, cfg, step: int) -> None:
-  """Refuses a checkpoint whose model config differs from cfg (see adopt_frozen_tau for the frozen-τ
-  counts a grown checkpoint carries; the tokenizer is checked by its sha256, check_tokenizer)."""
-  saved = saved_meta['config']
-  diffs = model_differences(saved.get('model', {}), cfg.model, saved_meta=saved_meta)
-  if diffs:
-    raise UserError(f'the workdir holds a checkpoint (step {step}) of a different model config; use '
-                    f'another --workdir or the same config. Differences: ' + '; '.join(diffs))
 
 
 def path_string(path) -> str:
@@ -296,10 +209,11 @@ def _paths_and_shapes(tree) -> dict[str, tuple]:
 
 
 def saved_shapes(mngr: ocp.CheckpointManager, step: int) -> dict[str, tuple]:
-  try:
-    return _paths_and_shapes(mngr.item_metadata(step)['state'].tree)
-  except Exception as e:
-    raise _unreadable(mngr, step, e) from e
+  with _reading(mngr, step):
+    state = mngr.item_metadata(step)['state']
+    if state is None:   # its metadata file is gone
+      raise FileNotFoundError(f'no array metadata in {mngr.directory}/{step}/state')
+    return _paths_and_shapes(state.tree)
 
 
 def check_shapes(mngr: ocp.CheckpointManager, step: int, targets: Any, expected: Any = None) -> None:
@@ -362,19 +276,16 @@ def restore(mngr: ocp.CheckpointManager, step: int, targets: Any, data_iter=None
   else:
     logging.info('checkpoint step %d has no array digests (written before they were kept): its array '
                  'data is not verified', step)
-  try:
+  with _reading(mngr, step):
+    missing = [name for name in items if not (mngr.directory / str(step) / name).exists()]
+    if missing:
+      raise FileNotFoundError(f'no {", ".join(missing)} in {mngr.directory}/{step}')
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
     if verified:
       _verify(restored[DIGESTS], restored.state)
     if data_iter is not None:
       data_iter.set_state(restored.data)
     return restored.state
-  except Exception as e:  # Orbax/TensorStore errors, or digests, of a damaged checkpoint
-    raise _unreadable(mngr, step, e) from e
-
-
-class DamagedArrays(Exception):
-  """Restored arrays whose values differ from the digests written when they were saved."""
 
 
 def _verify(saved_digests: dict, state) -> None:

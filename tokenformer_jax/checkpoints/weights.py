@@ -81,16 +81,6 @@ def open_source(text: str, cfg, step: int | None = None) -> Source:
   return Source(text, path, step, meta['config']['model'], int(meta['vocab_size']), meta=meta)
 
 
-def check_same_model(source: Source, cfg) -> ml_collections.ConfigDict:
-  """cfg with the source's frozen τ adopted; a UserError naming every model key that differs."""
-  if source.meta is not None:
-    cfg = store.adopt_frozen_tau(cfg, source.meta)
-  diffs = store.model_differences(source.model, cfg.model, saved_meta=source.meta)
-  if diffs:
-    raise UserError(f'{source.text} holds another model than the config: ' + '; '.join(diffs))
-  return cfg
-
-
 def read_params(source: Source, spec: state_lib.StateSpec, targets=None, expected=None):
   """The source's parameters in spec's shapes and shardings, or (growth) in `targets`, a params tree
   of abstract arrays, from a source whose parameters have the shapes `expected` gives (zero-padded

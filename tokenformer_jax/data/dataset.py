@@ -12,15 +12,11 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.data import manifest as manifest_lib
 from tokenformer_jax.data import pipeline, build, sources
 from tokenformer_jax.data import tokenizer as tokenizer_lib
 from tokenformer_jax.errors import UserError
-
-_REQUEST_CHANGES = {'inputs': 'data.corpus', 'fingerprint': 'the corpus files (names, sizes or times)',
-                    'files': 'the number of corpus files',
-                    'tokenizer': 'the tokenizer (data.tokenizer or data.vocab_size)',
-                    'text_key': 'data.text_key', 'validation_fraction': 'data.val_fraction'}
 
 
 @dataclasses.dataclass
@@ -91,9 +87,9 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _prepare_raw(data_cfg, cache_dir: str, create: bool, tokenizer_sha256: str | None) -> None:
+def _prepare_raw(data_cfg, cache_dir: str, create: bool, record: dict | None) -> None:
   """Prepares the raw corpus into cache_dir (process 0; the others wait), or checks it is unchanged.
-  A fresh preparation whose tokenizer is not `tokenizer_sha256` (the checkpoint's) is removed again
+  A fresh preparation whose tokenizer is not the one `record` (a checkpoint's) names is removed again
   before the error, so the failed run leaves the workdir as it was."""
   opts = _raw_options(data_cfg, cache_dir)
   existing = manifest_lib.read_json(manifest_lib.path(cache_dir))
@@ -106,30 +102,28 @@ def _prepare_raw(data_cfg, cache_dir: str, create: bool, tokenizer_sha256: str |
       build.run(opts, log=logging.info)  # e.g. the shards reused from a stopped run's prepare
     _sync('data prepared')
     got = manifest_lib.read(cache_dir)['tokenizer']['sha256']
-    if tokenizer_sha256 and got != tokenizer_sha256:
+    try:
+      run_record.check_tokenizer(record, got, where=cache_dir)
+    except UserError:
       _sync('data checked')
       if jax.process_index() == 0 and not existed:
         shutil.rmtree(cache_dir)
-      raise _other_tokenizer(tokenizer_sha256, got, cache_dir)
+      raise
     return
   now = build.request(opts, sources.expand(opts.inputs))
   before = existing.get('request', {})
-  changed = [_REQUEST_CHANGES.get(k, k) for k in sorted(now) if before.get(k) != now[k]]
+  changed = [run_record.PREPARED_FROM.get(k, k) for k in sorted(now) if before.get(k) != now[k]]
   if changed:
     raise UserError(f'{cache_dir} was prepared from other data: {", ".join(changed)} changed, and its '
                     f'checkpoints were trained on those token ids; it is never rebuilt silently. Restore '
                     f'the corpus, or train in a new workdir (or a new data.cache_dir)')
 
 
-def _other_tokenizer(want: str, got: str, where: str) -> UserError:
-  return UserError(f'the checkpoint was trained with tokenizer sha256 {want}, but the data in {where} '
-                   f'has tokenizer sha256 {got}: its ids mean other pieces')
-
-
 def open_run_data(data_cfg, workdir: str, create: bool = True,
-                  tokenizer_sha256: str | None = None) -> RunData:
+                  record: dict | None = None) -> RunData:
   """The run's datasets; raw text is prepared first when `create` (training), else must exist. With
-  `tokenizer_sha256` (a checkpoint's), datasets of another tokenizer are refused."""
+  `record` (a checkpoint's run record), datasets of another tokenizer than it names are refused
+  (run_record.check_tokenizer)."""
   if data_cfg.mixture and data_cfg.prepared:
     raise UserError('set data.prepared or data.mixture, not both')
   if data_cfg.mixture:
@@ -142,7 +136,7 @@ def open_run_data(data_cfg, workdir: str, create: bool = True,
     if not 0.0 < float(data_cfg.val_fraction) <= 0.5:
       raise UserError(f'data.val_fraction must be in (0, 0.5], got {data_cfg.val_fraction}')
     cache_dir = cache_dir_for(data_cfg, workdir)
-    _prepare_raw(data_cfg, cache_dir, create, tokenizer_sha256)
+    _prepare_raw(data_cfg, cache_dir, create, record)
     pairs = [(cache_dir, 1.0)]
   manifests = [manifest_lib.read(d) for d, _ in pairs]
   shas = {m['tokenizer']['sha256'] for m in manifests}
@@ -158,8 +152,7 @@ def open_run_data(data_cfg, workdir: str, create: bool = True,
     if given.sha256 != tokenizer.sha256:
       raise UserError(f'data.tokenizer {data_cfg.tokenizer} (sha256 {given.sha256[:12]}…) is not the '
                       f'prepared dataset\'s tokenizer (sha256 {tokenizer.sha256[:12]}…)')
-  if tokenizer_sha256 and tokenizer.sha256 != tokenizer_sha256:
-    raise _other_tokenizer(tokenizer_sha256, tokenizer.sha256, first_dir)
+  run_record.check_tokenizer(record, tokenizer.sha256, where=first_dir)
   run = RunData([d for d, _ in pairs], [w for _, w in pairs], manifests, tokenizer)
   if data_cfg.validation:
     run.validation_dir, run.validation_manifest = data_cfg.validation, _validation_manifest(

@@ -18,6 +18,7 @@ import sys
 import jax
 import numpy as np
 
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.data import dataset as dataset_lib, pipeline
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import loading
@@ -106,12 +107,12 @@ def run(cfg, workdir: str, eval_file: str | None = None, step: int | None = None
   restored = loading.load(cfg, workdir, step)
   if text is not None:
     tokenizer = dataset_lib.tokenizer_for_inference(loading.data_config(cfg, workdir, restored), workdir)
-    loading.check_tokenizer(tokenizer, restored)
+    run_record.inference_tokenizer(restored.meta, tokenizer, restored.vocab_size, restored.step)
     result = evaluate_text(restored.spec, cfg, restored.params, tokenizer, text)
   else:
     run_data = dataset_lib.open_run_data(loading.data_config(cfg, workdir, restored), workdir,
                                          create=False)
-    loading.check_tokenizer(run_data.tokenizer, restored)
+    run_record.inference_tokenizer(restored.meta, run_data.tokenizer, restored.vocab_size, restored.step)
     validation = run_data.validation(cfg.data.seq_len)
     if validation is None:
       raise UserError(f'nothing to evaluate: {run_data.no_validation_reason()}; give --eval_file=FILE or '

@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.data import dataset as dataset_lib
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import loading
@@ -210,7 +211,7 @@ def run(cfg, workdir: str, prompts: list[str], max_new_tokens: int, sampling: Sa
   """Samples continuations of `prompts` from the workdir's latest (or given) checkpoint; prints them."""
   restored = loading.load(cfg, workdir, step)
   tokenizer = dataset_lib.tokenizer_for_inference(loading.data_config(cfg, workdir, restored), workdir)
-  loading.check_tokenizer(tokenizer, restored)
+  run_record.inference_tokenizer(restored.meta, tokenizer, restored.vocab_size, restored.step)
   generator = Generator(restored.graphdef, context=cfg.data.seq_len, vocab_limit=tokenizer.vocab_size,
                         eos_id=tokenizer.eos_id, sampling=sampling)
   texts = []

@@ -2,9 +2,9 @@
 
 Generation and evaluation read only the parameters (never the optimizer state), from a training
 checkpoint or an imported one (convert.py), saved on any mesh: Orbax reads each shard straight onto this
-mesh's devices. The config must describe the same model as the checkpoint (store.check_config),
-after taking the checkpoint's frozen-τ counts as training does (store.adopt_frozen_tau), so a grown
-checkpoint is sampled with its growth config or its base config alike.
+mesh's devices. The config must describe the same model as the checkpoint, after taking the
+checkpoint's frozen-τ counts as training does (run_record.for_inference), so a grown checkpoint is
+sampled with its growth config or its base config alike.
 
 A raw corpus is prepared into the workdir by training, so a workdir grown by `--mode=grow` holds no
 prepared data until it trains; `data_config` points generation and evaluation at the data the source run
@@ -18,6 +18,7 @@ import ml_collections
 from absl import logging
 
 from tokenformer_jax import config as config_lib
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.data import dataset as dataset_lib, manifest as manifest_lib
 from tokenformer_jax.errors import UserError
@@ -52,20 +53,11 @@ def load(cfg, workdir: str, step: int | None = None) -> Restored:
     raise UserError(f'no checkpoint in {workdir}: train one there first (--mode=train) or import '
                     f'one (--mode=convert)')
   meta = store.read_meta(mngr, step)
-  cfg = store.adopt_frozen_tau(cfg, meta)
-  store.check_config(meta, cfg, step)
+  cfg = run_record.for_inference(meta, cfg, step)
   spec = state_lib.make_spec(cfg, meta['vocab_size'], sharding.make_mesh(cfg.mesh))
   targets = {'params': state_lib.abstract_targets(spec)['params']}
   params = store.restore(mngr, step, targets)['params']
   return Restored(spec, params, step, meta)
-
-
-def check_tokenizer(tokenizer, restored: Restored) -> None:
-  """The checkpoint's tokenizer (when it names one), and its ids all rows of the model's embedding."""
-  store.check_tokenizer(restored.meta, tokenizer, restored.step)
-  if tokenizer.vocab_size > restored.vocab_size:
-    raise UserError(f'the tokenizer has {tokenizer.vocab_size} ids but the model only '
-                    f'{restored.vocab_size} embedding rows: a different tokenizer?')
 
 
 def _prepared(cache_dir: str) -> bool:

@@ -1,7 +1,7 @@
 """Growth: a trained state made deeper, wider and with more parameter tokens, exactly, onto any mesh.
 
 A checkpoint of config S becomes a checkpoint of config B that may differ in what
-store.GROWTH_RULES allows: more blocks (num_layers), d_model and num_heads times one integer k
+run_record.GROWTH_RULES allows: more blocks (num_layers), d_model and num_heads times one integer k
 (heads keep their size), more parameter tokens (n_qkv, n_proj, n_ffn) and, for the dense baseline, a
 wider MLP. Where each grown element comes from is growth_layout.py's: new blocks with zero outputs,
 placed by growth.depth_placement; the residual stream repeated k times, with what reads it split into k
@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.checkpoints import weights
 from tokenformer_jax.data import pipeline
@@ -47,29 +48,6 @@ from tokenformer_jax.runtime import workdir_lock
 from tokenformer_jax.training import growth_layout
 from tokenformer_jax.training import state as state_lib
 from tokenformer_jax.training.growth_compose import Leaf, compose, source_target
-
-# What the grown checkpoint keeps of the source's meta about its tokenizer (store.run_meta).
-TOKENIZER_META = ('tokenizer_sha256', 'tokenizer_vocab_size')
-
-
-def grown_config(cfg_b, model_s: dict, meta_s: dict | None = None) -> ml_collections.ConfigDict:
-  """B's config with τ settled by the policy; refuses any change store.GROWTH_RULES does not allow
-  (naming the key, both values and why). meta_s: the source checkpoint's, when it has one."""
-  m = cfg_b.model
-  diffs = store.growth_differences(model_s, m, saved_meta=meta_s)
-  if diffs:
-    raise UserError('a growth may add blocks and parameter tokens and widen d_model and num_heads by '
-                    'one integer factor, nothing else: ' + '; '.join(diffs))
-  grown = ml_collections.ConfigDict(cfg_b.to_dict())
-  for group in model_lib.TOKEN_GROUPS:
-    # exact: τ stays at the checkpoint's (its frozen count, else its token count), frozen only where that
-    # differs from B's count; paper: τ = √n
-    old_ref = int(model_s[f'n_ref_{group}']) or int(model_s[f'n_{group}'])
-    keep = cfg_b.growth.policy == 'exact' and old_ref != m[f'n_{group}']
-    grown.model[f'n_ref_{group}'] = old_ref if keep else 0
-  grown.lock()
-  return grown
-
 
 def _leaves(cfg_b, g: growth_layout.Growth, d_src: int, abstract_params) -> dict[str, Leaf]:
   """How each grown parameter is made, by its path ('blocks/mlp/key_tokens')."""
@@ -117,7 +95,7 @@ class Plan:
   src: Any                  # the source workdir's CheckpointManager (None: a released file)
   step: int
   dst: Any                  # the destination's (empty) CheckpointManager
-  cfg: ml_collections.ConfigDict      # B's config with τ settled (grown_config)
+  cfg: ml_collections.ConfigDict      # B's config with τ settled (run_record.for_growth)
   growth: growth_layout.Growth
   leaves: dict              # parameter path → growth_compose.Leaf
   spec: state_lib.StateSpec
@@ -133,7 +111,7 @@ def plan(cfg_b, src_workdir: str, dst_workdir: str, step: int | None = None, mes
   if os.path.isfile(src_workdir):
     return _plan_from_params(cfg_b, weights.open_source(src_workdir, cfg_b, step), dst_workdir, mesh)
   src = store.manager(src_workdir, create=False)
-  step = store.choose_step(src, step)   # training's choice of the checkpoint to restore
+  step = store.choose_step(src, step, f'--grow_from={src_workdir}:{step}')   # as training chooses
   if step is None:
     raise UserError(f'no checkpoint to grow in {src_workdir}')
   if all(path.startswith('params/') for path in store.saved_shapes(src, step)):
@@ -164,13 +142,12 @@ def _make_plan(cfg_b, model_s, meta_s, vocab, dst_workdir, mesh, src, step, src_
                       compress=cfg_b.train.checkpoint_compression)
   if dst.latest_step() is not None:
     raise UserError(f'{dst_workdir} already holds a checkpoint; grow into a new workdir')
-  grown_cfg = grown_config(cfg_b, model_s, meta_s)
+  grown_cfg = run_record.for_growth(model_s, meta_s, cfg_b)
   mesh = sharding.make_mesh(cfg_b.mesh) if mesh is None else mesh
   spec_b = state_lib.make_spec(grown_cfg, vocab, mesh)
   g = growth_layout.from_configs(model_s, grown_cfg.model, cfg_b.growth.depth_placement)
   leaves = _leaves(grown_cfg, g, int(model_s['d_model']), spec_b.abstract['params'])
-  meta = store.run_meta(grown_cfg, vocab)
-  meta.update({k: meta_s[k] for k in TOKENIZER_META if k in (meta_s or {})})
+  meta = run_record.grown_meta(grown_cfg, vocab, meta_s)
   meta['grown_from'] = {'workdir': src_path, 'step': step, **g.record(),
                         'policy': cfg_b.growth.policy, 'optimizer': cfg_b.growth.optimizer,
                         'depth_placement': cfg_b.growth.depth_placement}

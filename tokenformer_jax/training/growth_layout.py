@@ -109,7 +109,7 @@ def placement(old: int, new: int, how: str) -> tuple[int, ...]:
 
 def from_configs(model_s, m_b, how: str) -> Growth:
   """The growth from source model config `model_s` (a dict or ConfigDict) to `m_b`; the rules of what
-  may change are checked before (checkpoint.growth_differences)."""
+  may change are checked before (run_record.growth_differences)."""
   width = int(m_b['d_model']) // int(model_s['d_model'])
   counts = {g: (int(model_s[f'n_{g}']), int(m_b[f'n_{g}'])) for g in model_lib.TOKEN_GROUPS}
   return Growth(width, placement(int(model_s['num_layers']), int(m_b['num_layers']), how),

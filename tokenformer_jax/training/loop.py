@@ -72,23 +72,18 @@ def setup_run(cfg, mesh: Mesh, workdir: str, restore_step: int | None = None,
   saved_meta, restart_data = None, False
   if step is not None:  # refuse a different model before the data cache can be rebuilt
     saved_meta = store.read_meta(mngr, step)
-    cfg = store.adopt_frozen_tau(cfg, saved_meta)
-    store.check_config(saved_meta, cfg, step)
-    restart_data = run_record.check(saved_meta, cfg, step, accept_data_change)
+    cfg, restart_data = run_record.for_resume(saved_meta, cfg, step, accept_data_change)
     if init_from:
       logging.info('%s holds checkpoints: resuming them (--init_from=%s starts fresh runs only)',
                    workdir, init_from)
   init_source = None
   if step is None and init_from:  # its checks stand in for a resume's: same model, same tokenizer
     init_source = weights.open_source(init_from, cfg)
-    cfg = weights.check_same_model(init_source, cfg)
-    saved_meta = {k: v for k, v in (init_source.meta or {}).items()
-                  if k in ('tokenizer_sha256', 'grown_from')}
+    cfg, saved_meta = run_record.for_init(init_source.model, init_source.meta, cfg, init_source.text)
   grown_from = (saved_meta or {}).get('grown_from')
   if cfg.growth.freeze_old and not grown_from:
     raise UserError('growth.freeze_old needs a grown checkpoint in the workdir (see --mode=grow)')
-  run_data = dataset_lib.open_run_data(cfg.data, workdir,
-                                       tokenizer_sha256=(saved_meta or {}).get('tokenizer_sha256'))
+  run_data = dataset_lib.open_run_data(cfg.data, workdir, record=saved_meta)
   vocab = config_lib.padded_vocab(cfg.model, run_data.vocab_size)
   spec = state_lib.make_spec(cfg, vocab, mesh, grown_from=grown_from if cfg.growth.freeze_old else None)
   return RunSetup(cfg, mngr, step, saved_meta, run_data, spec, restart_data, init_source)
@@ -240,8 +235,8 @@ def _start(setup: RunSetup, workdir: str, stop_at_step: int | None) -> _Run:
   train_iter = pipeline.BatchIterator(setup.data.train_stream(seq_len, cfg.seed, t.batch_size),
                                       t.batch_size, proc, n_proc)
   val_batches = _validation_batches(setup.data, seq_len, t)
-  meta = store.run_meta(cfg, spec.vocab_size, setup.data.tokenizer)
-  for key in ('grown_from', 'initialized_from'):  # where the weights came from stays on record
+  meta = run_record.run_meta(cfg, spec.vocab_size, setup.data.tokenizer)
+  for key in run_record.PROVENANCE:  # where the weights came from stays on record
     if key in (setup.saved_meta or {}):
       meta[key] = setup.saved_meta[key]
   if setup.step is not None:

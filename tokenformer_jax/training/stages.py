@@ -3,7 +3,7 @@
 config.stages is a tuple of override dicts, one per stage, like a sweep's points:
   ({'model.n_qkv': 64, 'model.n_ffn': 256, 'train.steps': 300}, {'model.n_qkv': 128, ...}, ...)
 Stage i's config is the experiment's config with stage i's overrides (config.apply_overrides), and
-nothing else changes (each stage's model must be a growth of the one before: store.GROWTH_RULES,
+nothing else changes (each stage's model must be a growth of the one before: run_record.GROWTH_RULES,
 checked for all stages before the first trains): `train.steps` is the step the stage trains until, as
 in any run (with growth.optimizer=carry the step count goes on across stages, so the values add up;
 with reset each stage counts from 0), and growth.freeze_old or train.sample_tokens apply to the stages
@@ -20,9 +20,9 @@ import os
 import ml_collections
 
 from tokenformer_jax import config as config_lib
+from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.data import dataset as dataset_lib
-from tokenformer_jax.errors import UserError
 from tokenformer_jax.training import growth
 from tokenformer_jax.training import loop
 
@@ -43,9 +43,7 @@ def run(cfg, workdir: str, accept_data_change: bool = False) -> list[loop.RunRes
   # every stage's config is valid and its batch fits its mesh, before the first stage writes anything
   meshes = [loop.check(c) for c in configs]
   for index in range(1, len(configs)):  # and every stage is a growth of the one before
-    diffs = store.growth_differences(configs[index - 1].model.to_dict(), configs[index].model)
-    if diffs:
-      raise UserError(f'stages[{index}] is not a growth of stages[{index - 1}]: ' + '; '.join(diffs))
+    run_record.for_stage(configs[index - 1], configs[index], index)
   results = []
   for index, (c, mesh) in enumerate(zip(configs, meshes)):
     here = stage_dir(workdir, index)
