@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tokenformer_jax.runtime import gpu_aot
 
 SMALL = ['--config.train.batch_size=4', '--config.data.seq_len=32']
@@ -299,7 +299,7 @@ with open(args.output_prefix + '_text_document.bin', 'wb') as out:
 
 
 def test_prepare_speed_compares_token_streams_and_measures_process_trees(tmp_path):
-  from tests.conftest import write_hf_tokenizer
+  from tests.helpers import write_hf_tokenizer
   script = tmp_path / 'reference' / 'tools' / 'datasets' / 'preprocess_data.py'
   script.parent.mkdir(parents=True)
   script.write_text(_STAND_IN_REFERENCE)
@@ -352,7 +352,7 @@ def test_process_tree_sums_every_process(tmp_path):
 
 
 def test_prepare_profile_splits_a_workers_time(tmp_path):
-  from tests.conftest import write_hf_tokenizer
+  from tests.helpers import write_hf_tokenizer
   data = tmp_path / 'in.jsonl'
   data.write_text(''.join(json.dumps({'text': f'{i}: In the beginning God created.'}) + '\n'
                           for i in range(200)))

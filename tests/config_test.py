@@ -1,7 +1,7 @@
 """The experiment loader and overrides: what main.py's --config and --config.x=y give, for tools."""
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tokenformer_jax import config as config_lib
 from tokenformer_jax.errors import UserError
 

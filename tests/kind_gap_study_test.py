@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import kind_gap_study
 from experiments import kind_gap_cpu, tiny
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _study(out, *flags):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FAST, ROOT, TINY, error_line, run_main, tree_digest
+from tests.helpers import FAST, ROOT, TINY, error_line, run_main, tree_digest
 
 
 @pytest.fixture(scope='module')
@@ -120,7 +120,7 @@ def test_inference_modes_refuse_bad_input(tmp_path, args, message):
 
 def test_pile_config_trains_on_a_dataset_prepared_with_a_tokenizer_json(tmp_path):
   """The released models' tokenizer format end to end: prepare → train → generate → eval, one tokenizer."""
-  from tests.conftest import write_hf_tokenizer
+  from tests.helpers import write_hf_tokenizer
   from tokenformer_jax.data import sources
   chapters = [c for d in list(sources.documents(sources.KJV))[:3] for c in d.split('\n\n')]
   (tmp_path / 'corpus.jsonl').write_text(''.join(json.dumps({'text': c}) + '\n' for c in chapters))

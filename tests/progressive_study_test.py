@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from experiments import progressive_scaling_cpu
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _study(out, work):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import FAST, ROOT
+from tests.helpers import FAST, ROOT
 from tokenformer_jax import sweeps
 
 EXPERIMENT = '''

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import small_config, train_small
+from tests.helpers import small_config, train_small
 from tokenformer_jax.checkpoints import reference_export
 from tokenformer_jax.checkpoints import reference_import
 from tokenformer_jax.errors import UserError

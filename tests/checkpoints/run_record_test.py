@@ -3,7 +3,7 @@ data iterator starts again. Optimizer and schedule changes go through, logged.""
 import pytest
 from absl import logging as absl_logging
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError

@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.conftest import ROOT, damage_array_bytes, small_config
+from tests.helpers import ROOT, damage_array_bytes, small_config
 from tokenformer_jax.checkpoints import digests
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.data import pipeline
@@ -129,7 +129,7 @@ def test_vocab_size_is_compared_by_what_it_resolves_to(saved):
 
 def test_a_run_trained_with_vocab_0_resumes_and_evaluates_with_the_size_it_resolved_to(data_cache,
                                                                                        tmp_path):
-  from tests.conftest import train_small
+  from tests.helpers import train_small
   from tokenformer_jax.inference import loading
   from tokenformer_jax.training import loop
   c, workdir = train_small(tmp_path / 'w', data_cache, steps=2, checkpoint_every=2)

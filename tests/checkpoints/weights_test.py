@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import reference_state_dict, small_config, train_small
+from tests.helpers import reference_state_dict, small_config, train_small
 from tokenformer_jax.checkpoints import reference_import
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.checkpoints import weights

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, error_line, tree_digest, write_hf_tokenizer
+from tests.helpers import ROOT, error_line, tree_digest, write_hf_tokenizer
 from tokenformer_jax.data import manifest as manifest_lib
 from tokenformer_jax.data import pipeline, build, sources
 from tokenformer_jax.data import tokenizer as tokenizer_lib

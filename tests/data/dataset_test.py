@@ -8,7 +8,7 @@ import shutil
 import ml_collections
 import pytest
 
-from tests.conftest import FAST, error_line, run_main, tree_digest, write_hf_tokenizer
+from tests.helpers import FAST, error_line, run_main, tree_digest, write_hf_tokenizer
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.data import dataset, pipeline, build
 from tokenformer_jax.errors import UserError

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, error_line, train_small
+from tests.helpers import ROOT, error_line, train_small
 from tokenformer_jax.inference import evaluate
 
 lm_eval = pytest.importorskip('lm_eval', reason="lm-evaluation-harness is the eval extra (pip install -e '.[eval]')")

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, small_config
+from tests.helpers import ROOT, small_config
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import generate
@@ -23,7 +23,7 @@ PROMPTS = [[5, 6, 7, 8, 9], [1, 2], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]]
 # mesh (data 2, tensor 2) and generates there with sharded parameters.
 WORKER = f'''
 import json, sys
-from tests.conftest import small_config
+from tests.helpers import small_config
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.inference import generate
 from tokenformer_jax.inference import loading

@@ -10,7 +10,7 @@ import pytest
 
 from tokenformer_jax.config import resolve_model
 from tokenformer_jax.model import attention
-from tests.conftest import ROOT, small_config
+from tests.helpers import ROOT, small_config
 
 
 def _plain(q, k, v):

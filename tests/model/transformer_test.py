@@ -7,7 +7,7 @@ from flax import nnx
 
 from experiments import pile, progressive
 from tests import reference_numpy as ref
-from tests.conftest import cpu_model, small_config
+from tests.helpers import cpu_model, small_config
 from tokenformer_jax.model import transformer as model_lib
 
 VOCAB = 128

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from experiments import pile, tiny
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.runtime import aot
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from experiments import tiny
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.runtime import aot
 from tokenformer_jax.runtime import gpu_aot

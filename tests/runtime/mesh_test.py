@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 L, D = 2, 64
 TOKENS = {'query': 128, 'key': 128, 'value': 128, 'proj': 192, 'mlp': 512}

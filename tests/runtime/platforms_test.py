@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FAST, ROOT, run_main
+from tests.helpers import FAST, ROOT, run_main
 from tokenformer_jax.runtime import gpu_aot
 from tokenformer_jax.runtime import platforms
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import FAST, error_line, run_main
+from tests.helpers import FAST, error_line, run_main
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.runtime import workdir_lock
 

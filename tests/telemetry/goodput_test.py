@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.conftest import small_config, train_small
+from tests.helpers import small_config, train_small
 from tokenformer_jax.telemetry import goodput
 from tokenformer_jax.training import loop
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, small_config
+from tests.helpers import ROOT, small_config
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.telemetry import metrics
 from tokenformer_jax.telemetry.metrics import MetricsWriter

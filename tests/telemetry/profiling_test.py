@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from tests.conftest import train_small
+from tests.helpers import train_small
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.telemetry import profiling
 

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, small_config
+from tests.helpers import ROOT, small_config
 from tokenformer_jax import config as config_lib
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
@@ -218,7 +218,7 @@ def test_refusals_write_nothing(source, data_cache, tmp_path, change, needle):
 
 def test_a_released_file_grows_in_tokens_only(tmp_path):
   safetensors_numpy = pytest.importorskip('safetensors.numpy')
-  from tests.conftest import reference_state_dict
+  from tests.helpers import reference_state_dict
   c = _config('', 'tokenformer')
   path = str(tmp_path / 'released.safetensors')
   safetensors_numpy.save_file(reference_state_dict(c.model), path)

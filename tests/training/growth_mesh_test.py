@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests.conftest import FAST, ROOT, TINY
+from tests.helpers import FAST, ROOT, TINY
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.runtime import sharding
 from tokenformer_jax.training import growth

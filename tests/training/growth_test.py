@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import small_config, tree_digest
+from tests.helpers import small_config, tree_digest
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.model import transformer as model_lib
@@ -201,7 +201,7 @@ def test_random_values_do_not_depend_on_how_they_are_split():
 def test_a_grown_workdir_evaluates_and_generates_before_it_trains(tmp_path):
   """The grown workdir has no prepared data of its own until it trains: eval and generate read the data
   its source prepared (through a chain of growths), and write nothing there or in the source."""
-  from tests.conftest import FAST, run_main
+  from tests.helpers import FAST, run_main
   source, grown, twice = tmp_path / 'source', tmp_path / 'grown', tmp_path / 'twice'
   code, _, err = run_main(*FAST, workdir=source)
   assert code == 0, err

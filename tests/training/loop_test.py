@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.telemetry import step_clock
