@@ -21,6 +21,8 @@ from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import loading
 from tokenformer_jax.training import growth
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope='module')
 def trained(data_cache, tmp_path_factory):

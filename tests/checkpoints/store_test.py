@@ -127,6 +127,7 @@ def test_vocab_size_is_compared_by_what_it_resolves_to(saved):
     store.check_config(meta, _spec()[0], 5)
 
 
+@pytest.mark.slow
 def test_a_run_trained_with_vocab_0_resumes_and_evaluates_with_the_size_it_resolved_to(data_cache,
                                                                                        tmp_path):
   from tests.helpers import train_small
@@ -230,6 +231,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_a_digest_is_the_same_under_any_sharding():
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-c', _SHARDED], cwd=ROOT, env=env, capture_output=True,

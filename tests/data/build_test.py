@@ -155,6 +155,7 @@ def test_cli_prepares_and_reports(jsonl_files, tmp_path):
     ('{"text": "fine"}\n', ['--tokenizer=/nonexistent.model', '--train_tokenizer=0'],
      'error: tokenizer file not found: /nonexistent.model'),
 ])
+@pytest.mark.slow
 def test_cli_bad_input(tmp_path, content, args, match):
   (tmp_path / 'bad.jsonl').write_text(content)
   tok = args or [f'--tokenizer={write_hf_tokenizer(tmp_path / "tokenizer.json")}']
@@ -182,6 +183,7 @@ def test_a_failed_prepare_leaves_the_output_as_it_was(tmp_path, content, beam_ar
   assert sorted(os.listdir(out)) == ['notes.txt'] and tree_digest(out) == before
 
 
+@pytest.mark.slow
 def test_a_second_prepare_into_a_held_output_is_refused(jsonl_files, tmp_path):
   from tokenformer_jax.runtime import workdir_lock
   out = tmp_path / 'd'

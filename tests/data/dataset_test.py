@@ -163,6 +163,7 @@ def test_a_manifest_that_lies_about_a_shard_is_refused_when_opened(two_datasets,
     dataset.open_run_data(_cfg(prepared=d), str(tmp_path / 'w'))
 
 
+@pytest.mark.slow
 def test_training_on_a_lying_manifest_stops_before_writing(two_datasets, tmp_path):
   _, _, (d0, _) = two_datasets
   d = str(tmp_path / 'd')

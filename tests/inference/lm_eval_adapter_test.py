@@ -19,6 +19,8 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from tokenformer_jax import lm_eval as lm_eval_cli  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 TEXT = ('In the beginning God created the heaven and the earth. And the earth was without form, and '
         'void; and darkness was upon the face of the deep. ') * 6
 MC = [{'question': 'In the beginning God created the', 'choices': [' heaven', ' banana', ' river'], 'answer': 0},

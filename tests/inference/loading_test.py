@@ -47,6 +47,7 @@ def _generate(restored):
   return generator.generate(restored.params, PROMPTS, 12)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_mesh_gives_the_same_parameters_and_tokens(tmp_path):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-c', WORKER, str(tmp_path)], cwd=ROOT, env=env,

@@ -117,6 +117,7 @@ print('manual', 'sdy.manual_computation' in jax.jit(loss).lower(q, k, v).as_text
 """
 
 
+@pytest.mark.slow
 def test_splash_under_a_mesh_runs_per_shard_of_batch_and_heads():
   """Inside a step's activation_sharding the kernel runs in shard_map (batch over data, heads over
   tensor) on 4 devices; the result is the unsharded one."""

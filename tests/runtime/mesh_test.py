@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.slow
+
 L, D = 2, 64
 TOKENS = {'query': 128, 'key': 128, 'value': 128, 'proj': 192, 'mlp': 512}
 

@@ -16,6 +16,8 @@ from tokenformer_jax.runtime import sharding
 from tokenformer_jax.training import growth
 from tokenformer_jax.training import state as state_lib
 
+pytestmark = pytest.mark.slow
+
 GROWN = ['--config.model.n_qkv=48', '--config.model.n_proj=40', '--config.model.n_ffn=96']
 
 
