@@ -21,8 +21,6 @@ from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import loading
 from tokenformer_jax.training import growth
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope='module')
 def trained(data_cache, tmp_path_factory):
@@ -50,6 +48,7 @@ def test_export_then_import_gives_the_same_parameters_bit_for_bit(trained, tmp_p
   assert not list(tmp_path.glob('*.tmp-*'))
 
 
+@pytest.mark.slow
 def test_the_reference_pytorch_model_loads_it_strictly_and_computes_our_logits(trained, tmp_path):
   torch = pytest.importorskip('torch', reason='torch is an optional extra')
   from safetensors.torch import load_file
