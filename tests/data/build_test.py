@@ -86,7 +86,7 @@ def test_killed_prepare_never_looks_complete_and_reuses_finished_shards(jsonl_fi
       raise KeyboardInterrupt
     real(batch, tokenizer, writers, parallel)
 
-  monkeypatch.setattr(prepare, '_write_batch', dies_in_the_third_shard)
+  monkeypatch.setattr(build, '_write_batch', dies_in_the_third_shard)
   with pytest.raises(KeyboardInterrupt):
     build.run(opts)
   assert not os.path.exists(manifest_lib.path(out))
@@ -98,7 +98,7 @@ def test_killed_prepare_never_looks_complete_and_reuses_finished_shards(jsonl_fi
   assert sorted(os.listdir(out)) == ['.prepare'] + sorted(
       build.shard_file(split, i, 4) for split in ('train', 'validation') for i in (0, 1))
   times = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out) if '-of-' in f}
-  monkeypatch.setattr(prepare, '_write_batch', real)
+  monkeypatch.setattr(build, '_write_batch', real)
   said = []
   m = build.run(opts, log=said.append)
   assert said == [f'{out}: reusing 2 of 4 shards that an earlier prepare finished']
@@ -204,7 +204,7 @@ def test_a_prepare_holds_its_output_until_done(jsonl_files, tmp_path, monkeypatc
   def process(task, tokenizer):
     seen.append(os.path.exists(out / '.lock'))
     return real(task, tokenizer)
-  monkeypatch.setattr(prepare, 'process', process)
+  monkeypatch.setattr(build, 'process', process)
   build.run(build.Options(inputs=','.join(jsonl_files), output=str(out), train_vocab=300),
               log=lambda _: None)
   assert seen == [True] * 4 and not (out / '.lock').exists()
