@@ -41,8 +41,8 @@ setup(
         # gpu-compile extra (226 MB) tests/runtime/gpu_aot_test.py for GPUs
         # matplotlib: the studies' figures (tests/studies/, -m study); safetensors: import tests;
         # the prepare extra: tests/data_*_test.py; lm-eval: tests/inference/lm_eval_adapter_test.py; wandb (offline):
-        # tests/telemetry/metrics_test.py
-        'test': ['pytest>=8', 'matplotlib>=3.8', 'safetensors>=0.4',
+        # tests/telemetry/metrics_test.py; pytest-xdist: the suite on every core (-n)
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'matplotlib>=3.8', 'safetensors>=0.4',
                  'libtpu==0.0.42.*; platform_system == "Linux" and platform_machine == "x86_64"',
                  'apache-beam>=2.60,<3', 'zstandard>=0.22', 'pyarrow>=15', 'lm-eval>=0.4.13,<0.5',
                  'wandb>=0.19,<1', *GPU_COMPILE],

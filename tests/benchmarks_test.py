@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, script_module
+from tests.helpers import ROOT, script_module
 from tokenformer_jax.runtime import gpu_aot
 
 SMALL = ['--config.train.batch_size=4', '--config.data.seq_len=32']
@@ -18,6 +18,7 @@ def _run(args, **env):
                         env=dict(os.environ, **env))
 
 
+@pytest.mark.slow
 def test_step_benchmark_writes_both_kinds(tmp_path):
   out = tmp_path / 'step.json'
   proc = _run([sys.executable, 'benchmarks/step.py', '--config=experiments/tiny.py', '--steps=3',
@@ -62,6 +63,7 @@ def _probe_wheel(folder):
   return folder
 
 
+@pytest.mark.slow
 def test_gpu_script_runs_an_experiment_file_anywhere(tmp_path):
   out = tmp_path / 'gpu.json'
   proc = _run(['bash', 'benchmarks/gpu_step.sh', '--steps=1', '--warmup=0', '--peak_size=256'],
@@ -76,6 +78,7 @@ def test_gpu_script_runs_an_experiment_file_anywhere(tmp_path):
   assert 'from WHEELS: gpu_step_probe 1.0' in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_script_refuses_an_empty_wheel_folder(tmp_path):
   (tmp_path / 'wheels').mkdir()
   proc = _run(['bash', 'benchmarks/gpu_step.sh'], PYTHON=sys.executable,
@@ -84,6 +87,7 @@ def test_gpu_script_refuses_an_empty_wheel_folder(tmp_path):
   assert not (tmp_path / 'gpu.json').exists()
 
 
+@pytest.mark.slow
 def test_gpu_script_checks_the_step_for_a_gpu_first(tmp_path):
   """CHECK=TOPOLOGY compiles instead of running: a bad topology is the compile mode's own error."""
   out = tmp_path / 'gpu.json'
@@ -93,6 +97,7 @@ def test_gpu_script_checks_the_step_for_a_gpu_first(tmp_path):
   assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not gpu_aot.cudnn_loadable(),
                     reason="needs JAX's CUDA plugin (pip install -e '.[gpu-compile]') and cuDNN "
                            "(pip install --no-deps 'nvidia-cudnn-cu12>=9.8,<10')")
@@ -105,6 +110,7 @@ def test_gpu_script_check_compiles_the_same_step_for_an_h100():
   assert 'attention     cudnn' in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not gpu_aot.compiler_installed(),
                     reason="needs JAX's CUDA plugin (pip install -e '.[gpu-compile]')")
 def test_gpu_fit_finds_the_least_grad_accum(tmp_path):
@@ -119,6 +125,7 @@ def test_gpu_fit_finds_the_least_grad_accum(tmp_path):
   assert '| tiny.py | h100:2x8 | 1 (1) | ' in proc.stdout and '(one micro-batch already)' in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_fit_table_from_saved_rows(tmp_path):
   """The table of a saved run: per pair the largest micro-batch that fits, and the next one up."""
   row = lambda micro, total: {'config': 'experiments/pile.py:1.5b', 'topology': 'h100:8',
@@ -132,6 +139,7 @@ def test_gpu_fit_table_from_saved_rows(tmp_path):
           in proc.stdout.splitlines())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args, message', [
     (['--config=experiments/huge.py'], 'cannot load --config'),
     ([], '--config is required'),
@@ -158,6 +166,7 @@ def test_dense_baseline_has_equal_nonembedding_params(spec):
   assert nonembedding_params(tf.model) == nonembedding_params(dense.model)
 
 
+@pytest.mark.slow
 def test_torch_reference_computes_our_loss(tmp_path):
   pytest.importorskip('torch')
   out = tmp_path / 'torch.json'
@@ -186,6 +195,7 @@ def _cost_rows(out):
   return data, rows
 
 
+@pytest.mark.slow
 def test_pattention_cost_times_the_three_variants_here(tmp_path):
   out = tmp_path / 'cost.json'
   proc = _run([sys.executable, 'benchmarks/pattention_cost.py', *_COST_SMALL, f'--json={out}'])
@@ -197,6 +207,7 @@ def test_pattention_cost_times_the_three_variants_here(tmp_path):
   assert set(data['block']) == {'fwd', 'fwd+bwd'} and 'block fwd+bwd: Pattention / GELU MLP' in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec('libtpu') is None, reason='libtpu is not installed')
 def test_pattention_cost_reads_the_tpu_cost_model(tmp_path):
   out = tmp_path / 'cost.json'
@@ -211,6 +222,7 @@ def test_pattention_cost_reads_the_tpu_cost_model(tmp_path):
   assert 'XLA:TPU cost model' in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args, message', [
     (['--config=huge.py'], 'cannot load --config'),
     (['--config=experiments/tiny.py', '--topology=v9:2x2'], 'unknown or malformed --topology'),
@@ -220,6 +232,7 @@ def test_pattention_cost_bad_input(args, message):
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_data_benchmark_measures_prepare_and_pipeline(tmp_path):
   out = tmp_path / 'data.json'
   proc = _run([sys.executable, 'benchmarks/data.py', '--sizes_mb=0.2,0.4', '--pipeline_seconds=0.5',
@@ -236,6 +249,7 @@ def test_data_benchmark_measures_prepare_and_pipeline(tmp_path):
   assert results['prepare_rss_ratio'] > 0 and results['pipeline_rss_ratio'] > 0
 
 
+@pytest.mark.slow
 def test_checkpoint_stall_benchmark_times_sync_and_async_saves(tmp_path):
   out = tmp_path / 'stall.json'
   proc = _run([sys.executable, 'benchmarks/checkpoint_stall.py', '--rounds=2', '--num_layers=1',
@@ -247,6 +261,7 @@ def test_checkpoint_stall_benchmark_times_sync_and_async_saves(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_digest_cost_benchmark_times_saves_and_restores_with_and_without_digests(tmp_path):
   out = tmp_path / 'digests.json'
   proc = _run([sys.executable, 'benchmarks/digest_cost.py', '--rounds=1', '--num_layers=1', '--d_model=64',
@@ -280,8 +295,9 @@ with open(args.output_prefix + '_text_document.bin', 'wb') as out:
 '''
 
 
+@pytest.mark.slow
 def test_prepare_speed_compares_token_streams_and_measures_process_trees(tmp_path):
-  from tests.conftest import write_hf_tokenizer
+  from tests.helpers import write_hf_tokenizer
   script = tmp_path / 'reference' / 'tools' / 'datasets' / 'preprocess_data.py'
   script.parent.mkdir(parents=True)
   script.write_text(_STAND_IN_REFERENCE)
@@ -321,6 +337,7 @@ if __name__ == '__main__':
 '''
 
 
+@pytest.mark.slow
 def test_process_tree_sums_every_process(tmp_path):
   script = tmp_path / 'fan_out.py'
   script.write_text(_FAN_OUT)
@@ -335,8 +352,9 @@ def test_process_tree_sums_every_process(tmp_path):
   assert r['cpu_s'] >= 0.85  # two workers and the orphan, 0.3 s each
 
 
+@pytest.mark.slow
 def test_prepare_profile_splits_a_workers_time(tmp_path):
-  from tests.conftest import write_hf_tokenizer
+  from tests.helpers import write_hf_tokenizer
   data = tmp_path / 'in.jsonl'
   data.write_text(''.join(json.dumps({'text': f'{i}: In the beginning God created.'}) + '\n'
                           for i in range(200)))

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tokenformer_jax import config as config_lib
 from tokenformer_jax.errors import UserError
 

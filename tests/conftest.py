@@ -1,169 +1,37 @@
-"""Shared test helpers: small configs, the command line as a user runs it, and the data cache."""
-import hashlib
+"""pytest's hooks and fixtures for the whole suite; the helpers the tests import are in tests/helpers.py."""
 import importlib.util
 import os
-import subprocess
-import sys
+import shutil
+import tempfile
 
-import numpy as np
 import pytest
 
-from tokenformer_jax.runtime import platforms
+# One XLA compilation cache for the session, shared by the test processes (pytest-xdist workers inherit
+# the environment) and every process they start: the same small models are built in ~100 processes, and
+# each would otherwise compile them again. Set here, before JAX is imported; a cache the caller names is
+# kept as it is. A size limit makes JAX lock the cache (filelock) around each read and write: without one
+# it writes entries in place, and a process reading one that another is writing would get half of it.
+_CACHE_CREATED = None
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ and importlib.util.find_spec('filelock'):
+  _CACHE_CREATED = tempfile.mkdtemp(prefix='tokenformer_jax_tests_xla_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_CREATED
+  os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
-# Small and quick: enough to write a checkpoint the refusal tests can guard.
-FAST = ['--config.model.num_layers=1', '--config.model.d_model=32', '--config.model.num_heads=2',
-        '--config.model.n_qkv=32', '--config.model.n_proj=32', '--config.model.n_ffn=64',
-        '--config.data.vocab_size=512', '--config.data.seq_len=32', '--config.train.batch_size=4',
-        '--config.train.steps=2', '--config.train.eval_every=2', '--config.train.eval_batches=1',
-        '--config.train.checkpoint_every=2', '--config.train.sample_tokens=4']
+from tokenformer_jax.runtime import platforms  # pylint: disable=wrong-import-position
 
 platforms.choose()   # as main.py does: the test process itself starts JAX on the CPU only
 
 
-def run_main(*args, workdir, config=TINY, timeout=300):
-  """python -m tokenformer_jax.main --config=CONFIG --workdir=WORKDIR ARGS: (status, stdout, stderr)."""
-  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={config}',
-                         f'--workdir={workdir}', *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout)
-  return proc.returncode, proc.stdout, proc.stderr
-
-
-def tree_digest(path):
-  """A hash of every file's path and bytes under `path`: equal digests mean nothing was touched."""
-  digest = hashlib.sha256()
-  for root, dirs, files in sorted(os.walk(path)):
-    dirs.sort()
-    for name in sorted(files):
-      full = os.path.join(root, name)
-      digest.update(full.encode())
-      with open(full, 'rb') as f:
-        digest.update(f.read())
-  return digest.hexdigest()
-
-
-def damage_array_bytes(step_dir, name: str = 'params/embedding', n_bytes: int = 4096, seed: int = 0) -> str:
-  """Random bytes over part of one saved array, overwritten in place where its data lies in the
-  checkpoint's data files (no file changes size): what a bad disk or a stray write leaves, and no
-  truncation or metadata check sees. The array must be stored uncompressed (training saves so).
-  Returns the file."""
-  import random
-  import warnings
-  import orbax.checkpoint as ocp
-  state_dir = os.path.join(str(step_dir), 'state')
-  with warnings.catch_warnings():   # 'sharding info not provided': read as saved, on this host
-    warnings.simplefilter('ignore')
-    tree = ocp.PyTreeCheckpointer().restore(state_dir)
-  for key in name.split('/'):
-    tree = tree[key]
-  raw = np.asarray(tree).tobytes()
-  assert len(raw) >= 2 * n_bytes, (name, len(raw))
-  for folder, _, files in sorted(os.walk(state_dir)):
-    for file_name in sorted(files):
-      path = os.path.join(folder, file_name)
-      with open(path, 'rb') as f:
-        at = f.read().find(raw)
-      if at >= 0:
-        with open(path, 'r+b') as f:
-          f.seek(at + len(raw) // 2 - n_bytes // 2)
-          f.write(random.Random(seed).randbytes(n_bytes))
-        return path
-  raise AssertionError(f'{name} is not stored as one run of bytes under {state_dir}')
-
-
-def error_line(stderr):
-  """The one 'error: ...' line (interpreter shutdown may print after it); else the last line."""
-  lines = [line for line in stderr.strip().splitlines() if line.strip()]
-  errors = [line for line in lines if line.startswith('error: ')]
-  return errors[-1] if errors else lines[-1]
+def pytest_unconfigure(config):
+  """The process that made the compilation cache removes it."""
+  del config
+  if _CACHE_CREATED:
+    shutil.rmtree(_CACHE_CREATED, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')
 def data_cache(tmp_path_factory):
   """One tokenizer + token file for the whole session (vocab 512 on the KJV text)."""
   return str(tmp_path_factory.mktemp('data_cache'))
-
-
-def small_config(data_cache_dir: str = ''):
-  """A 2-layer TokenFormer that trains in seconds."""
-  from tokenformer_jax.config import base_config
-  c = base_config()
-  c.model.num_layers = 2
-  c.model.d_model = 64
-  c.model.num_heads = 4
-  c.model.n_qkv = 64
-  c.model.n_proj = 64
-  c.model.n_ffn = 256
-  c.data.vocab_size = 512
-  c.data.seq_len = 64
-  c.data.cache_dir = data_cache_dir
-  c.train.batch_size = 8
-  c.train.steps = 20
-  c.train.log_every = 5
-  c.train.eval_every = 10
-  c.train.eval_batches = 4
-  c.train.checkpoint_every = 10
-  c.train.sample_tokens = 0
-  c.optimizer.lr = 3e-3
-  c.optimizer.min_lr = 3e-4
-  c.optimizer.warmup_frac = 0.1
-  return c
-
-
-def train_small(workdir, data_cache_dir: str, **train_overrides):
-  """small_config trained in `workdir` (train.* keys overridden); returns (config, workdir as str)."""
-  from tokenformer_jax.training import loop
-  c = small_config(data_cache_dir)
-  for key, value in train_overrides.items():
-    c.train[key] = value
-  loop.train(c, str(workdir))
-  return c, str(workdir)
-
-
-def cpu_model(m):
-  """Model config m resolved for the CPU the tests run on (config.resolve_model)."""
-  from tokenformer_jax.config import resolve_model
-  return resolve_model(m, 'cpu')
-
-
-def write_hf_tokenizer(path, vocab_size: int = 300) -> str:
-  """A small byte-level BPE with <|endoftext|>, saved as tokenizer.json (the GPT-NeoX-20B format)."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<|endoftext|>'],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-  text = ('In the beginning God created the heaven and the earth.\n'
-          'And the earth was without form, and void; and darkness was upon the face of the deep.\n'
-          'And the Spirit of God moved upon the face of the waters.\n')
-  tok.train_from_iterator(text.splitlines() * 4, trainer)
-  tok.save(str(path))
-  return str(path)
-
-
-def reference_state_dict(m, vocab=512, seed=0):
-  """Random weights under the released checkpoints' names and shapes (written from REFERENCE.md)."""
-  rng = np.random.default_rng(seed)
-  L, d = m.num_layers, m.d_model
-  normal = lambda shape, std: (std * rng.standard_normal(shape)).astype(np.float32)
-  sd = {'sequential.0.word_embeddings.weight': normal((vocab, d), 0.1),
-        f'sequential.{L + 3}.norm.weight': 1.0 + normal((d,), 0.1),
-        f'sequential.{L + 3}.norm.bias': normal((d,), 0.1)}
-  for i in range(L):
-    for name, n in (('attention.query', m.n_qkv), ('attention.key', m.n_qkv), ('attention.value', m.n_qkv),
-                    ('attention.proj', m.n_proj), ('mlp', m.n_ffn)):
-      sd[f'sequential.{i + 2}.{name}.key_param_tokens'] = normal((n, d), 0.5)
-      sd[f'sequential.{i + 2}.{name}.value_param_tokens'] = normal((n, d), 0.2)
-  return sd
-
-
-def script_module(path: str):
-  """A script of the checkout (benchmarks/, studies/) as a module, loaded by its path: the scripts are not
-  a package, and a test does not put their folder on everyone's sys.path."""
-  path = os.path.join(ROOT, path)
-  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 ARGS = ['--config=experiments/tiny.py', '--workdir=/tmp/run one', '--config.train.steps=5']
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FAST, ROOT, TINY, error_line, run_main, tree_digest
+from tests.helpers import FAST, ROOT, TINY, error_line, run_main, tree_digest
 
 
 @pytest.fixture(scope='module')
@@ -18,6 +18,7 @@ def trained_workdir(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_train_then_rerun_is_a_no_op_resume(trained_workdir):
   before = tree_digest(trained_workdir / 'checkpoints')
   code, _, err = run_main(*FAST, workdir=trained_workdir)
@@ -37,6 +38,7 @@ def test_train_then_rerun_is_a_no_op_resume(trained_workdir):
     (['--config.train.profile_steps=(5,)'], 'train.profile_steps must be (START, COUNT)'),
     (['--config.metrics.wandb_mode=cloud'], "metrics.wandb_mode must be one of ('online', 'offline')"),
 ])
+@pytest.mark.slow
 def test_bad_config(tmp_path, args, message):
   code, _, err = run_main(*FAST, *args, workdir=tmp_path / 'w')
   assert code != 0
@@ -44,6 +46,7 @@ def test_bad_config(tmp_path, args, message):
   assert not (tmp_path / 'w' / 'checkpoints').exists()
 
 
+@pytest.mark.slow
 def test_empty_corpus(tmp_path):
   empty = tmp_path / 'empty.txt'
   empty.write_text('  \n')
@@ -51,6 +54,7 @@ def test_empty_corpus(tmp_path):
   assert code == 2 and 'the input has no text' in error_line(err), err
 
 
+@pytest.mark.slow
 def test_tokenizer_that_is_not_sentencepiece(tmp_path):
   bogus = tmp_path / 'bogus.model'
   bogus.write_bytes(b'this is not a sentencepiece model')
@@ -59,6 +63,7 @@ def test_tokenizer_that_is_not_sentencepiece(tmp_path):
   assert 'not a sentencepiece model' in error_line(err) and str(bogus) in error_line(err), err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args', [['--config.model.n_ffn=128'], ['--config.model.num_layers=2'],
                                   ['--config.data.vocab_size=640']])
 def test_refuses_workdir_of_a_different_model(trained_workdir, args):
@@ -71,6 +76,7 @@ def test_refuses_workdir_of_a_different_model(trained_workdir, args):
   assert tree_digest(trained_workdir) == before
 
 
+@pytest.mark.slow
 def test_the_outcome_of_a_training_run_is_left_in_its_workdir(trained_workdir, tmp_path):
   """WORKDIR/status: done after a run; failed (2) after a run that diverged; nothing from a refusal
   (above: the workdir stays as it was)."""
@@ -89,6 +95,7 @@ def test_missing_flags(tmp_path):
   assert proc.returncode != 0 and '--workdir is required' in error_line(proc.stderr)
 
 
+@pytest.mark.slow
 def test_generate_and_eval_leave_the_workdir_untouched(trained_workdir, tmp_path):
   before = tree_digest(trained_workdir / 'checkpoints')
   prompts = tmp_path / 'prompts.txt'
@@ -106,6 +113,7 @@ def test_generate_and_eval_leave_the_workdir_untouched(trained_workdir, tmp_path
   assert tree_digest(trained_workdir / 'checkpoints') == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args,message', [
     (['--mode=generate', '--prompt=Hi'], 'no checkpoint in'),
     (['--mode=eval'], 'no checkpoint in'),
@@ -118,9 +126,10 @@ def test_inference_modes_refuse_bad_input(tmp_path, args, message):
   assert not (tmp_path / 'w' / 'checkpoints').exists()
 
 
+@pytest.mark.slow
 def test_pile_config_trains_on_a_dataset_prepared_with_a_tokenizer_json(tmp_path):
   """The released models' tokenizer format end to end: prepare → train → generate → eval, one tokenizer."""
-  from tests.conftest import write_hf_tokenizer
+  from tests.helpers import write_hf_tokenizer
   from tokenformer_jax.data import sources
   chapters = [c for d in list(sources.documents(sources.KJV))[:3] for c in d.split('\n\n')]
   (tmp_path / 'corpus.jsonl').write_text(''.join(json.dumps({'text': c}) + '\n' for c in chapters))
@@ -149,6 +158,7 @@ def test_pile_config_trains_on_a_dataset_prepared_with_a_tokenizer_json(tmp_path
   assert code == 2 and 'was trained with tokenizer sha256' in error_line(err), err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args,rows', [(['--config.train.batch_size=6'], '6 rows'),
                                        (['--config.train.batch_size=8', '--config.train.grad_accum=4'],
                                         '2 rows')])

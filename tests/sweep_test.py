@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import FAST, ROOT
+import pytest
+
+from tests.helpers import FAST, ROOT
 from tokenformer_jax import sweeps
 
 EXPERIMENT = '''
@@ -49,6 +51,7 @@ def run_sweep(experiment, root, cache, *args):
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_sweep_runs_collects_and_skips(tmp_path):
   experiment = tmp_path / 'exp.py'
   experiment.write_text(EXPERIMENT)
@@ -76,6 +79,7 @@ def test_sweep_runs_collects_and_skips(tmp_path):
   assert not (tmp_path / 'other' / 'results.csv').exists()
 
 
+@pytest.mark.slow
 def test_sweep_runs_from_another_directory_with_a_relative_config(tmp_path):
   """Every run starts in the caller's directory, so a --config relative to it names the same file for the
   sweep and for its runs; the script imports the installed package, from wherever it is run."""
@@ -110,6 +114,7 @@ def test_results_merge_across_invocations_and_stages_sort_numerically(tmp_path):
   assert sweeps.final_metrics(str(tmp_path / 'w'))['train_loss'] == 10.0  # the last stage's
 
 
+@pytest.mark.slow
 def test_the_slurm_recipe_runs_main_once_per_run(tmp_path):
   """The README's recipe, --launcher='sbatch launch/slurm_gpu.sbatch --', composed end to end: a
   stand-in `sbatch` runs the script and a stand-in `srun` runs its command, so each run trains."""
@@ -145,6 +150,7 @@ def test_the_slurm_recipe_runs_main_once_per_run(tmp_path):
   assert len((bin_dir / 'srun.log').read_text().splitlines()) == 2   # nothing launched again
 
 
+@pytest.mark.slow
 def test_a_queued_launcher_run_is_left_alone_until_it_reports(tmp_path):
   """A launcher that only queues (as sbatch does): the runs are 'submitted' and not submitted again
   until they have run; then their own status files and metrics are collected, and nothing relaunched."""
@@ -187,6 +193,7 @@ def get_sweep():   # a short run, then one long enough to be interrupted
 '''
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_rows_and_records_the_interrupted_run(tmp_path):
   experiment = tmp_path / 'exp.py'
   experiment.write_text(CTRL_C_EXPERIMENT)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import small_config, train_small
+from tests.helpers import small_config, train_small
 from tokenformer_jax.checkpoints import reference_export
 from tokenformer_jax.checkpoints import reference_import
 from tokenformer_jax.errors import UserError
@@ -48,6 +48,7 @@ def test_export_then_import_gives_the_same_parameters_bit_for_bit(trained, tmp_p
   assert not list(tmp_path.glob('*.tmp-*'))
 
 
+@pytest.mark.slow
 def test_the_reference_pytorch_model_loads_it_strictly_and_computes_our_logits(trained, tmp_path):
   torch = pytest.importorskip('torch', reason='torch is an optional extra')
   from safetensors.torch import load_file

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from tests import reference_numpy as ref
-from tests.conftest import damage_array_bytes, reference_state_dict, small_config, write_hf_tokenizer
+from tests.helpers import damage_array_bytes, reference_state_dict, small_config, write_hf_tokenizer
 from tokenformer_jax.checkpoints import reference_import
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import evaluate

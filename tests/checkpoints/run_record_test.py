@@ -4,7 +4,7 @@ Optimizer and schedule changes go through, logged."""
 import pytest
 from absl import logging as absl_logging
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from tokenformer_jax import config as config_lib
 from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
@@ -81,6 +81,7 @@ def test_optimizer_and_schedule_changes_are_allowed_and_logged(monkeypatch):
   assert any('train.steps: checkpoint 5, now 20' in line for line in lines), lines
 
 
+@pytest.mark.slow
 def test_an_accepted_change_restarts_the_data_and_later_resumes_check_the_new_settings(data_cache,
                                                                                         tmp_path):
   c = small_config(data_cache)

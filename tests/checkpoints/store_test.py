@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.conftest import ROOT, damage_array_bytes, small_config
+from tests.helpers import ROOT, damage_array_bytes, small_config
 from tokenformer_jax.checkpoints import digests
 from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
@@ -129,9 +129,10 @@ def test_vocab_size_is_compared_by_what_it_resolves_to(saved):
     run_record.check_model(meta, _spec()[0], 5)
 
 
+@pytest.mark.slow
 def test_a_run_trained_with_vocab_0_resumes_and_evaluates_with_the_size_it_resolved_to(data_cache,
                                                                                        tmp_path):
-  from tests.conftest import train_small
+  from tests.helpers import train_small
   from tokenformer_jax.inference import loading
   from tokenformer_jax.training import loop
   c, workdir = train_small(tmp_path / 'w', data_cache, steps=2, checkpoint_every=2)
@@ -232,6 +233,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_a_digest_is_the_same_under_any_sharding():
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-c', _SHARDED], cwd=ROOT, env=env, capture_output=True,

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import reference_state_dict, small_config, train_small
+from tests.helpers import reference_state_dict, small_config, train_small
 from tokenformer_jax.checkpoints import reference_import
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.checkpoints import weights
@@ -24,6 +24,7 @@ def source(data_cache, tmp_path_factory):
   return train_small(tmp_path_factory.mktemp('init_src'), data_cache, steps=6, checkpoint_every=3)
 
 
+@pytest.mark.slow
 def test_init_from_a_workdir_step_starts_at_step_0_from_its_parameters(source, tmp_path):
   c, src = source
   c2 = small_config(c.data.cache_dir)
@@ -43,6 +44,7 @@ def test_init_from_a_workdir_step_starts_at_step_0_from_its_parameters(source, t
   assert store.read_meta(mngr, 3)['initialized_from'] == {'path': src, 'step': 3}
 
 
+@pytest.mark.slow
 def test_init_from_refuses_another_model_and_a_missing_source(source, tmp_path):
   c, src = source
   other = small_config(c.data.cache_dir)
@@ -54,6 +56,7 @@ def test_init_from_refuses_another_model_and_a_missing_source(source, tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_init_from_a_released_file(data_cache, tmp_path):
   safetensors_numpy = pytest.importorskip('safetensors.numpy')
   c = small_config(data_cache)
@@ -71,6 +74,7 @@ def test_init_from_a_released_file(data_cache, tmp_path):
     loop.train(c, str(tmp_path / 'w2'), init_from=str(path))
 
 
+@pytest.mark.slow
 def test_grow_an_imported_checkpoint_and_a_released_file_then_train_only_the_new_tokens(data_cache,
                                                                                          tmp_path):
   safetensors_numpy = pytest.importorskip('safetensors.numpy')

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, error_line, tree_digest, write_hf_tokenizer
+from tests.helpers import ROOT, error_line, tree_digest, write_hf_tokenizer
 from tokenformer_jax.data import manifest as manifest_lib
 from tokenformer_jax.data import pipeline, build, sources
 from tokenformer_jax.data import tokenizer as tokenizer_lib
@@ -164,6 +164,7 @@ def test_each_flag_is_named_after_the_config_key_it_stands_for():
     ('{"text": "fine"}\n', ['--tokenizer=/nonexistent.model', '--vocab_size=0'],
      'error: tokenizer file not found: /nonexistent.model'),
 ])
+@pytest.mark.slow
 def test_cli_bad_input(tmp_path, content, args, match):
   (tmp_path / 'bad.jsonl').write_text(content)
   tok = args or [f'--tokenizer={write_hf_tokenizer(tmp_path / "tokenizer.json")}']
@@ -191,6 +192,7 @@ def test_a_failed_prepare_leaves_the_output_as_it_was(tmp_path, content, beam_ar
   assert sorted(os.listdir(out)) == ['notes.txt'] and tree_digest(out) == before
 
 
+@pytest.mark.slow
 def test_a_second_prepare_into_a_held_output_is_refused(jsonl_files, tmp_path):
   from tokenformer_jax.runtime import workdir_lock
   out = tmp_path / 'd'

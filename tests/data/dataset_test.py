@@ -8,7 +8,7 @@ import shutil
 import ml_collections
 import pytest
 
-from tests.conftest import FAST, error_line, run_main, tree_digest, write_hf_tokenizer
+from tests.helpers import FAST, error_line, run_main, tree_digest, write_hf_tokenizer
 from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.data import dataset, pipeline, build
 from tokenformer_jax.errors import UserError
@@ -163,6 +163,7 @@ def test_a_manifest_that_lies_about_a_shard_is_refused_when_opened(two_datasets,
     dataset.open_run_data(_cfg(prepared=d), str(tmp_path / 'w'))
 
 
+@pytest.mark.slow
 def test_training_on_a_lying_manifest_stops_before_writing(two_datasets, tmp_path):
   _, _, (d0, _) = two_datasets
   d = str(tmp_path / 'd')

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tests.conftest import write_hf_tokenizer
+from tests.helpers import write_hf_tokenizer
 from tokenformer_jax.data import sources
 from tokenformer_jax.data import tokenizer as tokenizer_lib
 from tokenformer_jax.errors import UserError

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from tokenformer_jax.data import pipeline, shards
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import evaluate

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import cpu_model, script_module, small_config
+from tests.helpers import cpu_model, script_module, small_config
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.inference import generate
 from tokenformer_jax.model import transformer as model_lib

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, error_line, train_small
+from tests.helpers import ROOT, error_line, train_small
 from tokenformer_jax.inference import evaluate
 
 lm_eval = pytest.importorskip('lm_eval', reason="lm-evaluation-harness is the eval extra (pip install -e '.[eval]')")
@@ -19,6 +19,8 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from tokenformer_jax import lm_eval as lm_eval_cli  # noqa: E402
 from tests.runtime.multiprocess_test import finish, free_port  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 TEXT = ('In the beginning God created the heaven and the earth. And the earth was without form, and '
         'void; and darkness was upon the face of the deep. ') * 6

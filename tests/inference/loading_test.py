@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, small_config
+from tests.helpers import ROOT, small_config
 from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
@@ -24,7 +24,7 @@ PROMPTS = [[5, 6, 7, 8, 9], [1, 2], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]]
 # mesh (data 2, tensor 2) and generates there with sharded parameters.
 WORKER = f'''
 import json, sys
-from tests.conftest import small_config
+from tests.helpers import small_config
 from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.inference import generate
@@ -52,6 +52,7 @@ def _generate(restored):
   return generator.generate(restored.params, PROMPTS, 12, seed=0)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_mesh_gives_the_same_parameters_and_tokens(tmp_path):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-c', WORKER, str(tmp_path)], cwd=ROOT, env=env,

@@ -10,7 +10,7 @@ import pytest
 
 from tokenformer_jax.config import resolve_model
 from tokenformer_jax.model import attention
-from tests.conftest import ROOT, small_config
+from tests.helpers import ROOT, small_config
 
 
 def _plain(q, k, v):
@@ -117,6 +117,7 @@ print('manual', 'sdy.manual_computation' in jax.jit(loss).lower(q, k, v).as_text
 """
 
 
+@pytest.mark.slow
 def test_splash_under_a_mesh_runs_per_shard_of_batch_and_heads():
   """Inside a step's activation_sharding the kernel runs in shard_map (batch over data, heads over
   tensor) on 4 devices; the result is the unsharded one."""

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from tests import reference_numpy as ref
-from tests.conftest import ROOT, cpu_model, small_config
+from tests.helpers import ROOT, cpu_model, small_config
 from tokenformer_jax.config import experiment_module
 from tokenformer_jax.model import transformer as model_lib
 

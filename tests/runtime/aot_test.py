@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tokenformer_jax.config import experiment_module
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.runtime import aot
@@ -121,6 +121,7 @@ def run_cli(*args):
   return proc.returncode, proc.stdout, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''
 
 
+@pytest.mark.slow
 def test_cli_bad_topology_needs_no_workdir():
   code, _, line = run_cli('--topology=v5e:4')
   assert code != 0 and line.startswith('error: unknown or malformed --topology'), line
@@ -129,6 +130,7 @@ def test_cli_bad_topology_needs_no_workdir():
                                   'h100:8)')
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_cli_compile():
   code, out, line = run_cli('--topology=v5e:2x2', '--config.mesh.tensor=2', '--config.model.num_layers=1')

@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-from tests.conftest import FAST, ROOT, TINY, damage_array_bytes
+from tests.helpers import FAST, ROOT, TINY, damage_array_bytes
+
+pytestmark = pytest.mark.slow
 
 STEPS = ['--config.train.steps=24', '--config.train.log_every=1', '--config.train.checkpoint_every=4',
          '--config.train.eval_every=100', '--config.train.sample_tokens=0']

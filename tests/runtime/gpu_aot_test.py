@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tokenformer_jax.config import experiment_module
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.runtime import aot
@@ -187,11 +187,13 @@ def run_cli(*args, env=None):
   return proc.returncode, proc.stdout, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''
 
 
+@pytest.mark.slow
 def test_cli_bad_gpu_topology():
   code, _, line = run_cli('--topology=h100:9x')
   assert code == 2 and line.startswith("error: unknown or malformed --topology='h100:9x': expected GPU:N"), line
 
 
+@pytest.mark.slow
 @needs_plugin
 def test_cli_compile_for_h100():
   code, out, line = run_cli('--topology=h100:8', '--config.model.num_layers=1',

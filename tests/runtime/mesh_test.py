@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow
 
 L, D = 2, 64
 TOKENS = {'query': 128, 'key': 128, 'value': 128, 'proj': 192, 'mlp': 512}

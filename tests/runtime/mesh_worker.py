@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from tokenformer_jax.runtime import sharding
 from tokenformer_jax.training import state as state_lib
 from tokenformer_jax.training import step as step_lib

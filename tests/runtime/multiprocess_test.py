@@ -9,7 +9,11 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import FAST, ROOT, TINY, error_line
+import pytest
+
+from tests.helpers import FAST, ROOT, TINY, error_line
+
+pytestmark = pytest.mark.multiprocess
 
 STEPS = ['--config.train.steps=6', '--config.train.log_every=1', '--config.train.eval_every=3',
          '--config.train.checkpoint_every=3', '--config.train.batch_size=8']

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FAST, ROOT, run_main
+from tests.helpers import FAST, ROOT, run_main
 from tokenformer_jax.runtime import gpu_aot
 from tokenformer_jax.runtime import platforms
 
@@ -27,11 +27,13 @@ def test_cpu_machine_gets_the_cpu_alone_and_starts_quietly():
   assert 'TPU' not in proc.stderr and 'tpu' not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_the_users_choice_is_kept():
   proc = _probe(JAX_PLATFORMS='cpu')
   assert proc.returncode == 0 and proc.stdout.split() == ['None', 'cpu'], proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
                     reason="libtpu is not installed (the test extra brings it on Linux x86-64)")
 def test_a_training_run_prints_no_tpu_errors(tmp_path):
@@ -40,6 +42,7 @@ def test_a_training_run_prints_no_tpu_errors(tmp_path):
   assert 'TPU' not in err and 'libtpu' not in err and 'Unable to initialize backend' not in err, err[:2000]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not gpu_aot.compiler_installed(),
                     reason="JAX's CUDA plugin is not installed (pip install -e '.[gpu-compile]')")
 @pytest.mark.skipif(platforms.tpu_attached() or platforms.gpu_visible(), reason='an accelerator is here')

@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from tokenformer_jax import config as config_lib
 from tokenformer_jax.config import base_config
 from tokenformer_jax.errors import UserError

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import FAST, error_line, run_main
+from tests.helpers import FAST, error_line, run_main
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.runtime import workdir_lock
 
@@ -54,6 +54,7 @@ def test_a_refused_run_leaves_no_workdir_behind(tmp_path):
   assert not (tmp_path / 'new').exists()
 
 
+@pytest.mark.slow
 def test_second_training_run_on_a_held_workdir(tmp_path):
   workdir = tmp_path / 'w'
   _write_lock(workdir, socket.gethostname(), os.getpid())  # this test process: alive

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, script_module
+from tests.helpers import ROOT, script_module
 from tests.studies import fake_training
 from tokenformer_jax.config import experiment_module
 

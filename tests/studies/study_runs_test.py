@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import ROOT, script_module
+from tests.helpers import ROOT, script_module
 from tests.studies import fake_training
 from tokenformer_jax import config as config_lib
 

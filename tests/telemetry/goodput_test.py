@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.conftest import small_config, train_small
+from tests.helpers import small_config, train_small
 from tokenformer_jax.telemetry import goodput
 from tokenformer_jax.training import loop
 
@@ -74,6 +74,7 @@ def test_a_half_written_record_is_skipped(tmp_path):
   assert [r['event'] for r in goodput.read_records(str(tmp_path))] == ['start', 'window']
 
 
+@pytest.mark.slow
 def test_a_resumed_run_accounts_for_both_starts_and_the_steps_it_redid(data_cache, tmp_path, capsys):
   # 8 steps saved at 4 and 8; the resume goes back to step 4, so steps 5-8 of the first run are redone
   train_small(tmp_path, data_cache, steps=8, log_every=2, checkpoint_every=4, eval_every=4)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, small_config
+from tests.helpers import ROOT, small_config
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.telemetry import metrics
 from tokenformer_jax.telemetry.metrics import MetricsWriter
@@ -79,6 +79,7 @@ def _wandb_runs(workdir):
   return runs
 
 
+@pytest.mark.slow
 def test_a_resumed_run_logs_to_the_same_offline_wandb_run(data_cache, tmp_path):
   pytest.importorskip('wandb')
   c = small_config(data_cache)
@@ -94,6 +95,7 @@ def test_a_resumed_run_logs_to_the_same_offline_wandb_run(data_cache, tmp_path):
     assert b'loss' in data and b'time_step_s' in data and b'goodput' in data and b'n_ffn' in data
 
 
+@pytest.mark.slow
 def test_a_wandb_project_without_wandb_is_refused_before_anything_is_written(data_cache, tmp_path,
                                                                               monkeypatch):
   monkeypatch.setitem(sys.modules, 'wandb', None)   # as if it were not installed
@@ -104,6 +106,7 @@ def test_a_wandb_project_without_wandb_is_refused_before_anything_is_written(dat
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_a_run_resumed_from_an_earlier_checkpoint_keeps_one_record_per_step_the_later_attempts(
     data_cache, tmp_path):
   c = small_config(data_cache)

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from tests.conftest import train_small
+from tests.helpers import train_small
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.telemetry import profiling
 
@@ -32,6 +32,7 @@ def test_bad_settings_are_refused(overrides, message):
     profiling.check(t)
 
 
+@pytest.mark.slow
 def test_a_trace_of_the_window_holds_the_train_steps_xla_ops(data_cache, tmp_path):
   train_small(tmp_path, data_cache, steps=6, log_every=3, eval_every=6, checkpoint_every=6,
               profile_steps=(2, 2))

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, small_config
+from tests.helpers import ROOT, small_config
 from tokenformer_jax import config as config_lib
 from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
@@ -67,6 +67,7 @@ def _logits(spec, params):
   return np.asarray(state_lib.merge(spec, params)(TOKENS[:, :-1]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('placement', ['append', 'interleave'])
 @pytest.mark.parametrize('dims', list(GROWTHS))
 def test_growth_keeps_the_logits(source, data_cache, tmp_path, dims, placement):
@@ -89,6 +90,7 @@ def test_growth_keeps_the_logits(source, data_cache, tmp_path, dims, placement):
       assert (table[i].std() > 0) != growth_layout.writes_residual(parts), (parts, i)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('noise', [0.1, 0.0])
 def test_width_splits_what_reads_the_stream_and_repeats_what_writes_it(source, data_cache, tmp_path, noise):
   kind, workdir = source
@@ -111,6 +113,7 @@ def test_width_splits_what_reads_the_stream_and_repeats_what_writes_it(source, d
   assert (np.abs(a - b).max() > 1e-4) == (noise > 0)            # and differ by the noise
 
 
+@pytest.mark.slow
 def test_gradients_and_carried_moments_map_alike(source, data_cache, tmp_path):
   """Without noise, the grown model's gradient at a copy of a source element is the source's gradient
   times growth_layout.moment_scale, and the carried moments are scaled the same (mu) or squared (nu)."""
@@ -138,6 +141,7 @@ def test_gradients_and_carried_moments_map_alike(source, data_cache, tmp_path):
         1 for a in axes if a is not None and a.copies > 1)
 
 
+@pytest.mark.slow
 def test_reset_keeps_the_function_and_starts_the_optimizer_afresh(source, data_cache, tmp_path):
   kind, workdir = source
   _, spec_s, state_s, _ = _load(_config(data_cache, kind), workdir)
@@ -166,6 +170,7 @@ def _source_copy(x, parts, axes, g):
   return x
 
 
+@pytest.mark.slow
 def test_grown_model_trains_and_its_copies_part(source, data_cache, tmp_path):
   kind, _ = source
   cfg, spec, grown, _ = _grow(source, data_cache, tmp_path, GROWTHS['all'])
@@ -183,6 +188,7 @@ def test_grown_model_trains_and_its_copies_part(source, data_cache, tmp_path):
     assert np.abs(first - second).max() > 1e-5       # the repeated halves are no longer equal
 
 
+@pytest.mark.slow
 def test_freeze_old_trains_only_what_is_new(source, data_cache, tmp_path):
   kind, _ = source
   cfg, spec, grown, meta = _grow(source, data_cache, tmp_path, GROWTHS['all'])
@@ -199,6 +205,7 @@ def test_freeze_old_trains_only_what_is_new(source, data_cache, tmp_path):
     assert moved[~old].any(), parts                    # what is new trains
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('change,needle', [
     ({'d_model': 64, 'num_heads': 4, 'mlp_dim': 128},
      'model.mlp_dim: checkpoint 0, config 128: the MLP width (mlp_dim, 0: 4·d_model) must be at least ×2 '
@@ -217,9 +224,10 @@ def test_refusals_write_nothing(source, data_cache, tmp_path, change, needle):
   assert not any(p.name == 'checkpoints' and any(p.iterdir()) for p in tmp_path.rglob('checkpoints'))
 
 
+@pytest.mark.slow
 def test_a_released_file_grows_in_tokens_only(tmp_path):
   safetensors_numpy = pytest.importorskip('safetensors.numpy')
-  from tests.conftest import reference_state_dict
+  from tests.helpers import reference_state_dict
   c = _config('', 'tokenformer')
   path = str(tmp_path / 'released.safetensors')
   safetensors_numpy.save_file(reference_state_dict(c.model), path)

@@ -10,11 +10,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests.conftest import FAST, ROOT, TINY
+from tests.helpers import FAST, ROOT, TINY
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.runtime import sharding
 from tokenformer_jax.training import growth
 from tokenformer_jax.training import state as state_lib
+
+pytestmark = pytest.mark.slow
 
 GROWN = ['--config.model.n_qkv=48', '--config.model.n_proj=40', '--config.model.n_ffn=96']
 

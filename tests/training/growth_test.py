@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import damage_array_bytes, small_config, tree_digest
+from tests.helpers import damage_array_bytes, small_config, tree_digest
 from tokenformer_jax.checkpoints import run_record
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
@@ -77,6 +77,7 @@ def test_exact_growth_preserves_logits(small, source, data_cache, tmp_path_facto
     np.testing.assert_array_equal(keys[:, :n_old],
                                   np.asarray(state['params']['blocks'][name]['key_tokens']))
 
+@pytest.mark.slow
 def test_paper_growth_changes_logits_and_why(small, source, data_cache, tmp_path_factory, grown_all):
   _, spec, state = small
   before = _logits(spec, state['params'])
@@ -93,6 +94,7 @@ def test_paper_growth_changes_logits_and_why(small, source, data_cache, tmp_path
   tau_change = np.max(np.abs(_logits(spec_b, exact['params']) - before)) / np.max(np.abs(before))
   assert tau_change > 1e-2, tau_change
 
+@pytest.mark.slow
 def test_carry_keeps_old_moments_and_zeroes_new(small, grown_all):
   _, _, state = small
   _, _, grown = grown_all
@@ -105,12 +107,14 @@ def test_carry_keeps_old_moments_and_zeroes_new(small, grown_all):
   assert int(grown['step']) == int(state['step']) == 4
   assert int(new.count) == int(old.count)
 
+@pytest.mark.slow
 def test_reset_starts_fresh(source, data_cache, tmp_path_factory):
   _, _, grown = _grow(source, data_cache, tmp_path_factory, ('ffn',), optimizer='reset')
   adam = grown['opt_state'][1][0]
   assert int(grown['step']) == 0 and int(adam.count) == 0
   assert not any(np.asarray(x).any() for x in jax.tree.leaves(adam.mu))
 
+@pytest.mark.slow
 def test_freeze_old_trains_only_new_tokens(small, grown_all):
   c, _, _ = small
   cfg_b, spec_b, grown = grown_all
@@ -145,6 +149,7 @@ def test_freeze_old_trains_only_new_tokens(small, grown_all):
     ({'kind': 'dense'}, "model.kind: checkpoint 'tokenformer', config 'dense'"),
     ({'vocab_size': 1024}, 'model.vocab_size: checkpoint 0, config 1024'),
 ])
+@pytest.mark.slow
 def test_grow_refuses_other_changes(source, data_cache, tmp_path, change, needle):
   b = small_config(data_cache)
   for key, value in change.items():
@@ -155,6 +160,7 @@ def test_grow_refuses_other_changes(source, data_cache, tmp_path, change, needle
   assert not (tmp_path / 'dst' / 'checkpoints').exists() or not any(
       (tmp_path / 'dst' / 'checkpoints').iterdir())
 
+@pytest.mark.slow
 def test_grow_refuses_existing_destination_and_missing_source(source, data_cache, tmp_path):
   b = small_config(data_cache)
   b.model.n_ffn = 512
@@ -163,6 +169,7 @@ def test_grow_refuses_existing_destination_and_missing_source(source, data_cache
   with pytest.raises(UserError, match='no checkpoint to grow'):
     growth.grow(b, str(tmp_path / 'empty'), str(tmp_path / 'dst'))
 
+@pytest.mark.slow
 def test_grown_checkpoint_trains_on(source, data_cache, tmp_path):
   b = small_config(data_cache)
   b.model.n_ffn = 512
@@ -206,10 +213,11 @@ def test_random_values_do_not_depend_on_how_they_are_split():
   assert abs(np.corrcoef(big[:-1], big[1:])[0, 1]) < 0.01
 
 
+@pytest.mark.slow
 def test_a_grown_workdir_evaluates_and_generates_before_it_trains(tmp_path):
   """The grown workdir has no prepared data of its own until it trains: eval and generate read the data
   its source prepared (through a chain of growths), and write nothing there or in the source."""
-  from tests.conftest import FAST, run_main
+  from tests.helpers import FAST, run_main
   source, grown, twice = tmp_path / 'source', tmp_path / 'grown', tmp_path / 'twice'
   code, _, err = run_main(*FAST, workdir=source)
   assert code == 0, err

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.telemetry import step_clock
@@ -30,6 +30,7 @@ def test_training_lowers_validation_loss(data_cache, tmp_path):
   assert store.manager(str(tmp_path)).latest_step() == 150
 
 
+@pytest.mark.slow
 def test_stop_and_resume_is_exact(data_cache, tmp_path):
   c = small_config(data_cache)
   whole = loop.train(c, str(tmp_path / 'whole'))
@@ -43,6 +44,7 @@ def test_stop_and_resume_is_exact(data_cache, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_big_batch(data_cache, tmp_path):
   c = small_config(data_cache)
   c.train.steps = 2
@@ -56,6 +58,7 @@ def test_gradient_accumulation_matches_one_big_batch(data_cache, tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
 
 
+@pytest.mark.slow
 def test_a_diverged_run_stops_before_saving_and_keeps_the_good_checkpoints(data_cache, tmp_path):
   c = small_config(data_cache)
   c.train.steps = 4
@@ -81,6 +84,7 @@ def _targets(c, mngr, step):
   return (state_lib.abstract_targets(state_lib.make_spec(c, meta['vocab_size'], sharding.make_mesh(c.mesh))),)
 
 
+@pytest.mark.slow
 def test_each_window_breaks_down_its_time_and_logs_mfu_against_the_given_peak(data_cache, tmp_path,
                                                                               capsys):
   c = small_config(data_cache)
@@ -127,6 +131,7 @@ def _short(c):
   return c
 
 
+@pytest.mark.slow
 def test_a_dataset_without_validation_trains_without_evaluating(data_cache, no_validation_set, tmp_path,
                                                                  caplog):
   c = _short(small_config(data_cache))
@@ -143,6 +148,7 @@ def test_a_dataset_without_validation_trains_without_evaluating(data_cache, no_v
     evaluate.run(c, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_data_validation_names_a_separate_dataset(data_cache, no_validation_set, tmp_path):
   c = _short(small_config(data_cache))
   c.data.prepared, c.data.validation = no_validation_set[0], data_cache
@@ -150,6 +156,7 @@ def test_data_validation_names_a_separate_dataset(data_cache, no_validation_set,
   assert sorted(result.val_losses) == [2, 4] and all(np.isfinite(list(result.val_losses.values())))
 
 
+@pytest.mark.slow
 def test_a_small_validation_set_is_still_refused(data_cache, no_validation_set, tmp_path):
   c = _short(small_config(data_cache))
   c.data.prepared, c.data.validation = no_validation_set

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from tokenformer_jax.checkpoints import store
 from tokenformer_jax.errors import UserError
 from tokenformer_jax.training import stages

@@ -79,7 +79,7 @@ def parse_topology(text: str) -> GpuTopology:
 
 def spec_text(chip: str) -> str:
   """The GpuTargetConfigProto text of `chip` (a file shipped in the package)."""
-  return importlib.resources.files('tokenformer_jax').joinpath('gpu_specs', SPEC_FILES[chip]).read_text()
+  return importlib.resources.files('tokenformer_jax.runtime').joinpath('gpu_specs', SPEC_FILES[chip]).read_text()
 
 
 def device_memory(chip: str) -> int:
