@@ -31,7 +31,39 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  c.model = m = ml_collections.ConfigDict()
+  c.model = _model()
+  c.data = _data()
+  c.train = _train()
+  # How text is sampled (generate.py): --mode=generate (whose flags of these names override them) and the
+  # sample at the end of a training run (which draws train.sample_tokens with the run's seed).
+  c.sampling = _sampling()
+  # Where metrics go besides WORKDIR/metrics.jsonl and WORKDIR/tensorboard/.
+  c.metrics = _metrics()
+  c.optimizer = _optimizer()
+  # Growth: how `--mode=grow` (and each stage of a multi-stage schedule) makes a model deeper, wider
+  # and adds parameter tokens (run_record.GROWTH_RULES says which model keys may change, and how).
+  c.growth = _growth()
+  # Multi-stage schedule: override dicts, one per stage ({'model.n_ffn': 1024, 'train.steps': 600}, ...),
+  # each applied to this config (stages.py). Empty: a single training run.
+  c.stages = ()
+
+  c.mesh = _mesh()
+  # logical axis → mesh axes; the parameter-token axis is really sharded (over `tensor`).
+  c.sharding_rules = (
+      ('batch', ('data', 'fsdp')),
+      ('param_tokens', 'tensor'),
+      ('embed', 'fsdp'),
+      ('vocab', 'tensor'),
+      ('mlp', 'tensor'),
+      ('heads', 'tensor'),
+      ('layers', None),
+      ('norm', None),
+  )
+  return c
+
+
+def _model() -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
   m.kind = 'tokenformer'         # or 'dense': the Transformer baseline with linear projections
   m.vocab_size = 0               # 0: the tokenizer's size; always padded up to a multiple of 128
   m.num_layers = 2
@@ -55,8 +87,11 @@ def base_config() -> ml_collections.ConfigDict:
   m.scan_unroll = 0              # layers per scan iteration; 0: per platform (all on CPU, 1 elsewhere)
   m.attention_impl = ''          # '' per platform, or one of attention.IMPLEMENTATIONS
   m.gelu_impl = ''               # '' per platform, or one of GELU_IMPLEMENTATIONS (same function)
+  return m
 
-  c.data = d = ml_collections.ConfigDict()
+
+def _data() -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
   d.prepared = ''                # a dataset made by `python -m tokenformer_jax.prepare` (then corpus,
                                  # tokenizer, vocab_size, val_fraction, text_key are its own)
   d.mixture = ''                 # or several: 'DIR1:WEIGHT,DIR2:WEIGHT' (validation: DIR1's)
@@ -70,8 +105,11 @@ def base_config() -> ml_collections.ConfigDict:
   d.text_key = 'text'            # the text field of JSON Lines / Parquet inputs
   d.cache_dir = ''               # '' → WORKDIR/data
   d.seq_len = 128
+  return d
 
-  c.train = t = ml_collections.ConfigDict()
+
+def _train() -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
   t.batch_size = 16              # global, per optimizer step
   t.grad_accum = 1               # micro-batches per step (batch_size must divide evenly)
   t.steps = 1000
@@ -89,24 +127,30 @@ def base_config() -> ml_collections.ConfigDict:
   t.profile_every = 0            # > 0: trace such a window again every N steps
   t.profile_all_hosts = False    # trace on every process (WORKDIR/profile/process_<i>/), not only on 0
   t.profiler_port = 0            # > 0: the on-demand profiler server's port (profiling.py)
+  return t
 
-  # How text is sampled (generate.py): --mode=generate (whose flags of these names override them) and the
-  # sample at the end of a training run (which draws train.sample_tokens with the run's seed).
-  c.sampling = sm = ml_collections.ConfigDict()
+
+def _sampling() -> ml_collections.ConfigDict:
+  sm = ml_collections.ConfigDict()
   sm.max_new_tokens = 64         # per prompt (--mode=generate)
   sm.temperature = 0.8           # 0: greedy
   sm.top_k = 40                  # sample among the k most likely ids (0: all)
   sm.top_p = 1.0                 # ... within the top-p probability mass (1: all)
   sm.seed = 0                    # --mode=generate's sampler seed (--sample_seed)
+  return sm
 
-  # Where metrics go besides WORKDIR/metrics.jsonl and WORKDIR/tensorboard/.
-  c.metrics = mt = ml_collections.ConfigDict()
+
+def _metrics() -> ml_collections.ConfigDict:
+  mt = ml_collections.ConfigDict()
   mt.wandb_project = ''          # a Weights & Biases project: log there too (pip install '.[wandb]')
   mt.wandb_entity = ''
   mt.wandb_name = ''             # '': the workdir's name
   mt.wandb_mode = 'online'       # or 'offline': files under WORKDIR/wandb/, `wandb sync` uploads them
+  return mt
 
-  c.optimizer = o = ml_collections.ConfigDict()
+
+def _optimizer() -> ml_collections.ConfigDict:
+  o = ml_collections.ConfigDict()
   o.lr = 1e-3
   o.min_lr = 1e-4
   o.warmup_frac = 0.01
@@ -115,10 +159,11 @@ def base_config() -> ml_collections.ConfigDict:
   o.eps = 1e-8
   o.weight_decay = 0.1
   o.clip_norm = 1.0
+  return o
 
-  # Growth: how `--mode=grow` (and each stage of a multi-stage schedule) makes a model deeper, wider
-  # and adds parameter tokens (run_record.GROWTH_RULES says which model keys may change, and how).
-  c.growth = g = ml_collections.ConfigDict()
+
+def _growth() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
   g.policy = 'exact'             # exact: new keys 0, new values random, τ frozen; paper: all random, τ = √n
   g.optimizer = 'carry'          # carry: Adam moments kept (mapped onto the grown layout, 0 for what is
                                  # new), step and schedule go on; reset: fresh moments, step 0, a new
@@ -127,31 +172,18 @@ def base_config() -> ml_collections.ConfigDict:
   g.seed = 1                     # for the new tokens' and blocks' random values and the width noise
   g.depth_placement = 'append'   # new blocks after the old ones, or 'interleave'd between them
   g.width_noise = 0.1            # std of the noise on split copies (width growth), × the table's init std
+  return g
 
-  # Multi-stage schedule: override dicts, one per stage ({'model.n_ffn': 1024, 'train.steps': 600}, ...),
-  # each applied to this config (stages.py). Empty: a single training run.
-  c.stages = ()
 
-  c.mesh = mesh = ml_collections.ConfigDict()
+def _mesh() -> ml_collections.ConfigDict:
+  mesh = ml_collections.ConfigDict()
   mesh.data = -1                 # per-slice (ICI) sizes; -1 takes the devices left over
   mesh.fsdp = 1
   mesh.tensor = 1
   mesh.dcn_data = 1              # across-slice (DCN) sizes
   mesh.dcn_fsdp = 1
   mesh.dcn_tensor = 1
-
-  # logical axis → mesh axes; the parameter-token axis is really sharded (over `tensor`).
-  c.sharding_rules = (
-      ('batch', ('data', 'fsdp')),
-      ('param_tokens', 'tensor'),
-      ('embed', 'fsdp'),
-      ('vocab', 'tensor'),
-      ('mlp', 'tensor'),
-      ('heads', 'tensor'),
-      ('layers', None),
-      ('norm', None),
-  )
-  return c
+  return mesh
 
 
 def padded_vocab(cfg_model, tokenizer_vocab: int) -> int:
