@@ -1,7 +1,7 @@
 """A workdir's checkpoint, restored for inference: the parameters on this mesh and the model graph.
 
 Generation and evaluation read only the parameters (never the optimizer state), from a training
-checkpoint or an imported one (convert.py), saved on any mesh: Orbax reads each shard straight onto this
+checkpoint or an imported one (reference_import.py), saved on any mesh: Orbax reads each shard straight onto this
 mesh's devices. The config must describe the same model as the checkpoint, after taking the
 checkpoint's frozen-τ counts as training does (run_record.for_inference), so a grown checkpoint is
 sampled with its growth config or its base config alike.

@@ -162,7 +162,7 @@ def writes_residual(path: tuple[str, ...]) -> bool:
 
 
 def init_std(path: tuple[str, ...], m, value_std: float) -> float:
-  """The std model.py draws this table with (for new blocks and as the scale of the width noise)."""
+  """The std model/transformer.py draws this table with (for new blocks and as the scale of the width noise)."""
   if path[-1] == 'value_tokens' or (path[-1] == 'kernel' and path[-2] in ('proj', 'down')):
     return value_std
   if path[-1] in ('key_tokens', 'kernel'):
