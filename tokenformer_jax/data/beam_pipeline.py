@@ -29,8 +29,9 @@ def check_installed() -> None:
     raise UserError("the prepare pipeline runs on Apache Beam: pip install 'tokenformer_jax[prepare]'")
 
 
-def run(tasks: list, tokenizer, beam_args: list[str]) -> None:
-  """Runs build.process for every task on Beam; raises the first recorded bad-input error.
+def run(tasks: list, tokenizer, beam_args: list[str], write_shards) -> None:
+  """Runs `write_shards(task, tokenizer, parallel=False)` (build.process, passed in so that this module
+  does not import its caller) for every task on Beam; raises the first recorded bad-input error.
 
   Workers in this process (the local runner's threads) use `tokenizer` itself; others load its file."""
   check_installed()
@@ -43,6 +44,7 @@ def run(tasks: list, tokenizer, beam_args: list[str]) -> None:
 
     def __init__(self, file_bytes: bytes, handle: shared.Shared):
       super().__init__()
+      self._write_shards = write_shards   # a module-level function: pickled by reference for workers
       self._file_bytes = file_bytes
       self._shared = handle
       self._tokenizer = None
@@ -53,10 +55,9 @@ def run(tasks: list, tokenizer, beam_args: list[str]) -> None:
           lambda: tokenizer_lib.Tokenizer(self._file_bytes, 'the dataset tokenizer'))
 
     def process(self, task):
-      from tokenformer_jax.data import build  # pylint: disable=import-outside-toplevel
       try:
         # One core per worker: the runner starts a worker per core (or as many as asked).
-        done = build.process(task, self._tokenizer, parallel=False)
+        done = self._write_shards(task, self._tokenizer, parallel=False)
       except UserError as e:
         if not sources.is_remote(task.output):
           os.makedirs(os.path.dirname(_error_path(task)), exist_ok=True)

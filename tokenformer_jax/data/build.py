@@ -249,7 +249,7 @@ def _prepare(opts: Options, beam_args: list[str] | None, log) -> dict:
     results = [process(t, tokenizer) for t in tasks]
   else:
     from tokenformer_jax.data import beam_pipeline  # pylint: disable=import-outside-toplevel
-    beam_pipeline.run(tasks, tokenizer, beam_args)
+    beam_pipeline.run(tasks, tokenizer, beam_args, process)
     results = [_completed(t) for t in tasks]
     missing = [t.index for t, r in zip(tasks, results) if r is None]
     if missing:
