@@ -61,7 +61,7 @@ def task_manager(include_path: str | None):
   return TaskManager(include_path=include_path) if include_path else TaskManager()
 
 
-def evaluate(model, tasks: list[str], manager, num_fewshot, limit, seed: int) -> dict:
+def score_tasks(model, tasks: list[str], manager, num_fewshot, limit, seed: int) -> dict:
   """simple_evaluate on `model`; unknown task names are a UserError listing them."""
   import lm_eval  # pylint: disable=import-outside-toplevel
   unknown = [t for t in tasks if t not in manager.all_tasks]
@@ -124,7 +124,7 @@ def _run(cfg, workdir: str, make_table) -> tuple[int, str]:
     import jax  # pylint: disable=import-outside-toplevel
     manager = task_manager(_INCLUDE.value)
     model = load_model(cfg, workdir, _BATCH.value, _RESTORE_STEP.value, cfg.sampling.seed)
-    results = evaluate(model, _TASKS.value, manager, _NUM_FEWSHOT.value, _LIMIT.value, cfg.sampling.seed)
+    results = score_tasks(model, _TASKS.value, manager, _NUM_FEWSHOT.value, _LIMIT.value, cfg.sampling.seed)
     if jax.process_index() == 0:
       print(make_table(results), flush=True)
       if _OUTPUT.value:
