@@ -23,6 +23,23 @@ def test_experiments_import_each_other():
   assert stages.model.d_model == tiny.model.d_model and len(stages.stages) == 3
 
 
+@pytest.mark.parametrize('schedule', ['tokens', 'dims'])
+def test_stage_schedules_grow_the_tiny_model_stage_by_stage(schedule):
+  """Each stage is a growth of the one before (the check a staged run makes before it trains); `dims`
+  grows in depth, then width, then tokens, and ends at the tiny model itself."""
+  from tokenformer_jax.checkpoints import run_record
+  from tokenformer_jax.training import stages
+  c = config_lib.load_experiment(f'{ROOT}/experiments/tiny_stages.py:{schedule}')
+  configs = [stages.stage_config(c, '/nonexistent', i) for i in range(len(c.stages))]
+  for i in range(1, len(configs)):
+    run_record.for_stage(configs[i - 1], configs[i], i)
+  if schedule == 'dims':
+    sizes = [(m.num_layers, m.d_model, m.num_heads, m.n_qkv) for m in (x.model for x in configs)]
+    assert sizes == [(2, 64, 2, 64), (4, 64, 2, 64), (4, 128, 4, 64), (4, 128, 4, 128)]
+    tiny = config_lib.load_experiment(f'{ROOT}/experiments/tiny.py')
+    assert configs[-1].model.to_dict() == tiny.model.to_dict()
+
+
 def _shadowed_cwd(tmp_path):
   """A current directory holding a user's own package named `experiments` (any project may have one):
   our experiment files must not import a package by that name."""
