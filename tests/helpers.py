@@ -3,6 +3,7 @@ as a user runs it, and builders of files the tests damage or import."""
 import hashlib
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 
@@ -187,3 +188,19 @@ def script_module(path: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def finish(procs, timeout=600):
+  """Each process's stderr once all have exited (any left running after `timeout` are killed)."""
+  try:
+    return [p.communicate(timeout=timeout)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()

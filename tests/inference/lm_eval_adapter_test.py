@@ -1,4 +1,4 @@
-"""eval_harness.py and lm_eval.py: our model under lm-evaluation-harness, on tasks defined here over local
+"""lm_eval_adapter.py and lm_eval.py: our model under lm-evaluation-harness, on tasks defined here over local
 JSON Lines (task data cannot be downloaded on these machines): rolling loglikelihoods equal
 `--mode=eval`'s nats on the same text, multiple-choice loglikelihoods equal an independent masked loss,
 scoring compiles once per length bucket, and the command line scores a multiple-choice and a
@@ -11,14 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, error_line, train_small
+from tests.helpers import ROOT, error_line, finish, free_port, train_small
 from tokenformer_jax.inference import evaluate
 
 lm_eval = pytest.importorskip('lm_eval', reason="lm-evaluation-harness is the eval extra (pip install -e '.[eval]')")
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from tokenformer_jax import lm_eval as lm_eval_cli  # noqa: E402
-from tests.runtime.multiprocess_test import finish, free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

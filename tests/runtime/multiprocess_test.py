@@ -4,35 +4,18 @@ import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.helpers import FAST, ROOT, TINY, error_line
+from tests.helpers import FAST, ROOT, TINY, error_line, finish, free_port
 
 pytestmark = pytest.mark.multiprocess
 
 STEPS = ['--config.train.steps=6', '--config.train.log_every=1', '--config.train.eval_every=3',
          '--config.train.checkpoint_every=3', '--config.train.batch_size=8']
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-def finish(procs, timeout=600):
-  """Each process's stderr once all have exited (any left running after `timeout` are killed)."""
-  try:
-    return [p.communicate(timeout=timeout)[1] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
 
 
 def losses(workdir):
