@@ -5,7 +5,7 @@
 Static figures (from the source): top-level modules, rooms (subpackages), the largest module, the
 longest function, and the call sites of `config.validate`. With --run, a tiny training run (two steps on
 the bundled corpus, in a temporary workdir) is traced with `sys.setprofile` and the package modules with a
-function that ran are counted (importing a module does not count).
+function that ran are counted (importing a module, or defining its classes, does not count).
 """
 import ast
 import os
@@ -17,10 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'tokenformer_jax')
 
 _TRACE = r'''
-import os, sys, threading
+import inspect, os, sys, threading
 touched = set()
 def _profile(frame, event, arg):
-  if event == 'call' and frame.f_code.co_name != '<module>':
+  if event == 'call' and frame.f_code.co_flags & inspect.CO_NEWLOCALS:   # a function, not a module or class body
     path = frame.f_code.co_filename
     if path.startswith(PACKAGE):
       touched.add(os.path.relpath(path, PACKAGE))
