@@ -64,7 +64,8 @@ def _grow(source, cache, tmp_path, change, **grow):
 
 
 def _logits(spec, params):
-  return np.asarray(state_lib.merge(spec, params)(TOKENS[:, :-1]))
+  # jitted: one compile, not one per op
+  return np.asarray(jax.jit(lambda p: state_lib.merge(spec, p)(TOKENS[:, :-1]))(params))
 
 
 @pytest.mark.slow
