@@ -64,7 +64,8 @@ def _grow(source, cache, tmp_path, change, **grow):
 
 
 def _logits(spec, params):
-  return np.asarray(state_lib.merge(spec, params)(TOKENS[:, :-1]))
+  # jitted: one compile, not one per op
+  return np.asarray(jax.jit(lambda p: state_lib.merge(spec, p)(TOKENS[:, :-1]))(params))
 
 
 @pytest.mark.slow
@@ -122,8 +123,8 @@ def test_gradients_and_carried_moments_map_alike(source, data_cache, tmp_path):
   cfg, spec, grown, meta = _grow(source, data_cache, tmp_path, GROWTHS['all'], width_noise=0.0)
   g = growth_layout.from_record(meta['grown_from'], cfg.model)
   loss = lambda sp: lambda params: step_lib.token_losses(sp, params, TOKENS).mean()
-  grad_s = jax.grad(loss(spec_s))(state_s['params'])
-  grad_b = jax.grad(loss(spec))(grown['params'])
+  grad_s = jax.jit(jax.grad(loss(spec_s)))(state_s['params'])   # jitted: one compile, not one per op
+  grad_b = jax.jit(jax.grad(loss(spec)))(grown['params'])
   adam_s, adam_b = state_s['opt_state'][1][0], grown['opt_state'][1][0]
   assert int(adam_b.count) == int(adam_s.count) == 3
   for path, gs in jax.tree_util.tree_flatten_with_path(grad_s)[0]:

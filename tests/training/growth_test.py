@@ -49,7 +49,8 @@ def _grow(source, data_cache, tmp_path_factory, groups, policy='exact', optimize
   return _load(b, dst)
 
 def _logits(spec, params):
-  return np.asarray(state_lib.merge(spec, params)(TOKENS[:, :-1]))
+  # jitted: one compile, not one per op
+  return np.asarray(jax.jit(lambda p: state_lib.merge(spec, p)(TOKENS[:, :-1]))(params))
 
 @pytest.fixture(scope='module')
 def small(source, data_cache):
