@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from tests.helpers import ROOT
@@ -97,6 +98,17 @@ def test_missing_cudnn_names_the_install(monkeypatch):
                                       r"--no-deps 'nvidia-cudnn-cu12>=9.8,<10' \(716 MB\), or compile with "
                                       r'--config.model.attention_impl=xla'):
     gpu_aot.require_cudnn()
+
+
+def test_cudnn_is_missing_where_jax_refuses_a_cudnn_attention(monkeypatch):
+  """The probe is JAX's own check: where tracing a cuDNN attention raises (as JAX does when cuDNN does
+  not load), cuDNN counts as missing."""
+  monkeypatch.setattr(gpu_aot, 'compiler_installed', lambda: True)
+
+  def refuse(*args, **kwargs):
+    raise RuntimeError('cuDNN is not detected.')
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', refuse)
+  assert not gpu_aot.cudnn_loadable()
 
 
 @needs_plugin

@@ -55,3 +55,20 @@ def test_the_cuda_plugin_on_a_machine_without_a_gpu_is_silent():
   proc = _probe()
   assert proc.returncode == 0 and proc.stdout.split() == ['cpu', 'cpu'], proc.stderr
   assert 'cuda' not in proc.stderr.lower() and 'plugin' not in proc.stderr.lower(), proc.stderr
+
+
+def _pci(root, devices):
+  for name, (vendor, pci_class) in devices.items():
+    (root / name).mkdir(parents=True)
+    (root / name / 'vendor').write_text(vendor + '\n')
+    (root / name / 'class').write_text(pci_class + '\n')
+  return str(root)
+
+
+def test_a_tpu_is_found_on_the_pci_bus_and_a_cloud_vms_own_devices_are_not(tmp_path):
+  vm = {'0000:00:04.0': ('0x1ae0', '0x020000'),     # gVNIC
+        '0000:00:05.0': ('0x1ae0', '0x010802'),     # NVMe
+        '0000:00:06.0': ('0x1af4', '0x018000')}     # virtio
+  assert not platforms.tpu_attached(_pci(tmp_path / 'vm', vm))
+  tpu = {**vm, '0000:00:07.0': ('0x1ae0', '0x120000')}
+  assert platforms.tpu_attached(_pci(tmp_path / 'tpu', tpu))

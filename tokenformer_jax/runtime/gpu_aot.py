@@ -16,6 +16,7 @@ GEMM autotuning is skipped too (a device would time cuBLAS against Triton); cuBL
 counted. The figure is therefore a lower bound of what the step takes.
 """
 import dataclasses
+import functools
 import importlib.resources
 import importlib.util
 import os
@@ -134,17 +135,20 @@ def topology_devices(topology: GpuTopology) -> list:
 
 
 def cudnn_loadable() -> bool:
-  """Whether the cuDNN library answers JAX's version check. JAX lowers `implementation='cudnn'` attention
-  only after asking it, even when it only compiles; without it that is a RuntimeError deep in tracing."""
+  """Whether cuDNN answers JAX's version check. JAX lowers `implementation='cudnn'` attention only after
+  asking it, even when it only compiles; without it that is a RuntimeError deep in tracing. So this
+  traces one tiny cuDNN attention (no device, no compile) and sees whether JAX accepts it: the same
+  check, through public API, with the cuDNN copy JAX's CUDA plugin would load."""
   if not compiler_installed():
     return False
-  # JAX's own check, asked through its private module: there is no public accessor of the cuDNN
-  # version JAX's CUDA plugin loaded, and loading libcudnn ourselves could find another copy.
-  from jax._src.lib import cuda_versions  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  x_BxTxNxH = jax.ShapeDtypeStruct((1, 8, 1, 64), 'bfloat16')
+  attend = functools.partial(jax.nn.dot_product_attention, implementation='cudnn')
   try:
-    return cuda_versions is not None and cuda_versions.cudnn_get_version() > 0
+    jax.jit(attend).trace(x_BxTxNxH, x_BxTxNxH, x_BxTxNxH)
   except RuntimeError:
     return False
+  return True
 
 
 def require_cudnn() -> None:

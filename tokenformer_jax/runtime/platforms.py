@@ -7,23 +7,36 @@ set, no TPU chip is attached and no GPU is visible, JAX is told to start the CPU
 and a GPU machine are left to JAX's own choice, and so is any JAX_PLATFORMS the user set.
 --mode=compile is not affected: it loads libtpu as a compiler for a topology, not as a backend.
 
-TPU chips are counted the way JAX itself counts them before it starts libtpu (its PCI scan of the
-TPU device ids); where that check cannot be reached, the choice is left to JAX.
+TPU chips are found on the PCI bus (sysfs), as JAX itself finds them before it starts libtpu; where in
+doubt, the choice is left to JAX.
 """
+import glob
 import os
 
 _GPU_DEVICES = ('/dev/nvidiactl', '/dev/kfd')   # NVIDIA, AMD
+_PCI_DEVICES = '/sys/bus/pci/devices'
+_GOOGLE_PCI_VENDOR = '0x1ae0'
+_NOT_TPU_CLASSES = ('0x01', '0x02')             # PCI base classes: storage (a Cloud VM's NVMe), network
 
 
-def tpu_attached() -> bool:
-  """Whether TPU chips are on this machine's PCI bus. JAX has no public way to ask before a backend
-  starts (jax.devices() would start libtpu, the very thing to avoid), and libtpu none that is quiet; so
-  this asks JAX's private PCI scan, whose list of TPU device ids grows with each TPU generation."""
+def tpu_attached(pci_root: str = _PCI_DEVICES) -> bool:
+  """Whether a TPU may be on this machine's PCI bus: any Google device there that is not a disk or a
+  network controller (a Cloud VM's own NVMe and gVNIC are Google's). JAX has no public way to ask before a backend starts, and
+  jax.devices() would start libtpu, the very thing to avoid. Erring towards "attached" only leaves the
+  choice to JAX; a list of TPU device ids would miss the next TPU generation and force it onto the CPU."""
+  for device in glob.glob(os.path.join(pci_root, '*')):
+    vendor, pci_class = _read(device, 'vendor'), _read(device, 'class')
+    if vendor == _GOOGLE_PCI_VENDOR and not pci_class.startswith(_NOT_TPU_CLASSES):
+      return True
+  return False
+
+
+def _read(device: str, name: str) -> str:
   try:
-    from jax._src import hardware_utils  # pylint: disable=import-outside-toplevel
-    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-  except (ImportError, AttributeError):   # another JAX: cannot tell, so assume there may be one
-    return True
+    with open(os.path.join(device, name)) as f:
+      return f.read().strip().lower()
+  except OSError:
+    return ''
 
 
 def gpu_visible() -> bool:
