@@ -54,20 +54,29 @@ def load_model(cfg, workdir: str, batch_size: int, step: int | None, seed: int):
                                context=cfg.data.seq_len, batch_size=batch_size, seed=seed)
 
 
-def task_manager(include_path: str | None):
+def task_manager(tasks: list[str], include_path: str | None):
+  """The harness's task index holding every task asked for. Tasks of --include_path alone come from an
+  index of that folder: indexing the harness's own thousands of task YAMLs takes seconds in every
+  process, so that is done only for a task the folder lacks. Unknown task names are a UserError listing
+  them, before any checkpoint is read."""
   from lm_eval.tasks import TaskManager  # pylint: disable=import-outside-toplevel
   if include_path and not os.path.isdir(include_path):
     raise UserError(f'--include_path is not a folder: {include_path}')
-  return TaskManager(include_path=include_path) if include_path else TaskManager()
-
-
-def score_tasks(model, tasks: list[str], manager, num_fewshot, limit, seed: int) -> dict:
-  """simple_evaluate on `model`; unknown task names are a UserError listing them."""
-  import lm_eval  # pylint: disable=import-outside-toplevel
+  if include_path:
+    local = TaskManager(include_path=include_path, include_defaults=False)
+    if all(t in local.all_tasks for t in tasks):
+      return local
+  manager = TaskManager(include_path=include_path) if include_path else TaskManager()
   unknown = [t for t in tasks if t not in manager.all_tasks]
   if unknown:
     raise UserError(f'unknown task(s) {", ".join(unknown)} (see `lm-eval ls tasks`, or --include_path '
                     f'for task YAMLs of your own)')
+  return manager
+
+
+def score_tasks(model, tasks: list[str], manager, num_fewshot, limit, seed: int) -> dict:
+  """simple_evaluate on `model` over tasks that `manager` holds."""
+  import lm_eval  # pylint: disable=import-outside-toplevel
   try:
     return lm_eval.simple_evaluate(model=model, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
                                    task_manager=manager, random_seed=seed, numpy_random_seed=seed,
@@ -122,7 +131,7 @@ def _run(cfg, workdir: str, make_table) -> tuple[int, str]:
     holders = [v for v in globals().values() if isinstance(v, flags.FlagHolder)]
     distributed.agree({'config': cfg.to_dict(), 'workdir': workdir, 'flags': process_flags.shared(holders)})
     import jax  # pylint: disable=import-outside-toplevel
-    manager = task_manager(_INCLUDE.value)
+    manager = task_manager(_TASKS.value, _INCLUDE.value)
     model = load_model(cfg, workdir, _BATCH.value, _RESTORE_STEP.value, cfg.sampling.seed)
     results = score_tasks(model, _TASKS.value, manager, _NUM_FEWSHOT.value, _LIMIT.value, cfg.sampling.seed)
     if jax.process_index() == 0:

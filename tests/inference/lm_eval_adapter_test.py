@@ -104,6 +104,14 @@ def test_scoring_compiles_once_per_length_bucket(model):
   assert model.score_pairs(long)[0] == model.score_pairs([(long[0][0][-64:], [7])])[0]
 
 
+def test_tasks_of_the_include_path_alone_skip_the_harness_index(tmp_path):
+  """Indexing the harness's own task YAMLs takes seconds per process: a run whose tasks are all in
+  --include_path does without it."""
+  tasks = write_tasks(tmp_path / 'tasks')
+  manager = lm_eval_cli.task_manager(['local_mc', 'local_gen'], tasks)
+  assert set(manager.all_tasks) == {'local_mc', 'local_gen'}
+
+
 def _cli(*args):
   env = dict(os.environ, HF_DATASETS_OFFLINE='1', HF_HUB_OFFLINE='1')
   return subprocess.run([sys.executable, '-m', 'tokenformer_jax.lm_eval', *args], cwd=ROOT, env=env,
