@@ -172,6 +172,7 @@ def test_a_batch_the_mesh_cannot_split_is_refused_before_anything_is_written(tmp
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_stop_at_step_must_be_positive(tmp_path):
   code, _, err = run_main(*FAST, '--stop_at_step=0', workdir=tmp_path / 'w')
   assert code == 2 and '--stop_at_step must be positive' in error_line(err), err
@@ -220,6 +221,7 @@ def test_compile_refuses_a_workdir(tmp_path):
   assert code == 2 and error_line(err).startswith('error: --workdir does not apply to --mode=compile'), err
 
 
+@pytest.mark.slow
 def test_sampling_comes_from_the_config_and_a_given_flag_overrides_it(trained_workdir):
   """--mode=generate's flags are unset unless given: the config's sampling section decides, and a flag
   given overrides its key."""
@@ -232,6 +234,7 @@ def test_sampling_comes_from_the_config_and_a_given_flag_overrides_it(trained_wo
   assert from_config[1] == from_flags[1] and '--- sample 0 (step 2) ---\nAnd God' in from_config[1]
 
 
+@pytest.mark.slow
 def test_grow_from_names_the_source_step(trained_workdir, tmp_path):
   """--grow_from=WORKDIR:STEP (the syntax of --init_from) instead of a --restore_step of another workdir."""
   code, _, err = run_main(*FAST, '--mode=grow', f'--grow_from={trained_workdir}:7', '--config.model.n_ffn=128',

@@ -86,6 +86,7 @@ def test_one_compilation_for_any_number_of_tokens(model, greedy):
   assert greedy.traces == compiled and compiled['decode'] >= 1
 
 
+@pytest.mark.slow
 def test_sampling_with_seed_matches_uncached_and_is_reproducible(model):
   graphdef, params = model
   sampling = dict(temperature=1.0, top_k=20, top_p=0.95)

@@ -87,6 +87,7 @@ def _splash_inputs(T=256, seed=0):
   return q, k, v, jnp.asarray(rng.normal(size=(2, T, 4, 64)).astype(np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('T', [128, 384])
 def test_splash_equals_plain_softmax_in_interpret_mode(T):
   """The Pallas TPU kernel, run by the Pallas interpreter on CPU: forward and all three gradients."""

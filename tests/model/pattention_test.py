@@ -62,6 +62,7 @@ def test_zero_row_is_finite_and_other_rows_unchanged():
   assert bool(jnp.all(jnp.isfinite(grads)))
 
 
+@pytest.mark.slow
 def test_gradients():
   x, k, v = _inputs(np.float64, n=8, d_in=4, d_out=3)
   with jax.enable_x64(True):
@@ -145,6 +146,7 @@ def test_both_gelu_forms(rows, impl, primitive):
     pattention_lib.gelu(u, 'tanh')
 
 
+@pytest.mark.slow
 def test_gelu_gradient_from_its_output_matches_autodiff():
   """gelu_grad takes Φ(u) as GELU(u)/u: exact in float64, float32-accurate in float32, ½ at and near 0,
   and finite where GELU(u) underflows."""

@@ -93,6 +93,7 @@ def test_dense_baseline_counts_and_runs():
   assert model(jnp.zeros((1, 8), jnp.int32)).shape == (1, 8, VOCAB)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('policy', ['block', 'save_matmuls'])
 def test_remat_same_gradients(policy):
   tokens = jnp.asarray(np.random.default_rng(3).integers(0, VOCAB, size=(2, 16)))
@@ -138,6 +139,7 @@ def _scan_unroll_of(model, tokens):
   return unroll
 
 
+@pytest.mark.slow
 def test_unrolled_layers_compute_the_same_loss():
   tokens = jnp.asarray(np.random.default_rng(6).integers(0, VOCAB, size=(2, 16)))
   _, rolled = _model(scan_unroll=1)

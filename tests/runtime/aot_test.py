@@ -87,6 +87,7 @@ def test_check_fits_message():
     aot.check_fits(result)
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_compile_for_v5e_2x2():
   result = aot.compile_train_step(tiny_config(), 'v5e:2x2')

@@ -112,7 +112,8 @@ def test_cudnn_is_missing_where_jax_refuses_a_cudnn_attention(monkeypatch):
 
 
 @needs_plugin
-@pytest.mark.parametrize('chip', sorted(gpu_aot.SPEC_FILES))
+@pytest.mark.parametrize('chip', [chip if chip == 'h100' else pytest.param(chip, marks=pytest.mark.slow)
+                                  for chip in sorted(gpu_aot.SPEC_FILES)])
 def test_each_spec_compiles_a_small_step(chip):
   c = tiny_config()
   c.model.num_layers, c.model.d_model, c.model.n_ffn = 1, 64, 128
@@ -124,6 +125,7 @@ def test_each_spec_compiles_a_small_step(chip):
   aot.check_fits(result)
 
 
+@pytest.mark.slow
 @needs_plugin
 def test_tiny_on_8_h100_fsdp():
   """An FSDP mesh over one node: parameters all-gathered, gradients reduce-scattered."""
@@ -138,6 +140,7 @@ def test_tiny_on_8_h100_fsdp():
   aot.check_fits(result)
 
 
+@pytest.mark.slow
 @needs_plugin
 def test_tiny_on_2_hosts_of_8():
   """2 hosts x 8 H100: the DCN axis runs between the hosts, the ICI axis over the GPUs of each."""
@@ -155,6 +158,7 @@ def test_dcn_needs_that_many_hosts():
     aot.compile_train_step(tiny_config(data=1, fsdp=4, dcn_data=2), 'h100:8')
 
 
+@pytest.mark.slow
 @needs_plugin
 def test_over_memory_is_reported_with_what_to_change():
   """XLA:GPU compiles a step far over the device memory with a warning only: the check says no."""
@@ -169,6 +173,7 @@ def test_over_memory_is_reported_with_what_to_change():
     aot.check_fits(result)
 
 
+@pytest.mark.slow
 @needs_cudnn
 def test_tiny_on_8_h100_with_cudnn_attention():
   """bf16 on a GPU defaults to cuDNN's fused attention: its forward and backward custom calls lower."""

@@ -38,36 +38,34 @@ def test_two_processes_match_one_process_and_resume_its_checkpoint(tmp_path):
     assert glob.glob(str(multi / 'profile' / f'process_{index}' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
   with open(multi / 'goodput.jsonl') as f:   # one account of the run, written by process 0
     assert [json.loads(line)['event'] for line in f].count('start') == 1
-  single = tmp_path / 'single'
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}',
-                         f'--workdir={single}', cache, *FAST, *STEPS], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  (train_multi, val_multi), (train_single, val_single) = losses(multi), losses(single)
-  assert sorted(train_multi) == list(range(1, 7)) and sorted(val_multi) == [3, 6]
-  for step, loss in train_single.items():
-    assert abs(train_multi[step] - loss) <= 1e-5 * abs(loss), (step, train_multi[step], loss)
-  for step, loss in val_single.items():
-    assert abs(val_multi[step] - loss) <= 1e-5 * abs(loss)
-  # only process 0 writes metrics and prints the sample
-  assert (multi / 'logs' / 'process_1.log').read_text().count('--- sample ---') == 0
-
-  # saved by one process, resumed by two: the same global data order goes on, nothing repeated or skipped
+  # one process trains to step 3 and saves; two processes resume its checkpoint: the one-process steps
+  # must equal the two-process run's, and the resumed ones go on in the same global data order, nothing
+  # repeated or skipped
   moved = tmp_path / 'moved'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-m', 'tokenformer_jax.main', f'--config={TINY}',
                          f'--workdir={moved}', cache, *FAST, *STEPS, '--stop_at_step=3'], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  (train_single, val_single), (train_multi, val_multi) = losses(moved), losses(multi)
+  assert sorted(train_multi) == list(range(1, 7)) and sorted(val_multi) == [3, 6]
+  assert sorted(train_single) == [1, 2, 3] and sorted(val_single) == [3]
+  for step, loss in train_single.items():
+    assert abs(train_multi[step] - loss) <= 1e-5 * abs(loss), (step, train_multi[step], loss)
+  assert abs(val_multi[3] - val_single[3]) <= 1e-5 * abs(val_single[3])
+  # only process 0 writes metrics and prints the sample
+  assert (multi / 'logs' / 'process_1.log').read_text().count('--- sample ---') == 0
+
   proc = subprocess.run(
       ['bash', 'launch/local_multiprocess.sh', '--num_processes=2', '--devices_per_process=2',
        f'--port={free_port()}', '--', f'--config={TINY}', f'--workdir={moved}', cache, *FAST,
        *STEPS], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  train_moved, _ = losses(moved)
-  assert sorted(train_moved) == list(range(1, 7))
-  for step, loss in train_single.items():
+  train_moved, val_moved = losses(moved)
+  assert sorted(train_moved) == list(range(1, 7)) and sorted(val_moved) == [3, 6]
+  for step, loss in train_multi.items():
     assert abs(train_moved[step] - loss) <= 1e-5 * abs(loss), (step, train_moved[step], loss)
+  assert abs(val_moved[6] - val_multi[6]) <= 1e-5 * abs(val_multi[6])
 
 
 def test_peer_death_ends_the_survivor_in_one_line_within_the_heartbeat_timeout(tmp_path):
