@@ -31,6 +31,9 @@ setup(
         'ml_collections>=1.0,<2',
         'absl-py>=2.0,<3',
         'numpy>=1.26',
+        # jax's dtype extension, pinned below 0.7: 0.7.0's module takes ~1 CPU second to import (0.6:
+        # ~0.25), paid by every process that imports jax (each command, each test subprocess)
+        'ml_dtypes>=0.5,<0.7',
         'tqdm>=4.66,<5',                 # the progress bar
         'tensorboard>=2.16,<3',          # its event-file writer (no TensorFlow), reader and viewer
         'tokenizers>=0.20,<1',           # the released models' GPT-NeoX-20B tokenizer.json
