@@ -38,10 +38,10 @@ def normals(seed: int, stream: int, start: int, count: int) -> np.ndarray:
   the chunks it touches, so the values do not depend on how the stream is split."""
   first, end = start // CHUNK, (start + count + CHUNK - 1) // CHUNK
   out = np.empty((end - first) * CHUNK, np.float32)
+  key = np.array([seed, stream], np.uint64)
   for i, chunk in enumerate(range(first, end)):
-    generator = np.random.Generator(np.random.Philox(key=np.array([seed, stream], np.uint64),
-                                                     counter=[0, 0, chunk, 0]))
-    out[i * CHUNK:(i + 1) * CHUNK] = generator.standard_normal(CHUNK, dtype=np.float32)
+    generator = np.random.Generator(np.random.Philox(key=key, counter=[0, 0, chunk, 0]))
+    generator.standard_normal(dtype=np.float32, out=out[i * CHUNK:(i + 1) * CHUNK])
   return out[start - first * CHUNK:][:count]
 
 
@@ -152,6 +152,20 @@ def _split_mesh(mesh: Mesh, splits: tuple) -> Mesh:
   return Mesh(mesh.devices.reshape(sizes), tuple(names))
 
 
+XLA_ALIGNMENT = 64      # bytes: a host buffer aligned so is adopted by the CPU client, not copied
+
+
+def _host_empty(shape, dtype) -> np.ndarray:
+  """np.empty at an XLA_ALIGNMENT-aligned address. NumPy's own buffers are 16-byte aligned, and
+  jax.device_put copies such a buffer on the CPU backend (a second write of every grown value, into
+  fresh pages); an aligned one becomes the device buffer as it is."""
+  dtype = np.dtype(dtype)
+  nbytes = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(nbytes + XLA_ALIGNMENT, np.uint8)
+  offset = -raw.ctypes.data % XLA_ALIGNMENT
+  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 @functools.lru_cache(maxsize=1)
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
   """Threads for building a table's shards: NumPy releases the GIL in the copies and the random draws,
@@ -203,15 +217,16 @@ def _block(leaf: Leaf, shard, ranges: tuple, shape: tuple):
     return shard.data                  # the source's values, and zeros where new: no copy
   scale = np.asarray(leaf.scale, shard.data.dtype)
   if any(n.all() for n in news):       # nothing of the source in this shard
-    out = np.zeros([len(r) for r in ranges], shard.data.dtype)
+    out = _host_empty([len(r) for r in ranges], shard.data.dtype)
+    out.fill(0)
   elif as_read:
-    out = np.array(shard.data) if leaf.scale == 1.0 else np.asarray(shard.data) * scale
+    out = _host_empty(shard.data.shape, shard.data.dtype)
+    data = np.asarray(shard.data)
+    np.multiply(data, scale, out=out) if leaf.scale != 1.0 else np.copyto(out, data)
   else:
     out = _taken(np.asarray(shard.data), local, scale)
   if leaf.noise_std:
-    noise = _noise(leaf, ranges, shape)
-    noise *= np.float32(leaf.noise_std)
-    out += noise
+    _add_noise(out, leaf, ranges, shape)
   if any(n.any() for n in news):
     _write_new(out, leaf, ranges, shape, news)
   return out
@@ -237,8 +252,10 @@ def _taken(x: np.ndarray, local: list, scale: np.ndarray) -> np.ndarray:
     elif i != last:
       x = np.concatenate([x[(slice(None),) * i + (slice(a, b),)] for a, b in axis_runs], axis=i)
   if last is None:
-    return x * scale if scale != 1 else np.array(x)
-  out = np.empty(x.shape[:last] + (len(local[last]),) + x.shape[last + 1:], x.dtype)
+    out = _host_empty(x.shape, x.dtype)
+    np.multiply(x, scale, out=out) if scale != 1 else np.copyto(out, x)
+    return out
+  out = _host_empty(x.shape[:last] + (len(local[last]),) + x.shape[last + 1:], x.dtype)
   at = 0
   for a, b in runs[last]:
     np.multiply(x[(slice(None),) * last + (slice(a, b),)], scale,
@@ -297,17 +314,18 @@ def _zero_sum_basis(k: int) -> np.ndarray:
   return basis
 
 
-def _noise(leaf: Leaf, ranges: tuple, shape: tuple) -> np.ndarray:
-  """Noise on a stacked array's split axis that sums to zero over the k copies of every source
-  position, so the copies of a weight still sum to the source weight. Its stream holds k−1 normals per
-  source position: per grown row for a split last axis (key tokens [n, k·d]: row r's d·(k−1) values),
-  per source row for a split row axis (a dense kernel [k·d_in, d_out′]: row q's d_out′·(k−1))."""
+def _add_noise(out: np.ndarray, leaf: Leaf, ranges: tuple, shape: tuple) -> None:
+  """Adds to a stacked shard, in place, noise on the split axis that sums to zero over the k copies of
+  every source position, so the copies of a weight still sum to the source weight. Its stream holds
+  k−1 normals per source position: per grown row for a split last axis (key tokens [n, k·d]: row r's
+  d·(k−1) values), per source row for a split row axis (a dense kernel [k·d_in, d_out′]: row q's
+  d_out′·(k−1)). New blocks get none (_write_new writes them whole)."""
   layers, rows, cols = ranges
-  out = np.zeros([len(r) for r in ranges], np.float32)
   row_axis, col_axis = leaf.axes
   split = col_axis if col_axis.split and col_axis.copies > 1 else row_axis
   k, s = split.copies, split.src
   basis_T = _zero_sum_basis(k).T
+  std = np.float32(leaf.noise_std)
   p = np.arange(rows.start, rows.stop)
   old, q = p < k * s, p % s
   for i, layer in enumerate(layers):
@@ -315,12 +333,17 @@ def _noise(leaf: Leaf, ranges: tuple, shape: tuple) -> np.ndarray:
       continue
     if split is col_axis:
       z = _layer_rows(leaf, NOISE, layer, rows, s * (k - 1)).reshape(len(rows), s, k - 1)
-      noise = (z @ basis_T).transpose(0, 2, 1).reshape(len(rows), k * s)
-      out[i] = noise[:, cols.start:cols.stop]
+      noise_RxSxK = z @ basis_T if k > 2 else None    # k = 2: each copy's noise is one product
+      for j in range(k):              # copy j: the grown columns j·s … (j+1)·s − 1
+        low, high = max(cols.start, j * s), min(cols.stop, (j + 1) * s)
+        if low < high:
+          source_cols = slice(low - j * s, high - j * s)
+          noise = (z[:, source_cols, 0] * basis_T[0, j] if noise_RxSxK is None
+                   else noise_RxSxK[:, source_cols, j])
+          out[i, :, low - cols.start:high - cols.start] += noise * std
     elif old.any():
       low, high = int(q[old].min()), int(q[old].max()) + 1
       z = _layer_rows(leaf, NOISE, layer, range(low, high), shape[2] * (k - 1))
       noise = z.reshape(high - low, shape[2], k - 1) @ basis_T           # [Q, d_out′, k]
       picked = noise[np.clip(q - low, 0, high - low - 1), :, np.minimum(p // s, k - 1)]
-      out[i] = np.where(old[:, None], picked, 0.0)[:, cols.start:cols.stop]
-  return out
+      out[i] += np.where(old[:, None], picked, 0.0)[:, cols.start:cols.stop] * std
