@@ -152,20 +152,6 @@ def _split_mesh(mesh: Mesh, splits: tuple) -> Mesh:
   return Mesh(mesh.devices.reshape(sizes), tuple(names))
 
 
-XLA_ALIGNMENT = 64      # bytes: a host buffer aligned so is adopted by the CPU client, not copied
-
-
-def _host_empty(shape, dtype) -> np.ndarray:
-  """np.empty at an XLA_ALIGNMENT-aligned address. NumPy's own buffers are 16-byte aligned, and
-  jax.device_put copies such a buffer on the CPU backend (a second write of every grown value, into
-  fresh pages); an aligned one becomes the device buffer as it is."""
-  dtype = np.dtype(dtype)
-  nbytes = int(np.prod(shape)) * dtype.itemsize
-  raw = np.empty(nbytes + XLA_ALIGNMENT, np.uint8)
-  offset = -raw.ctypes.data % XLA_ALIGNMENT
-  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
-
-
 @functools.lru_cache(maxsize=1)
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
   """Threads for building a table's shards: NumPy releases the GIL in the copies and the random draws,
@@ -217,12 +203,9 @@ def _block(leaf: Leaf, shard, ranges: tuple, shape: tuple):
     return shard.data                  # the source's values, and zeros where new: no copy
   scale = np.asarray(leaf.scale, shard.data.dtype)
   if any(n.all() for n in news):       # nothing of the source in this shard
-    out = _host_empty([len(r) for r in ranges], shard.data.dtype)
-    out.fill(0)
+    out = np.zeros([len(r) for r in ranges], shard.data.dtype)
   elif as_read:
-    out = _host_empty(shard.data.shape, shard.data.dtype)
-    data = np.asarray(shard.data)
-    np.multiply(data, scale, out=out) if leaf.scale != 1.0 else np.copyto(out, data)
+    out = np.array(shard.data) if leaf.scale == 1.0 else np.asarray(shard.data) * scale
   else:
     out = _taken(np.asarray(shard.data), local, scale)
   if leaf.noise_std:
@@ -252,10 +235,8 @@ def _taken(x: np.ndarray, local: list, scale: np.ndarray) -> np.ndarray:
     elif i != last:
       x = np.concatenate([x[(slice(None),) * i + (slice(a, b),)] for a, b in axis_runs], axis=i)
   if last is None:
-    out = _host_empty(x.shape, x.dtype)
-    np.multiply(x, scale, out=out) if scale != 1 else np.copyto(out, x)
-    return out
-  out = _host_empty(x.shape[:last] + (len(local[last]),) + x.shape[last + 1:], x.dtype)
+    return x * scale if scale != 1 else np.array(x)
+  out = np.empty(x.shape[:last] + (len(local[last]),) + x.shape[last + 1:], x.dtype)
   at = 0
   for a, b in runs[last]:
     np.multiply(x[(slice(None),) * last + (slice(a, b),)], scale,
