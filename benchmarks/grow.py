@@ -90,6 +90,7 @@ def phase(name: str, workdir: str, devices: int, growth_kind: str, size: str) ->
     out['state_MiB'] = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
   out['total_s'] = time.perf_counter() - start
   out['peak_rss_MiB'] = _peak_rss_MiB()
+  out['load_average_1min'] = os.getloadavg()[0]    # the machine's, at the end of the phase
   return out
 
 
@@ -143,6 +144,10 @@ def main():
         f"(restore + compose) / plain restore = {ratio:.2f} "
         f"(runs: {', '.join(f'{r:.2f}' for r in ratios)}); in CPU seconds of the process: "
         f"{statistics.median(cpu_ratios):.2f} (runs: {', '.join(f'{r:.2f}' for r in cpu_ratios)})")
+  loads = [r['load_average_1min'] for r in grows + plains]
+  print(f"1-minute load average at the end of the measured phases: {min(loads):.1f}–{max(loads):.1f} on "
+        f"{os.cpu_count()} cores (above the core count, the other processes share the cores and every "
+        f"phase's time stretches, not equally)")
   print(f"peak RSS: grow process {med(grows, 'peak_rss_after_restore_MiB'):.0f} MiB after restore, "
         f"{med(grows, 'peak_rss_after_grow_MiB'):.0f} after composing, "
         f"{med(grows, 'peak_rss_after_save_MiB'):.0f} after the save; plain-restore process "

@@ -38,10 +38,10 @@ def normals(seed: int, stream: int, start: int, count: int) -> np.ndarray:
   the chunks it touches, so the values do not depend on how the stream is split."""
   first, end = start // CHUNK, (start + count + CHUNK - 1) // CHUNK
   out = np.empty((end - first) * CHUNK, np.float32)
+  key = np.array([seed, stream], np.uint64)
   for i, chunk in enumerate(range(first, end)):
-    generator = np.random.Generator(np.random.Philox(key=np.array([seed, stream], np.uint64),
-                                                     counter=[0, 0, chunk, 0]))
-    out[i * CHUNK:(i + 1) * CHUNK] = generator.standard_normal(CHUNK, dtype=np.float32)
+    generator = np.random.Generator(np.random.Philox(key=key, counter=[0, 0, chunk, 0]))
+    generator.standard_normal(dtype=np.float32, out=out[i * CHUNK:(i + 1) * CHUNK])
   return out[start - first * CHUNK:][:count]
 
 
@@ -209,9 +209,7 @@ def _block(leaf: Leaf, shard, ranges: tuple, shape: tuple):
   else:
     out = _taken(np.asarray(shard.data), local, scale)
   if leaf.noise_std:
-    noise = _noise(leaf, ranges, shape)
-    noise *= np.float32(leaf.noise_std)
-    out += noise
+    _add_noise(out, leaf, ranges, shape)
   if any(n.any() for n in news):
     _write_new(out, leaf, ranges, shape, news)
   return out
@@ -297,17 +295,18 @@ def _zero_sum_basis(k: int) -> np.ndarray:
   return basis
 
 
-def _noise(leaf: Leaf, ranges: tuple, shape: tuple) -> np.ndarray:
-  """Noise on a stacked array's split axis that sums to zero over the k copies of every source
-  position, so the copies of a weight still sum to the source weight. Its stream holds k−1 normals per
-  source position: per grown row for a split last axis (key tokens [n, k·d]: row r's d·(k−1) values),
-  per source row for a split row axis (a dense kernel [k·d_in, d_out′]: row q's d_out′·(k−1))."""
+def _add_noise(out: np.ndarray, leaf: Leaf, ranges: tuple, shape: tuple) -> None:
+  """Adds to a stacked shard, in place, noise on the split axis that sums to zero over the k copies of
+  every source position, so the copies of a weight still sum to the source weight. Its stream holds
+  k−1 normals per source position: per grown row for a split last axis (key tokens [n, k·d]: row r's
+  d·(k−1) values), per source row for a split row axis (a dense kernel [k·d_in, d_out′]: row q's
+  d_out′·(k−1)). New blocks get none (_write_new writes them whole)."""
   layers, rows, cols = ranges
-  out = np.zeros([len(r) for r in ranges], np.float32)
   row_axis, col_axis = leaf.axes
   split = col_axis if col_axis.split and col_axis.copies > 1 else row_axis
   k, s = split.copies, split.src
   basis_T = _zero_sum_basis(k).T
+  std = np.float32(leaf.noise_std)
   p = np.arange(rows.start, rows.stop)
   old, q = p < k * s, p % s
   for i, layer in enumerate(layers):
@@ -315,12 +314,17 @@ def _noise(leaf: Leaf, ranges: tuple, shape: tuple) -> np.ndarray:
       continue
     if split is col_axis:
       z = _layer_rows(leaf, NOISE, layer, rows, s * (k - 1)).reshape(len(rows), s, k - 1)
-      noise = (z @ basis_T).transpose(0, 2, 1).reshape(len(rows), k * s)
-      out[i] = noise[:, cols.start:cols.stop]
+      noise_RxSxK = z @ basis_T if k > 2 else None    # k = 2: each copy's noise is one product
+      for j in range(k):              # copy j: the grown columns j·s … (j+1)·s − 1
+        low, high = max(cols.start, j * s), min(cols.stop, (j + 1) * s)
+        if low < high:
+          source_cols = slice(low - j * s, high - j * s)
+          noise = (z[:, source_cols, 0] * basis_T[0, j] if noise_RxSxK is None
+                   else noise_RxSxK[:, source_cols, j])
+          out[i, :, low - cols.start:high - cols.start] += noise * std
     elif old.any():
       low, high = int(q[old].min()), int(q[old].max()) + 1
       z = _layer_rows(leaf, NOISE, layer, range(low, high), shape[2] * (k - 1))
       noise = z.reshape(high - low, shape[2], k - 1) @ basis_T           # [Q, d_out′, k]
       picked = noise[np.clip(q - low, 0, high - low - 1), :, np.minimum(p // s, k - 1)]
-      out[i] = np.where(old[:, None], picked, 0.0)[:, cols.start:cols.stop]
-  return out
+      out[i] += np.where(old[:, None], picked, 0.0)[:, cols.start:cols.stop] * std
