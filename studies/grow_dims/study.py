@@ -3,7 +3,8 @@ tunes the learning rate of both from-scratch baselines at the final size (TokenF
 Transformer of equal non-embedding parameters), runs every growth arm at its kind's best rate (the
 TokenFormer arms at the from-scratch TokenFormer's, the dense ones at the dense baseline's), then, in
 this order, as far as the flags allow: more seeds of the best arm (--seeds); the Adam state carried
-instead of reset for the best --tune-optimizer arms; the other learning rates for the best --tune-lr
+instead of reset for the best --tune-optimizer arms (best: the lowest final loss among the arms that end
+at the baselines' size, which all but dense-width do); the other learning rates for the best --tune-lr
 arms; more seeds of the strongest baseline (--baseline-seeds). Every run is resumable in its own workdir
 and each finished one is kept as a record (studies/study_runs.py; the full study's are committed): rerun
 to continue, or with smaller flags to write the outputs from what is recorded.
@@ -78,11 +79,15 @@ def _kind(arm: str) -> str:
 
 def run_study(study, args) -> tuple[dict, str]:
   """Trains (or finds recorded) the runs in priority order, each step's runs --jobs at a time; returns
-  the baselines' best rates and the best growth arm."""
+  the baselines' best rates and the best growth arm of the baselines' size."""
   study.run_all([(arm, lr, 0) for arm in BASELINES for lr in args.lrs], args.jobs)   # 1: tune the baselines
   best = {arm: study.best_lr(arm, args.lrs) for arm in BASELINES}
   study.run_all([(arm, best[_kind(arm)], 0) for arm in args.arms], args.jobs)       # 2: every arm
-  ranked = sorted(args.arms, key=lambda a: study.rows[(a, best[_kind(a)], 0)]['final_val_loss'])
+  # the best arms among those that end at the baselines' size (dense-width ends at 8×: not a comparison
+  # at equal parameters)
+  size = final_params('scratch', args.quick)
+  equal = [a for a in args.arms if abs(final_params(a, args.quick) - size) <= 0.01 * size] or args.arms
+  ranked = sorted(equal, key=lambda a: study.rows[(a, best[_kind(a)], 0)]['final_val_loss'])
   strongest = min(BASELINES, key=lambda arm: study.rows[(arm, best[arm], 0)]['final_val_loss'])
   study.run_all(
       [(ranked[0], best[_kind(ranked[0])], seed) for seed in range(1, args.seeds)] +       # 3: its noise
@@ -115,7 +120,7 @@ def main():
   shown = [key for key in study.rows if key[0] not in BASELINES or key[1] == best[key[0]]]
   lines = growth_study.sweep_table(study, BASELINES, args.lrs, best)
   lines += ['', f'Strongest baseline: {strongest} (lr {best[strongest]:g}), final val loss {target:.4f}. '
-            f'Best growth arm (seed 0, at its kind\'s best rate): {best_arm}.', '']
+            f'Best growth arm of the baselines\' size (seed 0, at its kind\'s best rate): {best_arm}.', '']
   lines += growth_study.runs_table(study, shown, {
       'params': lambda row: f"{row['nonembedding_params'] / 1e6:.2f}M"})
   table = '\n'.join(lines)
