@@ -109,6 +109,7 @@ def plot(curves: dict, target: float, path: str, title: str, bold=()) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(8, 5))
+  ax.set_prop_cycle(color=plt.cm.tab20.colors)   # more lines than the default cycle's 10 colors
   for label, curve in curves.items():
     xs, ys = zip(*curve)
     ax.plot(xs, ys, marker='.', label=label, linewidth=2 if label in bold else 1)
