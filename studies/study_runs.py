@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from tokenformer_jax import config as config_lib
+from tokenformer_jax.data import manifest
 from tokenformer_jax.model import flops
 from tokenformer_jax.telemetry import goodput
 from tokenformer_jax.telemetry import metrics
@@ -88,6 +89,11 @@ class Runs:
     self.experiment, self.module, self.work, self.records = experiment, module, work, records
     self.suffix, self.cache = '-quick' if quick else '', os.path.join(work, 'cache')
     self.done = {}
+
+  def data_prepared(self) -> bool:
+    """Whether the data cache the runs share is prepared: runs started together before it is would
+    each prepare it, into the same folder."""
+    return os.path.exists(manifest.path(self.cache))
 
   def run(self, arm: str, changes: dict, name: str) -> dict:
     if name in self.done:

@@ -21,7 +21,6 @@ Outputs (--out, default studies/progressive_scaling/results; the quick check def
 FLOPs per step = train_flops_per_token(model of that stage) × batch × sequence (tokenformer_jax/flops).
 """
 import argparse
-import csv
 import os
 import tempfile
 
@@ -31,49 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 EXPERIMENT = os.path.join(HERE, 'experiment.py')
 experiment = config_lib.experiment_module(EXPERIMENT)
 study_runs = config_lib.experiment_beside(__file__, '../study_runs.py')
+growth_study = config_lib.experiment_beside(__file__, '../growth_study.py')
 BASELINES = experiment.BASELINES
-
-
-def plot(curves: dict, target: float, path: str, title: str) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(8, 5))
-  for label, curve in curves.items():
-    xs, ys = zip(*curve)
-    ax.plot(xs, ys, marker='.', label=label, linewidth=2 if label.split()[0] in BASELINES else 1)
-  ax.axhline(target, color='gray', linestyle=':', linewidth=1, label='strongest baseline, final')
-  ax.set_xscale('log')
-  ax.set_xlabel('cumulative training FLOPs')
-  ax.set_ylabel('validation loss (nats/token)')
-  ax.set_title(title)
-  ax.grid(True, which='both', alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-
-
-class Study:
-  """The runs of the study by (arm, learning rate, seed), each trained (or found recorded) once."""
-
-  def __init__(self, runs: study_runs.Runs):
-    self.runs, self.curves, self.rows = runs, {}, {}
-
-  def run(self, arm: str, lr: float, seed: int) -> dict:
-    key = (arm, lr, seed)
-    if key not in self.rows:
-      record = self.runs.run(arm, study_runs.lr_and_seed(lr, seed), f'{arm}-lr{lr:g}-seed{seed}')
-      self.curves[key] = record['curve']
-      self.rows[key] = {'arm': arm, 'lr': lr, 'seed': seed, **{
-          k: record[k] for k in ('final_val_loss', 'total_gflop', 'train_s', 'reused')}}
-    return self.rows[key]
-
-  def best_lr(self, arm: str, lrs) -> float:
-    return min(lrs, key=lambda lr: self.run(arm, lr, 0)['final_val_loss'])
-
-
-def _cell(value, fmt) -> str:
-  return 'not reached' if value is None else format(value, fmt)
 
 
 def main():
@@ -108,7 +66,7 @@ def main():
     study_runs.fail(f'--seeds must be at least 1, got {args.seeds}')
 
   records = os.path.join(out, 'progressive_study_runs')
-  study = Study(study_runs.Runs(EXPERIMENT, experiment, work, records, args.quick))
+  study = growth_study.Study(study_runs.Runs(EXPERIMENT, experiment, work, records, args.quick))
   best = {arm: study.best_lr(arm, lrs) for arm in BASELINES}        # 1: tune both baselines
   for arm in arms:                                                   # 2: growth at scratch's best
     study.run(arm, best['scratch'], 0)
@@ -117,47 +75,19 @@ def main():
     for arm in BASELINES + ((best_arm,) if best_arm else ()):
       study.run(arm, best.get(arm, best['scratch']), seed)
 
-  baselines = {arm: study.rows[(arm, best[arm], 0)] for arm in BASELINES}
-  strongest = min(BASELINES, key=lambda arm: baselines[arm]['final_val_loss'])
-  # targets from the curves, not the rounded final_val_loss: a baseline reaches its own final loss
-  target = study.curves[(strongest, best[strongest], 0)][-1][1]
-  target_flops = baselines[strongest]['total_gflop'] * 1e9
-  scratch = baselines['scratch']
-  scratch_target = study.curves[('scratch', best['scratch'], 0)][-1][1]
-  for key, row in study.rows.items():
-    curve = study.curves[key]
-    reach = study_runs.flops_to_reach(curve, target)
-    reach_scratch = study_runs.flops_to_reach(curve, scratch_target)
-    row.update(gflop_to_best_baseline=None if reach is None else round(reach / 1e9, 1),
-               ratio_to_best_baseline=None if reach is None else round(reach / target_flops, 3),
-               ratio_to_scratch=None if reach_scratch is None
-               else round(reach_scratch / (scratch['total_gflop'] * 1e9), 3))
-  rows = list(study.rows.values())
-  with open(os.path.join(out, 'progressive_scaling.csv'), 'w', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-
-  lines = ['| baseline | ' + ' | '.join(f'lr {lr:g}' for lr in lrs) + ' |', '|---|' + '---|' * len(lrs)]
-  for arm in BASELINES:
-    cells = [f"{study.rows[(arm, lr, 0)]['final_val_loss']:.4f}" for lr in lrs]
-    cells = [f'**{c}**' if lr == best[arm] else c for c, lr in zip(cells, lrs)]
-    lines.append(f'| {arm} | ' + ' | '.join(cells) + ' |')
-  lines += ['', f'Strongest baseline: {strongest} (lr {best[strongest]:g}), final val loss {target:.4f}.', '',
-            '| arm | lr | seed | final val loss | total GFLOP | ratio to best baseline | ratio to scratch '
-            '| train s |', '|---|---|---|---|---|---|---|---|']
+  strongest, target = study.add_ratios(BASELINES, best)
+  growth_study.write_csv(list(study.rows.values()), os.path.join(out, 'progressive_scaling.csv'))
   shown = [key for key in study.rows if key[0] not in BASELINES or key[1] == best[key[0]]]
-  for key in shown:
-    row = study.rows[key]
-    lines.append(f"| {row['arm']} | {row['lr']:g} | {row['seed']} | {row['final_val_loss']:.4f} | "
-                 f"{row['total_gflop']:,.0f} | {_cell(row['ratio_to_best_baseline'], '.3f')} | "
-                 f"{_cell(row['ratio_to_scratch'], '.3f')} | {row['train_s']:.0f} |")
+  lines = growth_study.sweep_table(study, BASELINES, lrs, best)
+  lines += ['', f'Strongest baseline: {strongest} (lr {best[strongest]:g}), final val loss {target:.4f}.', '']
+  lines += growth_study.runs_table(study, shown)
   table = '\n'.join(lines)
   with open(os.path.join(out, 'progressive_scaling.md'), 'w', encoding='utf-8') as f:
     f.write(table + '\n')
   curves = {f'{key[0]} (lr {key[1]:g})': study.curves[key] for key in shown if key[2] == 0}
-  plot(curves, target, os.path.join(out, 'progressive_scaling.png'),
-       'TokenFormer growth vs tuned baselines' + (' (quick check)' if args.quick else ''))
+  growth_study.plot(curves, target, os.path.join(out, 'progressive_scaling.png'),
+                    'TokenFormer growth vs tuned baselines' + (' (quick check)' if args.quick else ''),
+                    bold={f'{arm} (lr {best[arm]:g})' for arm in BASELINES})
   print(table)
   print(f'figure and tables in {out}')
 
