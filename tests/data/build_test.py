@@ -101,7 +101,8 @@ def test_killed_prepare_never_looks_complete_and_reuses_finished_shards(jsonl_fi
   monkeypatch.setattr(build, '_write_batch', real)
   said = []
   m = build.run(opts, log=said.append)
-  assert said == [f'{out}: reusing 2 of 4 shards that an earlier prepare finished']
+  assert said == ['encoding with tiktoken (the ids of the tokenizer.json, exactly)',
+                  f'{out}: reusing 2 of 4 shards that an earlier prepare finished']
   reused = [f for f, t in times.items() if os.stat(os.path.join(out, f)).st_mtime_ns == t]
   assert len(reused) == 4  # train and validation shards of the two finished tasks
   assert m['splits']['train']['documents'] + m['splits']['validation']['documents'] == sum(

@@ -72,6 +72,7 @@ def test_globs_sorted_and_deduplicated(tmp_path):
     ('{"text": 3}\n', 'x.jsonl', r'x\.jsonl:1: field "text" is not a string'),
     (b'{"text": "caf\xe9"}\n', 'x.jsonl', r'x\.jsonl:1: not UTF-8'),
     (b'fine\ncaf\xe9\n', 'x.txt', r'x\.txt:2: not UTF-8'),
+    ('{"text": "ok"}\n{"text": "caf\u00e9 \\ud83d"}\n', 'x.jsonl', r'x\.jsonl:2: field "text" holds an unpaired surrogate'),
     (b'\x1f\x8b\x08\x00garbage', 'x.jsonl.gz', r'cannot read input file .*x\.jsonl\.gz'),
     (b'not parquet', 'x.parquet', r'x\.parquet: not a readable Parquet file'),
 ])

@@ -226,6 +226,7 @@ def _prepare(opts: Options, beam_args: list[str] | None, log) -> dict:
                     f'prepare into a new directory')
   _check_has_text(files, opts)
   tokenizer = _tokenizer(opts, files)
+  log(f'encoding with {tokenizer.encoder}')
   key = hashlib.sha256(json.dumps({**req, 'sha256': tokenizer.sha256, 'normalization': sources.NORMALIZATION},
                                   sort_keys=True).encode()).hexdigest()
   if not sources.is_remote(opts.output):

@@ -21,6 +21,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import tempfile
 from typing import Iterator
 
@@ -157,6 +158,9 @@ def kjv_documents() -> list[str]:
           for book, chapters in books.items()]
 
 
+_SURROGATE = re.compile('[\ud800-\udfff]')
+
+
 def _jsonl_documents(path: str, text_key: str) -> Iterator[str]:
   with _open(path) as f:
     for number, line in enumerate(f, 1):
@@ -173,6 +177,9 @@ def _jsonl_documents(path: str, text_key: str) -> Iterator[str]:
       text = record[text_key]
       if not isinstance(text, str):
         raise UserError(f'{path}:{number}: field "{text_key}" is not a string')
+      if not text.isascii() and _SURROGATE.search(text):  # a \ud800 escape: no UTF-8 text has one
+        raise UserError(f'{path}:{number}: field "{text_key}" holds an unpaired surrogate escape '
+                        '(not text; undecodable input is refused)')
       yield text
 
 

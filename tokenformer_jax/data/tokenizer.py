@@ -5,16 +5,20 @@ run never pairs a checkpoint with other ids. The released TokenFormer models use
 tokenizer, which ships only as a `tokenizer.json`; a corpus without one gets a sentencepiece BPE trained
 on a sample of it (`train_sentencepiece`).
 """
+import concurrent.futures
+import functools
 import hashlib
 import io
 import itertools
 import json
 import os
+import threading
 
 import numpy as np
 import sentencepiece
 import tokenizers
 
+from tokenformer_jax.data import fast_encoder
 from tokenformer_jax.errors import UserError
 
 # End-of-text names, most specific first: GPT-NeoX / GPT-2 use <|endoftext|>.
@@ -47,7 +51,7 @@ class Tokenizer:
         self._hf = tokenizers.Tokenizer.from_str(file_bytes.decode('utf-8'))
       except Exception as e:  # pylint: disable=broad-exception-caught
         raise UserError(f'not a Hugging Face tokenizer.json: {name} ({str(e)[:200]})') from e
-      self._hf_ascii = _without_unicode_normalizer(self._hf, file_bytes)
+      self._fast, self._fast_lock = None, threading.Lock()
       self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
       ids = [i for i in (self._hf.token_to_id(n) for n in EOS_NAMES) if i is not None]
       if not ids:
@@ -85,7 +89,7 @@ class Tokenizer:
     sentencepiece models are fed line by line (newline is a piece of its own, so this changes nothing
     but the batch's parallelism)."""
     if self.kind == HUGGING_FACE:
-      return [np.array(ids + [self.eos_id], np.int64) for ids in self._hf_ids(docs, parallel)]
+      return self._hf_documents(docs, parallel)
     chunks, counts = [], []
     for doc in docs:
       lines = doc.split('\n')
@@ -100,6 +104,52 @@ class Tokenizer:
                              np.int64, sum(map(len, doc_ids)) + 1))
       start += count
     return out
+
+  @property
+  def encoder(self) -> str:
+    """Which encoder `encode_documents` uses, and why (prepare prints it)."""
+    if self.kind == SENTENCEPIECE:
+      return 'sentencepiece'
+    fast = self._fast_encoder()
+    if isinstance(fast, fast_encoder.FastEncoder):
+      return 'tiktoken (the ids of the tokenizer.json, exactly)'
+    return f'the Hugging Face tokenizer ({fast})'
+
+  def _fast_encoder(self):
+    """The FastEncoder for this file, built on first use, or why there is none (a string)."""
+    with self._fast_lock:
+      if self._fast is None:
+        try:
+          self._fast = fast_encoder.FastEncoder(self._hf, json.loads(self.file_bytes))
+        except fast_encoder.Unsupported as e:
+          self._fast = f'no faster encoder: {e}'
+      return self._fast
+
+  def _hf_documents(self, docs: list[str], parallel: bool) -> list[np.ndarray]:
+    """The FastEncoder's ids where it has them, the Hugging Face tokenizer's for the other documents."""
+    fast = self._fast_encoder()
+    if isinstance(fast, fast_encoder.FastEncoder):
+      if parallel and len(docs) > 1:
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # encode releases the GIL
+          found = list(pool.map(fast.encode, docs))
+      else:
+        found = [fast.encode(doc) for doc in docs]
+    else:
+      found = [None] * len(docs)
+    rest = [i for i, ids in enumerate(found) if ids is None]
+    for i, ids in zip(rest, self._hf_ids([docs[i] for i in rest], parallel)):
+      found[i] = ids
+    out = []
+    for ids in found:
+      doc = np.empty(len(ids) + 1, np.int64)
+      doc[:-1] = ids
+      doc[-1] = self.eos_id
+      out.append(doc)
+    return out
+
+  @functools.cached_property
+  def _hf_ascii(self):
+    return _without_unicode_normalizer(self._hf, self.file_bytes)
 
   def _hf_ids(self, docs: list[str], parallel: bool) -> list[list[int]]:
     """encode_batch_fast skips the character offsets (ids are unchanged); ASCII documents skip a

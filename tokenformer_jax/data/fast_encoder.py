@@ -1,0 +1,215 @@
+"""A faster encoder for byte-level BPE `tokenizer.json` files (GPT-2, GPT-NeoX-20B), with the same ids.
+
+Preparing a corpus is bound by its tokenizer. The Hugging Face tokenizer spends most of its time in
+general machinery (normalized-string splitting, allocation, building `Encoding` objects), not in the BPE
+merges. tiktoken's encoder runs the same two steps, a regex that cuts pieces and BPE within each piece,
+in about a quarter of the CPU time (docs/data.md). This module builds a tiktoken encoding from a
+`tokenizer.json`, used only where it gives the Hugging Face ids exactly. That is decided per file, once:
+
+- **The file's shape**: a BPE model without dropout, unknown token, affixes, byte fallback or
+  ignore_merges; the ByteLevel pre-tokenizer with its GPT-2 pattern and no prefix space; no normalizer,
+  or only Unicode normal forms; added tokens that are special, or runs of spaces of every length from 2
+  up (GPT-NeoX-20B's).
+- **Runs of spaces.** The Hugging Face tokenizer takes added tokens out of the text before its pattern
+  runs, longest first from the left. The pattern below gives the same pieces in one pass: a piece of 2
+  to N spaces, and whitespace pieces that never hold two spaces in a row.
+- **The merges.** tiktoken merges the adjacent pair whose merged bytes have the lowest rank; the merge
+  list ranks pairs. With ids as ranks these agree when every multi-byte token is made by exactly one
+  merge, in id order. tiktoken also takes a whole piece that is a token as that token, so each token,
+  encoded alone by the file's model, must be itself (checked for every token: 0.1 s for 50k).
+
+And per document:
+- **A document holding a special token's text** (`<|endoftext|>`) is encoded by the Hugging Face
+  tokenizer, which reads that text as the token.
+- **Unicode.** The normal forms are computed by Python's `unicodedata`, whose tables can be newer than
+  the tokenizer's (Python 3.11: Unicode 14; the tokenizer's NFC composes nothing added after Unicode 12).
+  A document with a character whose normalization the two disagree on, found by probing the tokenizer's
+  normalizer with every character that has a decomposition or a combining class, or a character that
+  Python does not know, is encoded by the Hugging Face tokenizer. The pattern's letter, number and
+  space classes agree between the two regex engines on every code point (tests/data/fast_encoder_test.py).
+"""
+import functools
+import itertools
+import json
+import sys
+import unicodedata
+
+import numpy as np
+
+_FORMS = ('NFC', 'NFD', 'NFKC', 'NFKD')
+_MODEL_DEFAULTS = {'type': 'BPE', 'dropout': None, 'unk_token': None, 'continuing_subword_prefix': None,
+                   'end_of_word_suffix': None, 'fuse_unk': False, 'byte_fallback': False,
+                   'ignore_merges': False}
+# The ByteLevel pre-tokenizer's pattern, without its whitespace alternatives.
+_GPT2_PIECES = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"
+# A whitespace character that does not start a run of two spaces: a run of spaces is a piece of its own.
+_NOT_A_SPACE_RUN = r"(?:[^\S ]| (?! ))"
+# Bytes that occur in UTF-8 text: all but C0, C1 and F5..FF.
+# Combining marks of the lowest and highest classes (1 and 240)
+_LOW_MARK, _HIGH_MARK = '\u0334', '\u0345'
+_UTF8_BYTES = [b for b in range(256) if b not in (0xC0, 0xC1) and b < 0xF5]
+
+
+class Unsupported(ValueError):
+  """The file is outside what this encoder reproduces exactly; the reason says what."""
+
+
+@functools.cache
+def byte_alphabet() -> dict[str, int]:
+  """The byte-level alphabet: the printable character standing for each byte (GPT-2's mapping).
+
+  Printable Latin-1 characters stand for themselves; the other bytes, in order, for U+0100 onwards."""
+  printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
+  others = [b for b in range(256) if b not in printable]
+  chars = {chr(b): b for b in printable}
+  chars.update({chr(256 + i): b for i, b in enumerate(others)})
+  return chars
+
+
+class FastEncoder:
+  """encode(text) -> uint32 ids, or None where the Hugging Face tokenizer must encode the document."""
+
+  def __init__(self, hf, config: dict):
+    """hf: the `tokenizers.Tokenizer` built from `config` (the parsed tokenizer.json).
+    Raises Unsupported when the two could give different ids."""
+    import tiktoken  # pylint: disable=import-outside-toplevel
+    self._forms = _normal_forms(config.get('normalizer'))
+    _check_pre_tokenizer(config.get('pre_tokenizer'))
+    model = config.get('model') or {}
+    for key, default in _MODEL_DEFAULTS.items():
+      if model.get(key, default) not in (default, '' if key.endswith(('prefix', 'suffix')) else default):
+        raise Unsupported(f'model {key} is {model.get(key)!r}')
+    added = config.get('added_tokens') or []
+    added_ids = {t['id'] for t in added}
+    self._specials = sorted({t['content'] for t in added if t.get('special')})
+    runs = _space_runs([t for t in added if not t.get('special')], bool(self._forms))
+    ranks = _ranks(model, added_ids)
+    _check_merges(model, ranks, hf)
+    self._remap = None
+    if runs:  # a run's piece is looked up as its byte-level token; its id is the added token's
+      remap = np.arange(max(ranks.values()) + 1, dtype=np.uint32)
+      for content, token_id in runs.items():
+        if content.encode() not in ranks:
+          raise Unsupported(f'the added token of {len(content)} spaces is not also a byte-level token')
+        remap[ranks[content.encode()]] = token_id
+      self._remap = remap
+    longest = max(map(len, runs), default=0)
+    spaces = (rf"| {{2,{longest}}}|{_NOT_A_SPACE_RUN}+(?!\S)|{_NOT_A_SPACE_RUN}+" if runs
+              else r"|\s+(?!\S)|\s+")
+    self._tiktoken = tiktoken.Encoding('tokenformer_jax', pat_str=_GPT2_PIECES + spaces,
+                                       mergeable_ranks=ranks,
+                                       special_tokens={t['content']: t['id'] for t in added if t.get('special')})
+
+  def encode(self, text: str) -> np.ndarray | None:
+    """The ids of `text` (without end-of-text), or None when it must go to the Hugging Face tokenizer.
+
+    Runs outside Python's lock, so threads encode in parallel."""
+    if not text.isascii() and self._forms:
+      if unsafe_characters(self._forms)[np.frombuffer(text.encode('utf-32-le'), '<u4')].any():
+        return None
+      for form in self._forms:
+        text = unicodedata.normalize(form, text)
+    if self._specials and any(s in text for s in self._specials):
+      return None
+    ids = self._tiktoken.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+    return ids if self._remap is None else self._remap[ids]
+
+
+def _normal_forms(normalizer) -> tuple[str, ...]:
+  if normalizer is None:
+    return ()
+  steps = normalizer.get('normalizers') if normalizer.get('type') == 'Sequence' else [normalizer]
+  forms = tuple(step.get('type') for step in steps or [])
+  if not all(f in _FORMS for f in forms):
+    raise Unsupported(f'normalizer {json.dumps(normalizer)[:100]} is not only Unicode normal forms')
+  return forms
+
+
+def _check_pre_tokenizer(pre) -> None:
+  if not (pre and pre.get('type') == 'ByteLevel' and not pre.get('add_prefix_space')
+          and pre.get('use_regex', True)):
+    raise Unsupported(f'pre-tokenizer {json.dumps(pre)[:100]} is not ByteLevel with its pattern and '
+                      'no prefix space')
+
+
+def _space_runs(added: list[dict], normalized_text: bool) -> dict[str, int]:
+  """The non-special added tokens, which must be runs of 2..N spaces: content -> id."""
+  runs = {}
+  for t in added:
+    content = t['content']
+    if len(content) < 2 or content.strip(' ') or t.get('lstrip') or t.get('rstrip') or t.get('single_word'):
+      raise Unsupported(f'added token {content!r} is not a plain run of spaces')
+    if normalized_text and not t.get('normalized', True):  # NFKC makes spaces of other characters
+      raise Unsupported(f'added token {content!r} is matched before normalization')
+    runs[content] = t['id']
+  if runs and sorted(map(len, runs)) != list(range(2, 2 + len(runs))):
+    raise Unsupported('the added runs of spaces do not cover every length from 2 up')
+  return runs
+
+
+def _ranks(model: dict, added_ids: set[int]) -> dict[bytes, int]:
+  alphabet = byte_alphabet()
+  vocab = {token: token_id for token, token_id in model.get('vocab', {}).items() if token_id not in added_ids}
+  foreign = set(''.join(vocab)) - alphabet.keys()
+  if foreign:
+    raise Unsupported(f'vocabulary tokens hold {sorted(foreign)[0]!r}, which is not byte-level')
+  to_bytes = str.maketrans({c: chr(b) for c, b in alphabet.items()})
+  ranks = {token.translate(to_bytes).encode('latin-1'): token_id for token, token_id in vocab.items()}
+  missing = [b for b in _UTF8_BYTES if bytes([b]) not in ranks]
+  if missing:
+    raise Unsupported(f'{len(missing)} bytes of UTF-8 text have no token (e.g. {missing[0]:#x})')
+  return ranks
+
+
+def _check_merges(model: dict, ranks: dict[bytes, int], hf) -> None:
+  """Every multi-byte token is made by exactly one merge, ids rising with the merges; each token,
+  encoded alone by the model, is itself."""
+  vocab = model.get('vocab', {})
+  last, made = -1, {}
+  for merge in model.get('merges', []):
+    left, right = merge.split(' ') if isinstance(merge, str) else merge
+    token_id = vocab.get(left + right)
+    if token_id is None or token_id <= last:
+      raise Unsupported(f'merge {left!r} + {right!r} does not make the next token in id order')
+    last = token_id
+    made[token_id] = left + right
+  multi_byte = {token_id for token, token_id in ranks.items() if len(token) > 1}
+  if made.keys() != multi_byte:
+    raise Unsupported(f'{len(multi_byte - made.keys())} multi-byte tokens are made by no merge')
+  for token_id, token in made.items():
+    got = hf.model.tokenize(token)
+    if len(got) != 1 or got[0].id != token_id:
+      raise Unsupported(f'token {token!r} alone encodes to {[t.id for t in got]}')
+
+
+@functools.cache
+def unsafe_characters(forms: tuple[str, ...]) -> np.ndarray:
+  """A table over all code points: True where Python's normalization may differ from the tokenizer's.
+
+  Those are the characters Python does not know, and those where the two disagree on a probe: the
+  character alone, after a letter, between a letter and marks of the lowest and highest combining
+  class, and the characters it decomposes to (all of which are then unsafe). Outside planes 0-3 and
+  14 no character has a decomposition or a combining class: planes 4-13 are unassigned (and unsafe),
+  planes 15-16 private use."""
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  theirs = tokenizers.normalizers.Sequence([getattr(tokenizers.normalizers, f)() for f in forms])
+
+  def ours(text):
+    for form in forms:
+      text = unicodedata.normalize(form, text)
+    return text
+
+  unsafe = np.zeros(sys.maxunicode + 1, bool)
+  unsafe[0x40000:0xE0000] = True  # planes 4-13: unassigned (so far)
+  unsafe[[0xFFFFE, 0xFFFFF, 0x10FFFE, 0x10FFFF]] = True  # the noncharacters of planes 15-16
+  for code in itertools.chain(range(0x80, 0x40000), range(0xE0000, 0xF0000)):
+    char = chr(code)
+    decomposition = unicodedata.decomposition(char)
+    if not (decomposition or unicodedata.combining(char)):
+      unsafe[code] = unicodedata.category(char) == 'Cn'
+      continue
+    parts = [int(p, 16) for p in decomposition.split() if not p.startswith('<')]
+    probes = [char, 'a' + char, ''.join(map(chr, parts)), 'a' + char + _LOW_MARK, 'a' + _HIGH_MARK + char]
+    if any(ours(t) != theirs.normalize_str(t) for t in probes):
+      unsafe[[code, *parts]] = True
+  return unsafe
