@@ -86,8 +86,8 @@ def _instrument(sources, shards, tokenizer) -> None:
     if hasattr(tokenizer, name):
       setattr(tokenizer, name, _TimedEncoder(getattr(tokenizer, name)))
   fast = getattr(tokenizer, '_fast_encoder', lambda: None)()
-  if hasattr(fast, '_tiktoken'):  # the faster encoder's own call (its checks and normalization are Python)
-    fast._tiktoken = _TimedEncoder(fast._tiktoken)  # pylint: disable=protected-access
+  if hasattr(fast, '_ids'):  # the faster encoder's call into tiktoken (its checks and normalization are Python)
+    fast._ids = _time_calls(fast._ids, 'tokenizer')  # pylint: disable=protected-access
   tokenizer.encode_documents = _time_calls(tokenizer.encode_documents, 'encode_documents')
 
 

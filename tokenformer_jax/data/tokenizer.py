@@ -51,7 +51,7 @@ class Tokenizer:
         self._hf = tokenizers.Tokenizer.from_str(file_bytes.decode('utf-8'))
       except Exception as e:  # pylint: disable=broad-exception-caught
         raise UserError(f'not a Hugging Face tokenizer.json: {name} ({str(e)[:200]})') from e
-      self._fast, self._fast_lock = None, threading.Lock()
+      self._fast, self._fast_lock, self._pool = None, threading.Lock(), None
       self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
       ids = [i for i in (self._hf.token_to_id(n) for n in EOS_NAMES) if i is not None]
       if not ids:
@@ -125,13 +125,19 @@ class Tokenizer:
           self._fast = f'no faster encoder: {e}'
       return self._fast
 
+  def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
+    """A thread per core, kept for the tokenizer's life: each keeps its own encoder (fast_encoder.py)."""
+    with self._fast_lock:
+      if self._pool is None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, 'encode')
+      return self._pool
+
   def _hf_documents(self, docs: list[str], parallel: bool) -> list[np.ndarray]:
     """The FastEncoder's ids where it has them, the Hugging Face tokenizer's for the other documents."""
     fast = self._fast_encoder()
     if isinstance(fast, fast_encoder.FastEncoder):
       if parallel and len(docs) > 1:
-        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # encode releases the GIL
-          found = list(pool.map(fast.encode, docs))
+        found = list(self._threads().map(fast.encode, docs))  # encode releases the GIL
       else:
         found = [fast.encode(doc) for doc in docs]
     else:
