@@ -7,8 +7,9 @@ The corpora are made here: KJV chapters as JSON Lines (4 files per corpus), each
 number, repeated to the size asked. The tokenizers are trained on the KJV text: a sentencepiece BPE and a
 byte-level BPE `tokenizer.json` (the kind of the released models' GPT-NeoX-20B tokenizer), 8,192 ids each.
 Every measurement runs in a fresh process; peak RSS is the largest single process of the run (a Beam
-driver or worker). Both tokenizers encode with several threads of their own, so on a 2-core machine the
-second Beam worker competes with them for the same cores.
+driver or worker). A Beam worker encodes on one core, so workers scale with cores; the `tokenizer.json`
+is encoded by tiktoken (data/fast_encoder.py). `prepare_speed.py` measures prepare on the released
+models' vocabulary and real text, against the reference's tool.
 """
 import json
 import os

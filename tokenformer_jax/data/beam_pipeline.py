@@ -5,7 +5,7 @@ runs this pipeline on, with a worker thread per core (`--direct_num_workers=N` f
 `--direct_running_mode=multi_processing` for processes instead of threads), or Dataflow, Flink and Spark
 with their options; the workers need this package installed (e.g. `--setup_file` or a container image).
 A worker encodes on one core, so a runner's parallelism is its number of workers; the threads of one
-process share one tokenizer (the encoder runs outside the GIL).
+process share one tokenizer (each thread encodes with its own tiktoken encoder, outside the GIL).
 A shard's bad input (a line that is not JSON, undecodable bytes, ...) is not retried: the worker
 records it beside the output and the driver reports it as a one-line error after the pipeline ends.
 """
