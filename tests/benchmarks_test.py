@@ -366,3 +366,18 @@ def test_prepare_profile_splits_a_workers_time(tmp_path):
   named = ('reading and JSON', 'tokenizer', 'Python around the tokenizer', 'writing', 'other')
   assert all(parts[k]['cpu_s'] >= 0 for k in named) and parts['tokenizer']['cpu_s'] > 0
   assert sum(parts[k]['wall_s'] for k in named) == pytest.approx(parts['total']['wall_s'])
+
+
+def test_encoder_exactness_counts_the_same_and_the_left_texts(tmp_path):
+  from tests.helpers import write_hf_tokenizer
+  out = tmp_path / 'exactness.json'
+  proc = _run([sys.executable, 'benchmarks/encoder_exactness.py',
+               f'--tokenizer={write_hf_tokenizer(tmp_path / "tokenizer.json")}', '--strings=300',
+               '--documents=20', f'--json={out}'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  r = json.loads(out.read_text())
+  for name in ('random strings', 'local documents'):
+    assert r[name]['different'] == 0 and r[name]['same'] > 0
+    assert r[name]['same'] + r[name]['left to the tokenizer'] == r[name]['texts']
+  assert r['local documents']['texts'] == 20 and r['random strings']['texts'] == 300
+  assert r['random strings']['left to the tokenizer'] == 0  # no normalizer to disagree with
