@@ -112,6 +112,8 @@ def test_random_token_sequences_same_ids(neox_like):
 def test_special_token_text_and_unsafe_characters_go_to_the_tokenizer(neox_like):
   hf, fast = _pair(neox_like)
   assert fast.encode('before <|endoftext|> after') is None
+  assert fast.encode('<|endoftext|>\u0338 composes to ≯ in NFC') is None
+  assert fast.encode('<|endoftext|\uff1e in NFKC only') is not None  # NFC keeps the fullwidth >
   assert fast.encode('no special <|endoftext| here').tolist() == _hf_ids(hf, 'no special <|endoftext| here')
   # a pair that Unicode 13 composes: left to the tokenizer when its tables are older than Python's
   dives_akuru = 'x \U00011935\U00011930 y'
@@ -119,7 +121,7 @@ def test_special_token_text_and_unsafe_characters_go_to_the_tokenizer(neox_like)
   assert (fast.encode(dives_akuru) is None) == disagree
   assert fast.encode('\U000e0080 unassigned') is None
   tok = tokenizer_lib.load_file(neox_like)
-  docs = ['before <|endoftext|> after', dives_akuru, *DOCUMENTS]
+  docs = ['before <|endoftext|> after', '<|endoftext|>\u0338 x', dives_akuru, *DOCUMENTS]
   for parallel in (True, False):
     got = tok.encode_documents(docs, parallel)
     assert [d.tolist() for d in got] == [_hf_ids(hf, d) + [tok.eos_id] for d in docs]

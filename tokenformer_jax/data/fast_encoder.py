@@ -45,9 +45,9 @@ _MODEL_DEFAULTS = {'type': 'BPE', 'dropout': None, 'unk_token': None, 'continuin
 _GPT2_PIECES = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"
 # A whitespace character that does not start a run of two spaces: a run of spaces is a piece of its own.
 _NOT_A_SPACE_RUN = r"(?:[^\S ]| (?! ))"
-# Bytes that occur in UTF-8 text: all but C0, C1 and F5..FF.
 # Combining marks of the lowest and highest classes (1 and 240)
 _LOW_MARK, _HIGH_MARK = '\u0334', '\u0345'
+# Bytes that occur in UTF-8 text: all but C0, C1 and F5..FF.
 _UTF8_BYTES = [b for b in range(256) if b not in (0xC0, 0xC1) and b < 0xF5]
 
 
@@ -78,8 +78,9 @@ class FastEncoder:
     _check_pre_tokenizer(config.get('pre_tokenizer'))
     model = config.get('model') or {}
     for key, default in _MODEL_DEFAULTS.items():
-      if model.get(key, default) not in (default, '' if key.endswith(('prefix', 'suffix')) else default):
-        raise Unsupported(f'model {key} is {model.get(key)!r}')
+      value = model.get(key, default)
+      if value != default and not (value == '' and key.endswith(('prefix', 'suffix'))):
+        raise Unsupported(f'model {key} is {value!r}')
     added = config.get('added_tokens') or []
     added_ids = {t['id'] for t in added}
     self._specials = sorted({t['content'] for t in added if t.get('special')})
@@ -109,13 +110,16 @@ class FastEncoder:
     """The ids of `text` (without end-of-text), or None when it must go to the Hugging Face tokenizer.
 
     Runs outside Python's lock, so threads encode in parallel."""
+    if self._specials and any(s in text for s in self._specials):
+      return None
     if not text.isascii() and self._forms:
       if unsafe_characters(self._forms)[np.frombuffer(text.encode('utf-32-le'), '<u4')].any():
         return None
       for form in self._forms:
         text = unicodedata.normalize(form, text)
-    if self._specials and any(s in text for s in self._specials):
-      return None
+      # a special token is matched before normalization or after it (its `normalized` flag)
+      if self._specials and any(s in text for s in self._specials):
+        return None
     ids = self._ids(text)
     return ids if self._remap is None else self._remap[ids]
 
