@@ -185,3 +185,14 @@ def test_files_it_cannot_reproduce_are_refused(name, neox_like, tmp_path):
   assert tok.encoder.startswith('the Hugging Face tokenizer (no faster encoder: ')
   doc = DOCUMENTS[0]
   assert tok.encode_documents([doc])[0].tolist() == hf.encode(doc, add_special_tokens=False).ids + [tok.eos_id]
+
+
+def test_a_layout_the_encoder_does_not_know_falls_back_to_the_tokenizer(neox_like, monkeypatch):
+  def unknown_layout(self, hf, config):
+    raise KeyError('merges')
+  monkeypatch.setattr(fast_encoder.FastEncoder, '__init__', unknown_layout)
+  tok = tokenizer_lib.load_file(neox_like)
+  assert tok.encoder == ("the Hugging Face tokenizer (no faster encoder: unexpected tokenizer.json layout "
+                         "(KeyError: 'merges'))")
+  hf = tokenizers.Tokenizer.from_file(neox_like)
+  assert tok.encode_documents([DOCUMENTS[0]])[0].tolist() == _hf_ids(hf, DOCUMENTS[0]) + [tok.eos_id]

@@ -84,8 +84,8 @@ class Tokenizer:
   def encode_documents(self, docs: list[str], parallel: bool = True) -> list[np.ndarray]:
     """Each document's ids followed by end-of-text, as int64 arrays: the same ids as `encode`.
 
-    parallel: the tokenizer's own threads share the batch over all cores; else one document at a time
-    on one core, so that a process per core (Beam's workers) scales without oversubscribing the cores.
+    parallel: the batch is encoded on all cores (threads); else one document at a time on one core, so
+    that a worker per core (Beam's workers) scales without oversubscribing the cores.
     sentencepiece models are fed line by line (newline is a piece of its own, so this changes nothing
     but the batch's parallelism)."""
     if self.kind == HUGGING_FACE:
@@ -123,6 +123,8 @@ class Tokenizer:
           self._fast = fast_encoder.FastEncoder(self._hf, json.loads(self.file_bytes))
         except fast_encoder.Unsupported as e:
           self._fast = f'no faster encoder: {e}'
+        except (KeyError, TypeError, AttributeError, ValueError) as e:  # a layout this code does not know
+          self._fast = f'no faster encoder: unexpected tokenizer.json layout ({type(e).__name__}: {e})'
       return self._fast
 
   def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
