@@ -10,7 +10,11 @@ the two may disagree on; such texts are encoded by the Hugging Face tokenizer wh
 - random strings: spaces, newlines, tabs, ASCII letters, digits and punctuation, mixed with characters
   drawn from every character Python knows outside ASCII and, more often, combining marks;
 - text on this machine: the bundled KJV books and every UTF-8 `.txt`, `.rst` and `.md` file under the
-  installed Python packages and /usr/share/doc, one document per file.
+  installed Python packages and /usr/share/doc, one document per file;
+- the BPE merges alone, where tiktoken and the file's merge list could part: every pair of tokens x, y
+  whose bytes join into a token that another merge makes (tiktoken would join them, the file would
+  not), alone and between random tokens, as one piece each (tiktoken with a pattern that makes the whole
+  text one piece, against the file's model); pairs whose bytes are not UTF-8 are skipped.
 The file's shape is checked first: a file the encoder does not reproduce says why and stops here.
 """
 import glob
@@ -60,6 +64,41 @@ def local_documents() -> list[str]:
   return docs[:_DOCUMENTS.value] if _DOCUMENTS.value else docs
 
 
+def merge_pairs(config: dict, hf, seed: int = 0) -> dict:
+  """Counts of the pair texts (see above) on which tiktoken's BPE and the file's model agree."""
+  import tiktoken  # pylint: disable=import-outside-toplevel
+  from tokenformer_jax.data import fast_encoder  # pylint: disable=import-outside-toplevel
+  model = config['model']
+  added = {t['id'] for t in config.get('added_tokens', [])}
+  vocab = {t: i for t, i in model['vocab'].items() if i not in added}
+  alphabet = fast_encoder.byte_alphabet()
+  ranks = {bytes(alphabet[c] for c in t): i for t, i in vocab.items()}
+  one_piece = tiktoken.Encoding('one piece', pat_str=r'[\s\S]+', mergeable_ranks=ranks, special_tokens={})
+  made = {}
+  for merge in model['merges']:
+    left, right = merge.split(' ') if isinstance(merge, str) else merge
+    made[left + right] = (left, right)
+  pairs = [(token[:k], token[k:]) for token, merge in made.items() for k in range(1, len(token))
+           if (token[:k], token[k:]) != merge and token[:k] in vocab and token[k:] in vocab]
+  rng, tokens = random.Random(seed), sorted(vocab)
+  counts = {'pairs': len(pairs), 'texts': 0, 'same': 0, 'different': 0, 'not UTF-8': 0, 'first different': None}
+  for x, y in pairs:
+    left, right = rng.choice(tokens), rng.choice(tokens)
+    for piece in (x + y, left + x + y, x + y + right, left + x + y + right):
+      try:
+        text = bytes(alphabet[c] for c in piece).decode('utf-8')
+      except UnicodeDecodeError:
+        counts['not UTF-8'] += 1
+        continue
+      counts['texts'] += 1
+      if one_piece.encode_ordinary(text) == [t.id for t in hf.model.tokenize(piece)]:
+        counts['same'] += 1
+      else:
+        counts['different'] += 1
+        counts['first different'] = counts['first different'] or ascii(text)
+  return counts
+
+
 def compare(fast, hf, texts: list[str]) -> dict:
   counts = {'texts': len(texts), 'same': 0, 'different': 0, 'left to the tokenizer': 0, 'tokens': 0,
             'non-ASCII texts': sum(not t.isascii() for t in texts), 'first different': None}
@@ -96,10 +135,15 @@ def main(_):
     print(f'{name}: {c["texts"]:,} ({c["non-ASCII texts"]:,} not ASCII, {c["tokens"]:,} tokens compared): '
           f'{c["same"]:,} the same, {c["different"]:,} different, {c["left to the tokenizer"]:,} left to the '
           f'Hugging Face tokenizer ({time.perf_counter() - start:.1f} s)')
+  start = time.perf_counter()
+  c = result['merge pairs'] = merge_pairs(config, hf)
+  print(f'merge pairs: {c["pairs"]:,} pairs, {c["texts"]:,} texts as one piece each: {c["same"]:,} the same, '
+        f'{c["different"]:,} different ({c["not UTF-8"]:,} not UTF-8, skipped; '
+        f'{time.perf_counter() - start:.1f} s)')
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=2)
-  if any(result[n]['different'] for n in ('random strings', 'local documents')):
+  if any(result[n]['different'] for n in ('random strings', 'local documents', 'merge pairs')):
     raise SystemExit('the faster encoder gave different ids')
 
 

@@ -369,11 +369,18 @@ def test_prepare_profile_splits_a_workers_time(tmp_path):
 
 
 def test_encoder_exactness_counts_the_same_and_the_left_texts(tmp_path):
-  from tests.helpers import write_hf_tokenizer
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from tokenformer_jax.data import sources
+  tok = Tokenizer(models.BPE())  # a byte-level BPE of 1,000 ids: enough merges for pairs that join
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(sources.kjv_documents()[:3], trainers.BpeTrainer(
+      vocab_size=1000, special_tokens=['<|endoftext|>'], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False))
+  tok.save(str(tmp_path / 'tokenizer.json'))
   out = tmp_path / 'exactness.json'
-  proc = _run([sys.executable, 'benchmarks/encoder_exactness.py',
-               f'--tokenizer={write_hf_tokenizer(tmp_path / "tokenizer.json")}', '--strings=300',
-               '--documents=20', f'--json={out}'])
+  proc = _run([sys.executable, 'benchmarks/encoder_exactness.py', f'--tokenizer={tmp_path / "tokenizer.json"}',
+               '--strings=300', '--documents=20', f'--json={out}'])
   assert proc.returncode == 0, proc.stderr[-2000:]
   r = json.loads(out.read_text())
   for name in ('random strings', 'local documents'):
@@ -381,3 +388,5 @@ def test_encoder_exactness_counts_the_same_and_the_left_texts(tmp_path):
     assert r[name]['same'] + r[name]['left to the tokenizer'] == r[name]['texts']
   assert r['local documents']['texts'] == 20 and r['random strings']['texts'] == 300
   assert r['random strings']['left to the tokenizer'] == 0  # no normalizer to disagree with
+  pairs = r['merge pairs']
+  assert pairs['pairs'] > 0 and pairs['different'] == 0 and pairs['same'] == pairs['texts'] > 0
