@@ -240,3 +240,16 @@ def test_local_runner_defaults_to_a_worker_per_core(given, expected):
   """A worker encodes on one core, so the local runner without options runs a worker thread per core."""
   from tokenformer_jax.data import beam_pipeline
   assert beam_pipeline.local_defaults(given) == expected
+
+
+@pytest.mark.parametrize('args, in_process', [
+    ([], True), (['--direct_num_workers=1'], True), (['--direct_num_workers=2'], True),
+    (['--direct_num_workers=2', '--direct_running_mode=multi_processing'], False),
+    (['--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner'], True),
+    (['--runner=DataflowRunner', '--project=p'], False), (['--runner=DirectRunner'], False)])
+def test_only_workers_in_other_processes_are_sent_the_tokenizer_file(args, in_process):
+  """The local runner's threads share the driver's tokenizer; any other worker loads it from the file
+  that the pipeline carries (multi_processing: test_beam_runners_write_the_in_process_shards)."""
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from tokenformer_jax.data import beam_pipeline
+  assert beam_pipeline.workers_in_this_process(PipelineOptions(beam_pipeline.local_defaults(args))) == in_process

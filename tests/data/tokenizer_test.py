@@ -56,9 +56,19 @@ def test_tokenizer_without_end_of_text_is_refused(tmp_path):
     tokenizer_lib.load_file(str(path))
 
 
+def test_file_sha256_is_the_loaded_tokenizers(tmp_path, kjv_bpe):
+  """A prepare's request names its tokenizer by this hash, read without building the tokenizer."""
+  path = tmp_path / 'kjv.model'
+  path.write_bytes(kjv_bpe.file_bytes)
+  assert tokenizer_lib.file_sha256(str(path)) == tokenizer_lib.load_file(str(path)).sha256 == kjv_bpe.sha256
+  path.write_bytes(kjv_bpe.file_bytes + b'x')
+  assert tokenizer_lib.file_sha256(str(path)) != kjv_bpe.sha256
+
+
 def test_bad_tokenizer_files(tmp_path):
-  with pytest.raises(UserError, match='tokenizer file not found'):
-    tokenizer_lib.load_file(str(tmp_path / 'missing.json'))
+  for read in (tokenizer_lib.load_file, tokenizer_lib.file_sha256):
+    with pytest.raises(UserError, match='tokenizer file not found'):
+      read(str(tmp_path / 'missing.json'))
   (tmp_path / 'bad.json').write_text('{"not": "a tokenizer"}')
   with pytest.raises(UserError, match='not a Hugging Face tokenizer.json'):
     tokenizer_lib.load_file(str(tmp_path / 'bad.json'))

@@ -168,14 +168,10 @@ def _tokenizer(opts: Options, files: list[str]):
 def request(opts: Options, files: list[str]) -> dict:
   """What a prepared dataset was made from; two preparations with equal requests are equal."""
   return {'inputs': opts.inputs, 'fingerprint': sources.fingerprint(files), 'files': len(files),
-          'tokenizer': (f'file sha256 {_file_sha256(opts.tokenizer)}' if opts.tokenizer
+          'tokenizer': (f'file sha256 {tokenizer_lib.file_sha256(opts.tokenizer)}' if opts.tokenizer
                         else f'sentencepiece bpe {opts.train_vocab}'),
           'text_key': opts.text_key, 'num_shards': opts.num_shards,
           'validation_fraction': opts.validation_fraction, 'record_tokens': opts.record_tokens}
-
-
-def _file_sha256(path: str) -> str:
-  return tokenizer_lib.load_file(path).sha256
 
 
 def run(opts: Options, beam_args: list[str] | None = None, log=print) -> dict:

@@ -204,16 +204,25 @@ def _looks_like_json(data: bytes) -> bool:
 def load_file(path: str) -> Tokenizer:
   """A tokenizer file of either format (told apart by content: a tokenizer.json is a JSON object)."""
   path = os.path.expanduser(path)
+  data = _read(path)
+  if path.endswith('.json') and not _looks_like_json(data):
+    raise UserError(f'not a Hugging Face tokenizer.json: {path}')
+  return Tokenizer(data, path)
+
+
+def file_sha256(path: str) -> str:
+  """The sha256 that `load_file(path).sha256` has, without building the tokenizer."""
+  return hashlib.sha256(_read(os.path.expanduser(path))).hexdigest()
+
+
+def _read(path: str) -> bytes:
   if not os.path.isfile(path):
     raise UserError(f'tokenizer file not found: {path}')
   try:
     with open(path, 'rb') as f:
-      data = f.read()
+      return f.read()
   except OSError as e:
     raise UserError(f'cannot read tokenizer file {path}: {e.strerror}') from e
-  if path.endswith('.json') and not _looks_like_json(data):
-    raise UserError(f'not a Hugging Face tokenizer.json: {path}')
-  return Tokenizer(data, path)
 
 
 def training_sentences(texts) -> list[str]:
