@@ -1,7 +1,8 @@
 """Preparing a corpus: ours (`python -m tokenformer_jax.prepare`) against the reference's own tool.
 
   python benchmarks/prepare_speed.py --reference=/path/to/TokenFormer --tokenizer=/path/to/tokenizer.json \
-      [--reference_python=/path/to/venv/bin/python] [--mb=100] [--repeats=3] [--json=FILE]
+      [--reference_python=/path/to/venv/bin/python] [--python=/path/to/venv/bin/python] [--mb=100] \
+      [--repeats=3] [--scaling_pairs=5] [--json=FILE]
 
 The reference is GPT-NeoX's `tools/datasets/preprocess_data.py` (a multiprocessing pool, one document
 per call to the Hugging Face tokenizer, Megatron's mmap .bin/.idx), run from a checkout of the reference
@@ -13,7 +14,12 @@ alternating, after one unmeasured warm-up of each; every run is a fresh process 
 seconds, tokens/s, CPU seconds of all its processes and the sum of their peak RSS (process_tree.py). Each
 pair of outputs is checked to be the same token stream, byte for byte. Ours is also run in-process (the
 path `--mode=train` takes for a raw corpus) and, for the ceiling, the tokenizer alone on the same
-documents.
+documents. Ours at 1 and 2 workers is also run in --scaling_pairs back-to-back pairs: the machine's
+speed drifts over minutes, and a pair's ratio is the scaling at one moment.
+
+--python runs ours with another interpreter, such as a virtual environment made by the README's commands:
+what a fresh install has. A shared environment can slow every run's start (with IPython installed, Beam
+imports it to build a pipeline).
 
 The corpus is real source text, made here (`make_corpus`): the Python standard library's .py files, then
 those of the installed packages, in sorted order, one document per file (files that are not UTF-8, have
@@ -44,6 +50,8 @@ _ROOT = flags.DEFINE_string('root', '/tmp/tokenformer_prepare_speed', 'Scratch d
 _JSON = flags.DEFINE_string('json', None, 'Write the results here.')
 _CEILING = flags.DEFINE_bool('ceiling', True, 'Also time the tokenizer alone on the corpus.')
 _IN_PROCESS = flags.DEFINE_bool('in_process', True, 'Also run our in-process path (--mode=train).')
+_PYTHON = flags.DEFINE_string('python', sys.executable, 'The Python that runs ours.')
+_SCALING_PAIRS = flags.DEFINE_integer('scaling_pairs', 5, 'Back-to-back pairs of ours at 1 and 2 workers.')
 _MODES = flags.DEFINE_list('modes', ['multi_threading', 'multi_processing'],
                            "Beam's local running modes for ours at more than one worker.")
 
@@ -132,10 +140,10 @@ def run_ours(files: list[str], out_dir: str, workers: int | None, mode: str | No
   if workers is None:
     code = ('import sys; from tokenformer_jax.data import build; '
             'build.run(build.Options(inputs=sys.argv[1], output=sys.argv[2], tokenizer=sys.argv[3]))')
-    cmd = [sys.executable, '-c', code, inputs, out_dir, _TOKENIZER.value]
+    cmd = [_PYTHON.value, '-c', code, inputs, out_dir, _TOKENIZER.value]
   else:
     beam = [f'--direct_num_workers={workers}'] + ([f'--direct_running_mode={mode}'] if mode else [])
-    cmd = [sys.executable, '-m', 'tokenformer_jax.prepare', f'--corpus={inputs}', f'--prepared={out_dir}',
+    cmd = [_PYTHON.value, '-m', 'tokenformer_jax.prepare', f'--corpus={inputs}', f'--prepared={out_dir}',
            f'--tokenizer={_TOKENIZER.value}', '--', *beam]
   r = process_tree.run(cmd, env=_our_env(), log_path=out_dir + '.log')
   return r, _our_stream(out_dir, files)
@@ -183,7 +191,7 @@ print(json.dumps(rows))
 
 def ceiling(files: list[str]) -> dict:
   import subprocess  # pylint: disable=import-outside-toplevel
-  out = subprocess.run([sys.executable, '-c', _CEILING_CODE, ','.join(files), _TOKENIZER.value],
+  out = subprocess.run([_PYTHON.value, '-c', _CEILING_CODE, ','.join(files), _TOKENIZER.value],
                        capture_output=True, text=True, check=True, env=_our_env()).stdout
   rows = json.loads(out.strip().splitlines()[-1])
   for row in rows.values():
@@ -227,6 +235,24 @@ def _round(files: list[str], workers: int, repeat: int, results: dict) -> bytes:
   return streams['reference']
 
 
+def _scaling_pairs(files: list[str], results: dict, reference_stream: bytes) -> dict:
+  """Ours at 1 and 2 worker threads back to back, which one first alternating; each pair's ratio of
+  tokens/s, and their median."""
+  pairs = []
+  for k in range(_SCALING_PAIRS.value):
+    order = (1, 2) if k % 2 == 0 else (2, 1)
+    pair = {}
+    for w in order:
+      out_dir = os.path.join(_ROOT.value, f'out_ours_{w}')
+      stream = _measure('ours, paired', lambda w=w, out_dir=out_dir: run_ours(files, out_dir, w), results,
+                        workers=w, repeat=k)
+      if stream != reference_stream:
+        raise SystemExit(f'the token streams differ: ours at {w} workers, paired run {k}')
+      pair[w] = results['runs'][-1]['tokens_per_s']
+    pairs.append(pair[2] / pair[1])
+  return {'2 workers / 1, each pair': pairs, 'median': statistics.median(pairs)} if pairs else {}
+
+
 def _warm_up(files: list[str]) -> None:
   """Each tool once on a few documents, unmeasured: a first import can fill caches (and start helper
   processes) that later runs do not."""
@@ -241,6 +267,8 @@ def _summaries(results: dict) -> dict:
   table = {}
   for r in results['runs']:
     key = f'{r["tool"]}, {r["workers"]} workers' if r['workers'] else r['tool']
+    if r['tool'] == 'ours, paired':
+      continue
     table.setdefault(key, []).append(r)
   return {key: summary(runs) for key, runs in table.items()}
 
@@ -273,6 +301,7 @@ def main(_):
   files = make_corpus(os.path.join(_ROOT.value, f'corpus_{_MB.value:g}MB_{_FILES.value}'), _MB.value,
                       _FILES.value)
   results = {'machine': {'cpu_count': os.cpu_count(), 'python': sys.version.split()[0],
+                         'ours_python': _PYTHON.value,
                          'load_at_start': os.getloadavg()},
              'corpus': {'MB': sum(os.path.getsize(f) for f in files) / 1e6, 'files': len(files)},
              'tokenizer': _TOKENIZER.value, 'runs': []}
@@ -286,6 +315,7 @@ def main(_):
                         results, workers=None, repeat=repeat)
       if stream != reference_stream:
         raise SystemExit('the in-process token stream differs from the reference')
+  results['scaling_pairs'] = _scaling_pairs(files, results, reference_stream)
   results['same_token_stream'] = True
   results['tokens'] = results['runs'][0]['tokens']
   results['summary'] = _summaries(results)
@@ -299,6 +329,10 @@ def main(_):
           f'{s["cpu_s"]["median"]:.1f} CPU s, {s["peak_rss_sum_MiB"]["median"]:.0f} MiB summed peak RSS')
   for name, value in results['ratios'].items():
     print(name, json.dumps(value))
+  if results['scaling_pairs']:
+    pairs = results['scaling_pairs']['2 workers / 1, each pair']
+    print(f'ours, 2 workers / 1 in back-to-back pairs: median {results["scaling_pairs"]["median"]:.3f} '
+          f'({", ".join(f"{p:.3f}" for p in pairs)})')
   for name, row in results.get('ceiling', {}).items():
     if 'wall_s' in row:
       print(f'ceiling, {name}: {row["tokens_per_s"] / 1e6:.3f}M tokens/s ({row["cpu_s"]:.1f} CPU s)')
