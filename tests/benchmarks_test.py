@@ -372,6 +372,23 @@ def test_prepare_profile_splits_a_workers_time(tmp_path):
   assert sum(parts[k]['wall_s'] for k in named) == pytest.approx(parts['total']['wall_s'])
 
 
+@pytest.mark.slow
+def test_prepare_start_times_whole_runs_and_their_phases(tmp_path):
+  from tests.helpers import write_hf_tokenizer
+  out = tmp_path / 'start.json'
+  proc = _run([sys.executable, 'benchmarks/prepare_start.py', '--runs=1', f'--json={out}',
+               f'--tokenizer={write_hf_tokenizer(tmp_path / "tokenizer.json")}'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads(out.read_text())
+  assert sorted(r['workers'] for r in results['runs']) == [1, 2]
+  assert all(r['wall_s'] > 0 and r['cpu_s'] > 0 for r in results['runs'])
+  for phases in results['traced'].values():
+    named = [k for k in phases if k not in ('other', 'total')]
+    assert len(named) == 7 and all(phases[k] >= 0 for k in named), phases
+    assert phases['importing Beam'] > 0 and phases['the shards'] > 0
+    assert sum(phases[k] for k in (*named, 'other')) == pytest.approx(phases['total'])
+
+
 def test_encoder_exactness_counts_the_same_and_the_left_texts(tmp_path):
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
   from tokenformer_jax.data import sources

@@ -109,9 +109,8 @@ class FastEncoder:
     # worker threads on one encoder took 1.25x the CPU seconds), and so do threads taking turns on one.
     self._per_thread = threading.local()
     self._per_thread.encoder = self._new()
-    # Built here, once (0.15 s): workers that met their first non-ASCII document together would
-    # each build it.
-    self._unsafe = unsafe_characters(self._forms) if self._forms else None
+    self._unsafe = None  # unsafe_characters' table, built (0.15 s) by the first non-ASCII text
+    self._unsafe_lock = threading.Lock()
 
   def encode(self, text: str) -> np.ndarray | None:
     """The ids of `text` (without end-of-text), or None when it must go to the Hugging Face tokenizer.
@@ -120,7 +119,7 @@ class FastEncoder:
     if self._specials and any(s in text for s in self._specials):
       return None
     if not text.isascii() and self._forms:
-      if self._unsafe[np.frombuffer(text.encode('utf-32-le'), '<u4')].any():
+      if self._unsafe_table()[np.frombuffer(text.encode('utf-32-le'), '<u4')].any():
         return None
       for form in self._forms:
         text = unicodedata.normalize(form, text)
@@ -129,6 +128,13 @@ class FastEncoder:
         return None
     ids = self._ids(text)
     return ids if self._remap is None else self._remap[ids]
+
+  def _unsafe_table(self) -> np.ndarray:
+    if self._unsafe is None:
+      with self._unsafe_lock:  # built once, however many threads meet non-ASCII text together
+        if self._unsafe is None:
+          self._unsafe = unsafe_characters(self._forms)
+    return self._unsafe
 
   def _ids(self, text: str) -> np.ndarray:
     """tiktoken's ids, from this thread's encoder (built on the thread's first call: ~0.05 s)."""
@@ -199,8 +205,9 @@ def _check_merges(model: dict, ranks: dict[bytes, int], hf) -> None:
   multi_byte = {token_id for token, token_id in ranks.items() if len(token) > 1}
   if made.keys() != multi_byte:
     raise Unsupported(f'{len(multi_byte - made.keys())} multi-byte tokens are made by no merge')
+  bpe = hf.model  # (each `hf.model` is a new wrapper object)
   for token_id, token in made.items():
-    got = hf.model.tokenize(token)
+    got = bpe.tokenize(token)
     if len(got) != 1 or got[0].id != token_id:
       raise Unsupported(f'token {token!r} alone encodes to {[t.id for t in got]}')
 
