@@ -153,6 +153,20 @@ def _swap_first_merges(c):
   merges[0], merges[1] = merges[1], merges[0]
 
 
+def _add_unreachable_token(c):
+  """Merges X+Y, then Y+Z (X, Y, Z single characters), then a new one X+YZ: in X Y Z the first merge
+  takes X+Y, so the model never makes XYZ, which tiktoken takes whole."""
+  vocab, merges = c['model']['vocab'], c['model']['merges']
+  pairs = [m.split(' ') if isinstance(m, str) else m for m in merges]
+  for i, (x, y) in enumerate(pairs):
+    for y2, z in pairs[i + 1:]:
+      if len(x) == len(y) == len(z) == 1 and y2 == y and x + y + z not in vocab:
+        vocab[x + y + z] = max(max(vocab.values()), *(t['id'] for t in c['added_tokens'])) + 1
+        merges.append(f'{x} {y + z}' if isinstance(merges[0], str) else [x, y + z])
+        return
+  raise AssertionError('no merges X+Y then Y+Z in the test tokenizer')
+
+
 UNSUPPORTED = {
     'dropout': (lambda c: c['model'].update(dropout=0.1), 'model dropout'),
     'subword prefix': (lambda c: c['model'].update(continuing_subword_prefix='##'), 'continuing_subword_prefix'),
@@ -166,6 +180,7 @@ UNSUPPORTED = {
     'merge order': (_swap_first_merges, 'next token in id order'),
     'merge missing': (lambda c: c['model']['merges'].pop(), 'made by no merge'),
     'byte missing': (lambda c: c['model']['vocab'].pop('!'), 'bytes of UTF-8 text have no token'),
+    'unreachable token': (_add_unreachable_token, 'alone encodes to'),
 }
 
 
