@@ -77,6 +77,8 @@ def _args(corpus: str, out: str, workers: int) -> list[str]:
 
 
 def _env(**extra) -> dict:
+  """--code first on the path (the processes run in the scratch directory: `-m` and `-c` put the
+  working directory before it)."""
   return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (_CODE.value, os.environ.get('PYTHONPATH')) if p),
               **extra)
 
@@ -86,7 +88,7 @@ def whole_run(corpus: str, root: str, workers: int) -> dict:
   before = os.times()
   wall = time.perf_counter()
   subprocess.run([_PYTHON.value, '-m', 'tokenformer_jax.prepare', *_args(corpus, out, workers)],
-                 check=True, capture_output=True, env=_env())
+                 check=True, capture_output=True, cwd=root, env=_env())
   wall = time.perf_counter() - wall
   after = os.times()
   cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
@@ -98,7 +100,7 @@ def traced_run(corpus: str, root: str, workers: int) -> dict:
   out, log = os.path.join(root, f'traced_{workers}'), os.path.join(root, f'traced_{workers}.events')
   t0 = time.time()
   subprocess.run([_PYTHON.value, '-c', _TRACED, *_args(corpus, out, workers)], capture_output=True,
-                 check=True, env=_env(PREPARE_START_T0=repr(t0), PREPARE_START_EVENTS=log))
+                 check=True, cwd=root, env=_env(PREPARE_START_T0=repr(t0), PREPARE_START_EVENTS=log))
   end = time.time() - t0
   with open(log, encoding='utf-8') as f:
     events = [json.loads(line) for line in f]
