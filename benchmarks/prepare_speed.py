@@ -52,8 +52,9 @@ _CEILING = flags.DEFINE_bool('ceiling', True, 'Also time the tokenizer alone on 
 _IN_PROCESS = flags.DEFINE_bool('in_process', True, 'Also run our in-process path (--mode=train).')
 _PYTHON = flags.DEFINE_string('python', sys.executable, 'The Python that runs ours.')
 _SCALING_PAIRS = flags.DEFINE_integer('scaling_pairs', 5, 'Back-to-back pairs of ours at 1 and 2 workers.')
-_MODES = flags.DEFINE_list('modes', ['multi_threading', 'multi_processing'],
-                           "Beam's local running modes for ours at more than one worker.")
+_MODES = flags.DEFINE_list('modes', ['threads', 'multi_processing'],
+                           "Beam's local running modes for ours at more than one worker: threads is "
+                           "prepare's default (no --direct_running_mode), the others are Beam's names.")
 
 
 def source_files() -> list[str]:
@@ -142,7 +143,8 @@ def run_ours(files: list[str], out_dir: str, workers: int | None, mode: str | No
             'build.run(build.Options(inputs=sys.argv[1], output=sys.argv[2], tokenizer=sys.argv[3]))')
     cmd = [_PYTHON.value, '-c', code, inputs, out_dir, _TOKENIZER.value]
   else:
-    beam = [f'--direct_num_workers={workers}'] + ([f'--direct_running_mode={mode}'] if mode else [])
+    beam = [f'--direct_num_workers={workers}'] + (
+        [f'--direct_running_mode={mode}'] if mode and mode != 'threads' else [])
     cmd = [_PYTHON.value, '-m', 'tokenformer_jax.prepare', f'--corpus={inputs}', f'--prepared={out_dir}',
            f'--tokenizer={_TOKENIZER.value}', '--', *beam]
   r = process_tree.run(cmd, env=_our_env(), log_path=out_dir + '.log')

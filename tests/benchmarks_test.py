@@ -305,19 +305,19 @@ def test_prepare_speed_compares_token_streams_and_measures_process_trees(tmp_pat
   out = tmp_path / 'speed.json'
   args = [sys.executable, 'benchmarks/prepare_speed.py', f'--reference={tmp_path / "reference"}',
           f'--tokenizer={tok}', '--mb=0.05', '--files=2', '--repeats=1', '--workers=2',
-          '--modes=multi_threading', '--noin_process', '--noceiling', f'--root={tmp_path / "scratch"}',
+          '--modes=threads', '--noin_process', '--noceiling', f'--root={tmp_path / "scratch"}',
           f'--python={sys.executable}']
   proc = _run([*args, '--scaling_pairs=1', f'--json={out}'])
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(out.read_text())
   assert results['same_token_stream'] and results['tokens'] > 1000
-  assert {r['tool'] for r in results['runs']} == {'reference', 'ours (multi_threading)', 'ours, paired'}
+  assert {r['tool'] for r in results['runs']} == {'reference', 'ours (threads)', 'ours, paired'}
   assert sorted(r['workers'] for r in results['runs'] if r['tool'] == 'ours, paired') == [1, 2]
   pairs = results['scaling_pairs']
   assert len(pairs['2 workers / 1, each pair']) == 1 and pairs['median'] > 0
   for r in results['runs']:
     assert r['wall_s'] > 0 and r['cpu_s'] > 0 and r['peak_rss_sum_MiB'] > 20 and r['processes']
-  assert set(results['ratios']) == {'ours (multi_threading) / reference, 2 workers'}
+  assert set(results['ratios']) == {'ours (threads) / reference, 2 workers'}
   # a reference that writes other tokens is caught
   script.write_text(_STAND_IN_REFERENCE.replace('[tok.token_to_id', '[1, tok.token_to_id'))
   proc = _run([*args, '--scaling_pairs=0'])

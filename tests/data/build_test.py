@@ -1,9 +1,11 @@
 """Preparing corpora: the manifest, held-out documents, reruns, a killed prepare, and Beam runners."""
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -229,9 +231,8 @@ def test_without_beam_installed_nothing_is_written(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize('given, expected', [
-    ([], ['--runner=FnApiRunner', '--direct_num_workers=0', '--direct_running_mode=multi_threading']),
-    (['--direct_num_workers=3'], ['--runner=FnApiRunner', '--direct_running_mode=multi_threading',
-                                  '--direct_num_workers=3']),
+    ([], ['--runner=FnApiRunner', '--direct_num_workers=0']),
+    (['--direct_num_workers=3'], ['--runner=FnApiRunner', '--direct_num_workers=3']),
     (['--direct_num_workers', '1'], ['--runner=FnApiRunner', '--direct_num_workers', '1']),
     (['--direct_num_workers=2', '--direct_running_mode=multi_processing'],
      ['--runner=FnApiRunner', '--direct_num_workers=2', '--direct_running_mode=multi_processing']),
@@ -240,6 +241,33 @@ def test_local_runner_defaults_to_a_worker_per_core(given, expected):
   """A worker encodes on one core, so the local runner without options runs a worker thread per core."""
   from tokenformer_jax.data import beam_pipeline
   assert beam_pipeline.local_defaults(given) == expected
+
+
+# What test_default_local_workers_run_at_once shares between the workers: Beam pickles the DoFn for each
+# worker, and a module-level function is pickled by name, so the workers reach these and not copies.
+_AT_ONCE = {}
+
+
+def _process_two_at_once(task, tokenizer, parallel=True):
+  if threading.get_ident() not in _AT_ONCE['threads']:
+    _AT_ONCE['threads'].add(threading.get_ident())
+    _AT_ONCE['barrier'].wait()  # BrokenBarrierError after 60 s when the workers run one after the other
+  return _AT_ONCE['process'](task, tokenizer, parallel)
+
+
+def test_default_local_workers_run_at_once_without_beams_warning(jsonl_files, tmp_path, monkeypatch, caplog):
+  """Two workers in the default (in_memory) mode each reach a barrier that only opens for two at once;
+  Beam's warning that they may not run in parallel is not shown."""
+  tok = write_hf_tokenizer(tmp_path / 'tokenizer.json')
+  monkeypatch.setitem(_AT_ONCE, 'threads', set())
+  monkeypatch.setitem(_AT_ONCE, 'barrier', threading.Barrier(2, timeout=60))
+  monkeypatch.setitem(_AT_ONCE, 'process', build.process)
+  monkeypatch.setattr(build, 'process', _process_two_at_once)
+  caplog.set_level(logging.WARNING)
+  build.run(build.Options(inputs=','.join(jsonl_files), output=str(tmp_path / 'd'), tokenizer=tok),
+            beam_args=['--direct_num_workers=2'])
+  assert len(_AT_ONCE['threads']) == 2
+  assert not [r for r in caplog.records if 'direct_num_workers' in r.getMessage()]
 
 
 @pytest.mark.parametrize('args, in_process', [

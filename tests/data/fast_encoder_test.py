@@ -4,6 +4,7 @@ import copy
 import json
 import random
 import sys
+import threading
 import unicodedata
 
 import numpy as np
@@ -73,6 +74,27 @@ def test_same_ids_as_the_tokenizer(which, neox_like, tmp_path):
   for doc in [*DOCUMENTS, *sources.kjv_documents()[:2]]:
     got = fast.encode(doc)
     assert got is not None and got.tolist() == _hf_ids(hf, doc), doc[:40]
+
+
+def test_each_thread_encodes_with_its_own_encoder(neox_like):
+  """Threads sharing a tiktoken encoder contend for its scratch space, so each gets its own: the one
+  built with the FastEncoder goes to one thread, the others build theirs; all give the same ids."""
+  hf, fast = _pair(neox_like)
+  built, start, found = fast._spare[0], threading.Barrier(3), {}
+
+  def encode_all(k):
+    start.wait()
+    ids = [fast.encode(doc).tolist() for doc in DOCUMENTS]
+    found[k] = (fast._per_thread.encoder, ids)
+
+  threads = [threading.Thread(target=encode_all, args=(k,)) for k in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  encoders = [encoder for encoder, _ in found.values()]
+  assert len({id(e) for e in encoders}) == 3 and sum(e is built for e in encoders) == 1
+  assert all(ids == [_hf_ids(hf, doc) for doc in DOCUMENTS] for _, ids in found.values())
 
 
 def test_random_text_same_ids(neox_like):
