@@ -14,6 +14,9 @@ Two measures:
   ending the pipeline and the process.
 --python runs another interpreter (a virtual environment made by the README's commands has only what a
 fresh install has); --code measures another checkout (e.g. an older commit, from `git worktree add`).
+--corpus runs on a real corpus instead (e.g. prepare_speed.py's, with --runs=0): then --traced=N traced
+pairs give the shards' own scaling, the shard phase at 1 worker over that at 2 (median of N), which
+tells the fixed start's share of the whole run's scaling from the shards'.
 """
 import json
 import os
@@ -31,6 +34,8 @@ _CODE = flags.DEFINE_string('code', os.path.dirname(os.path.dirname(os.path.absp
                             'The checkout whose tokenformer_jax runs.')
 _RUNS = flags.DEFINE_integer('runs', 5, 'Whole runs at each worker count.')
 _JSON = flags.DEFINE_string('json', None, 'Write the results here.')
+_CORPUS = flags.DEFINE_string('corpus', None, 'A corpus (glob) to run on instead of 8 one-line documents.')
+_TRACED_PAIRS = flags.DEFINE_integer('traced', 1, 'Traced runs at each worker count, alternating.')
 
 # Runs prepare's main in this process with timestamps around its phases; prints them as JSON lines.
 _TRACED = r'''
@@ -97,7 +102,8 @@ def whole_run(corpus: str, root: str, workers: int) -> dict:
 
 def traced_run(corpus: str, root: str, workers: int) -> dict:
   """Seconds of each phase of one run."""
-  out, log = os.path.join(root, f'traced_{workers}'), os.path.join(root, f'traced_{workers}.events')
+  name = os.path.join(root, f'traced_{workers}_{time.monotonic_ns()}')  # a fresh output: no run is reused
+  out, log = name, name + '.events'
   t0 = time.time()
   subprocess.run([_PYTHON.value, '-c', _TRACED, *_args(corpus, out, workers)], capture_output=True,
                  check=True, cwd=root, env=_env(PREPARE_START_T0=repr(t0), PREPARE_START_EVENTS=log))
@@ -123,20 +129,31 @@ def main(_):
   if not _TOKENIZER.value:
     raise SystemExit('give --tokenizer=FILE')
   with tempfile.TemporaryDirectory() as root:
-    corpus = _corpus(root)
+    corpus = _CORPUS.value or _corpus(root)
     whole_run(corpus, root, 1)  # unmeasured: a first run can fill caches that later runs find
     runs = [whole_run(corpus, root, w) for _ in range(_RUNS.value) for w in (1, 2)]
-    traced = {w: traced_run(corpus, root, w) for w in (1, 2)}
+    pairs = [{w: traced_run(corpus, root, w) for w in ((1, 2) if k % 2 == 0 else (2, 1))}
+             for k in range(_TRACED_PAIRS.value)]
   results = {'python': _PYTHON.value, 'code': _CODE.value, 'tokenizer': _TOKENIZER.value,
-             'cpu_count': os.cpu_count(), 'runs': runs, 'traced': traced, 'median': {}}
+             'corpus': _CORPUS.value or '8 one-line documents', 'cpu_count': os.cpu_count(), 'runs': runs,
+             'traced': pairs[0], 'median': {}}
+  if _TRACED_PAIRS.value > 1:
+    results['traced_pairs'] = pairs
+  scaling = [pair[1]['the shards'] / pair[2]['the shards'] for pair in pairs]
+  results['shards, 2 workers / 1'] = {'each pair': scaling, 'median': statistics.median(scaling)}
   for w in (1, 2):
     mine = [r for r in runs if r['workers'] == w]
-    results['median'][w] = {k: statistics.median(r[k] for r in mine) for k in ('wall_s', 'cpu_s')}
-    print(f'{w} worker(s): {results["median"][w]["wall_s"]:.2f} s wall, {results["median"][w]["cpu_s"]:.2f} '
-          f'CPU s (medians of {len(mine)}; range {min(r["wall_s"] for r in mine):.2f}-'
-          f'{max(r["wall_s"] for r in mine):.2f} s)')
-    for name, seconds in traced[w].items():
-      print(f'  {name}: {seconds:.2f} s')
+    if mine:
+      results['median'][w] = {k: statistics.median(r[k] for r in mine) for k in ('wall_s', 'cpu_s')}
+      median = results['median'][w]
+      print(f'{w} worker(s): {median["wall_s"]:.2f} s wall, {median["cpu_s"]:.2f} CPU s (medians of '
+            f'{len(mine)}; range {min(r["wall_s"] for r in mine):.2f}-{max(r["wall_s"] for r in mine):.2f} s)')
+    print(f'{w} worker(s), traced:')
+    for name in pairs[0][w]:
+      print(f'  {name}: ' + ', '.join(f'{pair[w][name]:.2f}' for pair in pairs) + ' s')
+  if _CORPUS.value:
+    print('the shards, 2 workers / 1: ' + ', '.join(f'{x:.3f}' for x in scaling)
+          + f' (median {statistics.median(scaling):.3f})')
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
       json.dump(results, f, indent=2)

@@ -387,6 +387,21 @@ def test_prepare_start_times_whole_runs_and_their_phases(tmp_path):
     assert len(named) == 7 and all(phases[k] >= 0 for k in named), phases
     assert phases['importing Beam'] > 0 and phases['the shards'] > 0
     assert sum(phases[k] for k in (*named, 'other')) == pytest.approx(phases['total'])
+  # on a given corpus, traced pairs only: the shards' own scaling
+  corpus = tmp_path / 'corpus'
+  corpus.mkdir()
+  for k in range(4):
+    (corpus / f'part{k}.jsonl').write_text(''.join(json.dumps({'text': f'line {i} of file {k}. ' * 40}) + '\n'
+                                                   for i in range(300)))
+  proc = _run([sys.executable, 'benchmarks/prepare_start.py', '--runs=0', '--traced=2', f'--json={out}',
+               f'--corpus={corpus}/*.jsonl', f'--tokenizer={tmp_path / "tokenizer.json"}'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads(out.read_text())
+  assert results['runs'] == [] and len(results['traced_pairs']) == 2
+  for pair in results['traced_pairs']:  # each traced run prepares the corpus anew
+    assert all(seconds > 0 for phases in pair.values() for name, seconds in phases.items() if name != 'other')
+  scaling = results['shards, 2 workers / 1']
+  assert len(scaling['each pair']) == 2 and all(x > 0 for x in scaling['each pair'])
 
 
 def test_encoder_exactness_counts_the_same_and_the_left_texts(tmp_path):

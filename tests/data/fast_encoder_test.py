@@ -131,6 +131,39 @@ def test_random_token_sequences_same_ids(neox_like):
   assert checked > 2000
 
 
+def _unsafe_one_at_a_time(forms):
+  """The unsafe-character table as its docstring reads, a character at a time (the block-wise build
+  passes over blocks and joins probes; both must mark the same code points)."""
+  theirs = normalizers.Sequence([getattr(normalizers, f)() for f in forms])
+
+  def ours(text):
+    for form in forms:
+      text = unicodedata.normalize(form, text)
+    return text
+
+  unsafe = np.zeros(sys.maxunicode + 1, bool)
+  unsafe[0x40000:0xE0000] = True
+  unsafe[[0xFFFFE, 0xFFFFF, 0x10FFFE, 0x10FFFF]] = True
+  for code in [*range(0x80, 0x40000), *range(0xE0000, 0xF0000)]:
+    char = chr(code)
+    decomposition = unicodedata.decomposition(char)
+    if not (decomposition or unicodedata.combining(char)):
+      unsafe[code] |= unicodedata.category(char) == 'Cn'
+      continue
+    parts = [int(p, 16) for p in decomposition.split() if not p.startswith('<')]
+    probes = [char, 'a' + char, ''.join(map(chr, parts)), 'a' + char + '\u0334', 'a' + '\u0345' + char]
+    if any(ours(t) != theirs.normalize_str(t) for t in probes):
+      unsafe[[code, *parts]] = True
+  return unsafe
+
+
+@pytest.mark.parametrize('forms', [('NFC',), ('NFKC',), ('NFD', 'NFKD')])
+def test_unsafe_table_built_by_blocks_is_the_one_character_at_a_time(forms):
+  table = fast_encoder.unsafe_characters(forms)
+  want = _unsafe_one_at_a_time(forms)
+  assert want.sum() > 800_000 and (table == want).all(), np.flatnonzero(table != want)[:10]
+
+
 def test_special_token_text_and_unsafe_characters_go_to_the_tokenizer(neox_like):
   hf, fast = _pair(neox_like)
   assert fast.encode('before <|endoftext|> after') is None

@@ -9,10 +9,9 @@ process share one tokenizer (each thread encodes with its own tiktoken encoder, 
 
 The local threads run in the FnApiRunner's `in_memory` mode: it runs a bundle per worker on a thread
 pool, as `multi_threading` does, without the in-process gRPC server and its ~20 threads that
-`multi_threading` starts (0.3 CPU seconds and ~0.1 s of wall time less per run on 2 cores,
-docs/data.md). Beam warns that `in_memory` with several workers may not run them in parallel: that holds
-for work that keeps Python's lock, and ours encodes outside it, so the warning is left out when the mode is
-ours to choose.
+`multi_threading` starts (less CPU and wall time, measured side by side in docs/data.md). Beam warns
+that `in_memory` with several workers may not run them in parallel: that holds for work that keeps
+Python's lock, and ours encodes outside it, so the warning is left out when the mode is ours to choose.
 A shard's bad input (a line that is not JSON, undecodable bytes, ...) is not retried: the worker
 records it beside the output and the driver reports it as a one-line error after the pipeline ends.
 """
